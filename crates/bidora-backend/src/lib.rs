@@ -1,0 +1,447 @@
+//! Backend selection for bidora.
+//!
+//! Every library crate of the workspace is generic over Burn's `B: Backend` (or
+//! `B: AutodiffBackend`). This crate is the one place that names concrete backends:
+//!
+//! | cargo feature | [`BackendKind`]        | Burn backend                  |
+//! |---------------|------------------------|-------------------------------|
+//! | `ndarray` (default) | [`BackendKind::Ndarray`] (`cpu`, `ndarray`) | `Autodiff<NdArray<f32>>` |
+//! | `wgpu`        | [`BackendKind::Wgpu`]  (`wgpu`, `gpu`)  | `Autodiff<Wgpu<f32>>` |
+//! | `cuda`        | [`BackendKind::Cuda`]  (`cuda`)         | `Autodiff<Cuda<f32>>` |
+//!
+//! A front end parses a [`Device`] from a string (`"cpu"`, `"wgpu"`, `"cuda:1"`), then calls
+//! [`run`] with a [`BackendTask`]: one generic function that is monomorphised for the backend
+//! chosen at run time. Asking for a backend that was not compiled in is a
+//! [`BackendError::NotCompiled`] that names the cargo feature to build with.
+//!
+//! ```
+//! use bidora_backend::{run, BackendTask, Device};
+//! use burn::tensor::{backend::AutodiffBackend, ElementConversion, Tensor};
+//!
+//! struct SumOfOnes;
+//! impl BackendTask for SumOfOnes {
+//!     type Output = f32;
+//!     fn run<B: AutodiffBackend>(self, device: B::Device) -> f32 {
+//!         Tensor::<B, 2>::ones([3, 4], &device).sum().into_scalar().elem()
+//!     }
+//! }
+//!
+//! let device: Device = "cpu".parse().unwrap();
+//! assert_eq!(run(&device, Some(7), SumOfOnes).unwrap(), 12.0);
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+
+#[doc(hidden)]
+pub use burn as __burn;
+
+/// The backends bidora knows about, whether or not they were compiled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// Burn's ndarray backend on the CPU (feature `ndarray`, on by default).
+    Ndarray,
+    /// Burn's WGPU backend: Vulkan, Metal or DX12 through wgpu, or Mesa's lavapipe on a CPU
+    /// (feature `wgpu`).
+    Wgpu,
+    /// Burn's CUDA backend on an NVIDIA GPU (feature `cuda`).
+    Cuda,
+}
+
+impl BackendKind {
+    /// Every backend bidora knows, in the order it prefers them.
+    pub const ALL: [BackendKind; 3] = [BackendKind::Ndarray, BackendKind::Wgpu, BackendKind::Cuda];
+
+    /// The cargo feature of this crate that compiles the backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this binary was built with the backend.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            BackendKind::Ndarray => cfg!(feature = "ndarray"),
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The backends compiled into this binary.
+    pub fn compiled() -> Vec<BackendKind> {
+        Self::ALL.into_iter().filter(|k| k.is_compiled()).collect()
+    }
+
+    /// The canonical lower-case name (`ndarray`, `wgpu`, `cuda`).
+    pub fn name(self) -> &'static str {
+        self.feature()
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" | "ndarray" => Ok(BackendKind::Ndarray),
+            "wgpu" | "gpu" | "webgpu" => Ok(BackendKind::Wgpu),
+            "cuda" | "nvidia" => Ok(BackendKind::Cuda),
+            _ => Err(BackendError::Unknown(s.to_string())),
+        }
+    }
+}
+
+/// A backend plus a device ordinal, e.g. `cuda:1`. The ordinal is ignored by `ndarray`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Device {
+    /// Which backend.
+    pub kind: BackendKind,
+    /// Which device of that backend (0 = the first, or the default one).
+    pub index: usize,
+}
+
+impl Device {
+    /// The first device of `kind`.
+    pub fn new(kind: BackendKind) -> Self {
+        Device { kind, index: 0 }
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::new(BackendKind::Ndarray)
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == 0 {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}:{}", self.kind, self.index)
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = BackendError;
+
+    /// Parses `KIND` or `KIND:INDEX`, e.g. `cpu`, `wgpu`, `cuda:1`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, index) = match s.split_once(':') {
+            Some((kind, index)) => {
+                let index = index
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| BackendError::BadIndex(s.to_string()))?;
+                (kind, index)
+            }
+            None => (s, 0),
+        };
+        Ok(Device {
+            kind: kind.parse()?,
+            index,
+        })
+    }
+}
+
+/// Errors of backend selection.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The string names no backend.
+    #[error("unknown backend `{0}`: expected one of `cpu` (= `ndarray`), `wgpu`, `cuda`, optionally followed by `:INDEX`")]
+    Unknown(String),
+    /// The device index is not a number.
+    #[error("bad device `{0}`: the part after `:` must be a device index such as `cuda:0`")]
+    BadIndex(String),
+    /// The backend exists but this binary was built without it.
+    #[error("backend `{kind}` was not compiled into this binary; rebuild with `--features {feature}` (compiled in: {compiled})")]
+    NotCompiled {
+        /// The backend asked for.
+        kind: BackendKind,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+        /// The backends that are available, comma separated.
+        compiled: String,
+    },
+}
+
+/// One generic computation, monomorphised for the backend chosen at run time by [`run`].
+///
+/// Closures cannot be generic over a type parameter, so a task is a value implementing this
+/// trait; its fields carry the inputs.
+pub trait BackendTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on `device` of backend `B`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// The concrete backend types, one per compiled feature.
+pub mod types {
+    #[cfg(feature = "ndarray")]
+    /// CPU backend (ndarray, f32).
+    pub type NdArray = burn::backend::NdArray<f32>;
+    #[cfg(feature = "ndarray")]
+    /// CPU backend with autodiff.
+    pub type NdArrayAutodiff = burn::backend::Autodiff<NdArray>;
+    #[cfg(feature = "wgpu")]
+    /// WGPU backend (f32).
+    pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+    #[cfg(feature = "wgpu")]
+    /// WGPU backend with autodiff.
+    pub type WgpuAutodiff = burn::backend::Autodiff<Wgpu>;
+    #[cfg(feature = "cuda")]
+    /// CUDA backend (f32).
+    pub type Cuda = burn::backend::Cuda<f32, i32>;
+    #[cfg(feature = "cuda")]
+    /// CUDA backend with autodiff.
+    pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+}
+
+fn not_compiled(kind: BackendKind) -> BackendError {
+    let compiled = BackendKind::compiled()
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    BackendError::NotCompiled {
+        kind,
+        feature: kind.feature(),
+        compiled: if compiled.is_empty() {
+            "none".to_string()
+        } else {
+            compiled
+        },
+    }
+}
+
+/// Seeds the backend's random number generator on `device` (dropout masks, random init).
+pub fn seed<B: Backend>(device: &B::Device, seed: u64) {
+    B::seed(device, seed);
+}
+
+/// Runs `task` on `device`, after seeding it with `seed` when one is given.
+///
+/// Fails with [`BackendError::NotCompiled`] when the backend was not built in.
+pub fn run<T: BackendTask>(
+    device: &Device,
+    seed: Option<u64>,
+    task: T,
+) -> Result<T::Output, BackendError> {
+    match device.kind {
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray => {
+            let dev = burn::backend::ndarray::NdArrayDevice::Cpu;
+            Ok(run_with::<types::NdArrayAutodiff, T>(dev, seed, task))
+        }
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            let dev = if device.index == 0 {
+                burn::backend::wgpu::WgpuDevice::default()
+            } else {
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(device.index)
+            };
+            Ok(run_with::<types::WgpuAutodiff, T>(dev, seed, task))
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let dev = burn::backend::cuda::CudaDevice::new(device.index);
+            Ok(run_with::<types::CudaAutodiff, T>(dev, seed, task))
+        }
+        #[allow(unreachable_patterns)]
+        kind => Err(not_compiled(kind)),
+    }
+}
+
+fn run_with<B: AutodiffBackend, T: BackendTask>(
+    device: B::Device,
+    seed: Option<u64>,
+    task: T,
+) -> T::Output {
+    if let Some(s) = seed {
+        B::seed(&device, s);
+    }
+    task.run::<B>(device)
+}
+
+/// Writes one test module per compiled backend, so that the same generic test code runs on
+/// ndarray, and on WGPU and CUDA when their features are on.
+///
+/// Inside the body, `TestBackend` is the autodiff backend, `TestInner` the plain one, and
+/// `device()` returns the device to use.
+///
+/// ```ignore
+/// bidora_backend::backend_tests! {
+///     #[test]
+///     fn ones_sum() {
+///         let t = burn::tensor::Tensor::<TestBackend, 1>::ones([4], &device());
+///         assert_eq!(t.sum().into_scalar(), 4.0);
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($body:tt)*) => {
+        $crate::__ndarray_tests! { $($body)* }
+        $crate::__wgpu_tests! { $($body)* }
+        $crate::__cuda_tests! { $($body)* }
+    };
+}
+
+#[cfg(feature = "ndarray")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ndarray_tests {
+    ($($body:tt)*) => {
+        mod ndarray {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(dead_code)]
+            type TestInner = $crate::types::NdArray;
+            #[allow(dead_code)]
+            type TestBackend = $crate::types::NdArrayAutodiff;
+            #[allow(dead_code)]
+            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+                Default::default()
+            }
+            $($body)*
+        }
+    };
+}
+#[cfg(not(feature = "ndarray"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ndarray_tests {
+    ($($body:tt)*) => {};
+}
+
+#[cfg(feature = "wgpu")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __wgpu_tests {
+    ($($body:tt)*) => {
+        mod wgpu {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(dead_code)]
+            type TestInner = $crate::types::Wgpu;
+            #[allow(dead_code)]
+            type TestBackend = $crate::types::WgpuAutodiff;
+            #[allow(dead_code)]
+            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+                Default::default()
+            }
+            $($body)*
+        }
+    };
+}
+#[cfg(not(feature = "wgpu"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __wgpu_tests {
+    ($($body:tt)*) => {};
+}
+
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_tests {
+    ($($body:tt)*) => {
+        mod cuda {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(dead_code)]
+            type TestInner = $crate::types::Cuda;
+            #[allow(dead_code)]
+            type TestBackend = $crate::types::CudaAutodiff;
+            #[allow(dead_code)]
+            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+                Default::default()
+            }
+            $($body)*
+        }
+    };
+}
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cuda_tests {
+    ($($body:tt)*) => {};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_aliases() {
+        assert_eq!("cpu".parse::<BackendKind>(), Ok(BackendKind::Ndarray));
+        assert_eq!("NdArray".parse::<BackendKind>(), Ok(BackendKind::Ndarray));
+        assert_eq!("wgpu".parse::<BackendKind>(), Ok(BackendKind::Wgpu));
+        assert_eq!(" cuda ".parse::<BackendKind>(), Ok(BackendKind::Cuda));
+        assert_eq!(
+            "tpu".parse::<BackendKind>(),
+            Err(BackendError::Unknown("tpu".into()))
+        );
+    }
+
+    #[test]
+    fn parses_device_index() {
+        let d: Device = "cuda:2".parse().unwrap();
+        assert_eq!(d, Device { kind: BackendKind::Cuda, index: 2 });
+        assert_eq!(d.to_string(), "cuda:2");
+        assert_eq!("cpu".parse::<Device>().unwrap().to_string(), "ndarray");
+        assert!(matches!(
+            "cuda:x".parse::<Device>(),
+            Err(BackendError::BadIndex(_))
+        ));
+    }
+
+    struct Mean(Vec<f32>);
+    impl BackendTask for Mean {
+        type Output = f32;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> f32 {
+            let n = self.0.len();
+            let t = burn::tensor::Tensor::<B, 1>::from_data(
+                burn::tensor::TensorData::new(self.0, [n]),
+                &device,
+            );
+            burn::tensor::ElementConversion::elem(t.mean().into_scalar())
+        }
+    }
+
+    #[test]
+    fn runs_generic_task_on_every_compiled_backend() {
+        for kind in BackendKind::compiled() {
+            let out = run(&Device::new(kind), Some(1), Mean(vec![1.0, 2.0, 6.0])).unwrap();
+            assert_eq!(out, 3.0, "backend {kind}");
+        }
+    }
+
+    #[test]
+    fn missing_backend_names_its_feature() {
+        for kind in BackendKind::ALL {
+            if kind.is_compiled() {
+                continue;
+            }
+            let err = run(&Device::new(kind), None, Mean(vec![1.0])).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("--features {}", kind.feature())), "{msg}");
+        }
+    }
+}

@@ -129,11 +129,13 @@ fn default_init() -> Value {
     Value::Bool(true)
 }
 
-/// Keys PEFT writes that carry nothing this crate acts on when they hold their neutral value.
+/// Keys that only describe where the adapter came from; never reported.
+const INFORMATIONAL_KEYS: &[&str] = &["auto_mapping", "megatron_core"];
+
+/// Keys PEFT writes that change nothing this crate does while they hold their neutral value
+/// (null, false, empty).
 const NEUTRAL_KEYS: &[&str] = &[
-    "auto_mapping",
     "megatron_config",
-    "megatron_core",
     "loftq_config",
     "layer_replication",
     "layers_pattern",
@@ -201,7 +203,9 @@ impl PeftConfig {
             let neutral = matches!(value, Value::Null | Value::Bool(false))
                 || value.as_object().is_some_and(|o| o.is_empty())
                 || value.as_array().is_some_and(|a| a.is_empty());
-            if NEUTRAL_KEYS.contains(&key.as_str()) && neutral {
+            if INFORMATIONAL_KEYS.contains(&key.as_str())
+                || (NEUTRAL_KEYS.contains(&key.as_str()) && neutral)
+            {
                 continue;
             }
             warnings.push(format!(

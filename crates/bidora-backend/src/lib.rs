@@ -316,7 +316,7 @@ macro_rules! __ndarray_tests {
             #[allow(dead_code)]
             type TestBackend = $crate::types::NdArrayAutodiff;
             #[allow(dead_code)]
-            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+            fn device() -> $crate::__burn::tensor::Device<TestBackend> {
                 Default::default()
             }
             $($body)*
@@ -343,7 +343,7 @@ macro_rules! __wgpu_tests {
             #[allow(dead_code)]
             type TestBackend = $crate::types::WgpuAutodiff;
             #[allow(dead_code)]
-            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+            fn device() -> $crate::__burn::tensor::Device<TestBackend> {
                 Default::default()
             }
             $($body)*
@@ -370,7 +370,7 @@ macro_rules! __cuda_tests {
             #[allow(dead_code)]
             type TestBackend = $crate::types::CudaAutodiff;
             #[allow(dead_code)]
-            fn device() -> <TestBackend as $crate::__burn::tensor::backend::Backend>::Device {
+            fn device() -> $crate::__burn::tensor::Device<TestBackend> {
                 Default::default()
             }
             $($body)*

@@ -146,12 +146,15 @@ impl<B: Backend> AdaptedLinear<B> {
                 "`dropout` must be in [0, 1), got {dropout}"
             )));
         }
+        // Every parameter is a fresh leaf of the autodiff graph.
+        let leaf = |t: Tensor<B, 2>| Param::from_tensor(t.detach());
+        let leaf1 = |t: Tensor<B, 1>| Param::from_tensor(t.detach());
         Ok(AdaptedLinear {
-            weight: Param::from_tensor(weight).set_require_grad(false),
-            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
-            lora_a: Param::from_tensor(a),
-            lora_b: Param::from_tensor(b),
-            magnitude: magnitude.map(Param::from_tensor),
+            weight: leaf(weight).set_require_grad(false),
+            bias: bias.map(|b| leaf1(b).set_require_grad(false)),
+            lora_a: leaf(a),
+            lora_b: leaf(b),
+            magnitude: magnitude.map(leaf1),
             dropout: DropoutConfig::new(dropout).init(),
             settings,
         })

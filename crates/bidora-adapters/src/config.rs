@@ -181,7 +181,10 @@ impl AdapterConfig {
             return bad("`r` must be at least 1".into());
         }
         if !self.alpha.is_finite() || self.alpha <= 0.0 {
-            return bad(format!("`alpha` must be a positive number, got {}", self.alpha));
+            return bad(format!(
+                "`alpha` must be a positive number, got {}",
+                self.alpha
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("`dropout` must be in [0, 1), got {}", self.dropout));
@@ -213,7 +216,9 @@ impl AdapterConfig {
 pub fn matches_target(pattern: &str, path: &str) -> Result<bool, AdapterError> {
     if let Some(re) = pattern.strip_prefix("re:") {
         let re = regex_lite::Regex::new(&format!("^(?:{re})$")).map_err(|e| {
-            AdapterError::InvalidConfig(format!("bad regular expression in target `{pattern}`: {e}"))
+            AdapterError::InvalidConfig(format!(
+                "bad regular expression in target `{pattern}`: {e}"
+            ))
         })?;
         return Ok(re.is_match(path));
     }
@@ -242,7 +247,11 @@ mod tests {
         let c = AdapterConfig::default().with_dropout(1.0);
         assert!(c.validate().unwrap_err().to_string().contains("`dropout`"));
         let c = AdapterConfig::default().with_targets(Vec::<String>::new());
-        assert!(c.validate().unwrap_err().to_string().contains("target_modules"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("target_modules"));
         assert!(AdapterConfig::default().validate().is_ok());
     }
 
@@ -252,7 +261,9 @@ mod tests {
         assert!(c.is_target("encoder.layer.0.attention.self.query").unwrap());
         assert!(c.is_target("value").unwrap());
         assert!(!c.is_target("encoder.layer.0.attention.self.key").unwrap());
-        assert!(!c.is_target("encoder.layer.0.attention.self.my_query").unwrap());
+        assert!(!c
+            .is_target("encoder.layer.0.attention.self.my_query")
+            .unwrap());
         let c = c.with_targets(["attention.self.value", "re:.*\\.1\\..*key"]);
         assert!(c.is_target("encoder.layer.0.attention.self.value").unwrap());
         assert!(c.is_target("encoder.layer.1.attention.self.key").unwrap());

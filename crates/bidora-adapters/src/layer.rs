@@ -249,7 +249,9 @@ impl<B: Backend> AdaptedLinear<B> {
 
     /// The DoRA factor `m ⊘ n`, `[out]`; `None` for LoRA.
     pub fn magnitude_factor(&self) -> Option<Tensor<B, 1>> {
-        self.magnitude.as_ref().map(|m| m.val() / self.weight_norm())
+        self.magnitude
+            .as_ref()
+            .map(|m| m.val() / self.weight_norm())
     }
 
     /// The weight the adapted layer is equivalent to: `V ⊙ (m ⊘ n)` (DoRA) or `V` (LoRA),
@@ -355,6 +357,8 @@ pub fn low_rank_column_norm<B: Backend>(
     let at = a.clone().transpose();
     let cross = (b.clone() * at.clone().matmul(w0.clone())).sum_dim(0);
     let quad = (b.clone() * at.matmul(a).matmul(b)).sum_dim(0);
-    let sq = w0.square().sum_dim(0) + cross.mul_scalar(2.0 * scaling) + quad.mul_scalar(scaling * scaling);
+    let sq = w0.square().sum_dim(0)
+        + cross.mul_scalar(2.0 * scaling)
+        + quad.mul_scalar(scaling * scaling);
     sq.clamp_min(0.0).sqrt().reshape([out])
 }

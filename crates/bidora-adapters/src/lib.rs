@@ -38,6 +38,11 @@ pub mod peft;
 pub mod regularizer;
 pub mod tensor_io;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{AdapterConfig, AdapterMethod, InitA, NormMode};
 pub use error::AdapterError;
 pub use layer::{AdaptedLinear, LayerSettings, MergedLinear};

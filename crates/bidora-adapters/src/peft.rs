@@ -312,8 +312,10 @@ impl PeftAdapter {
         }
         let weights_path = dir.join(WEIGHTS_FILE);
         let file = read_safetensors(&weights_path)?;
-        let mut parts: BTreeMap<String, (Option<HostTensor>, Option<HostTensor>, Option<HostTensor>)> =
-            BTreeMap::new();
+        let mut parts: BTreeMap<
+            String,
+            (Option<HostTensor>, Option<HostTensor>, Option<HostTensor>),
+        > = BTreeMap::new();
         let mut extra_tensors = BTreeMap::new();
         for (key, tensor) in file.tensors {
             let Some(rest) = key.strip_prefix(KEY_PREFIX) else {

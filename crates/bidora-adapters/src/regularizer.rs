@@ -96,7 +96,8 @@ pub fn layer_penalty_low_rank<B: Backend>(
         .transpose()
         .matmul(a.clone().transpose().matmul(a))
         .matmul(b);
-    let gram_v = w0_gram.clone() + (cross.clone() + cross.transpose()).mul_scalar(s)
+    let gram_v = w0_gram.clone()
+        + (cross.clone() + cross.transpose()).mul_scalar(s)
         + quad.mul_scalar(s * s);
     let inv_n = layer.weight_norm().recip();
     let gram = gram_v * inv_n.clone().unsqueeze_dim(0) * inv_n.unsqueeze_dim(1);

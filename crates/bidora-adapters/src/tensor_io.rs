@@ -151,9 +151,7 @@ fn decode(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
             .collect(),
         Dtype::F64 => bytes
             .chunks_exact(8)
-            .map(|c| {
-                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-            })
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
@@ -163,7 +161,11 @@ fn decode(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(format!("unsupported dtype {other:?} (expected a float type)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype {other:?} (expected a float type)"
+            ))
+        }
     };
     Ok(out)
 }
@@ -214,7 +216,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("cannot create a temporary file for"))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(io("cannot create a temporary file for"))?;
     tmp.write_all(bytes).map_err(io("cannot write"))?;
     tmp.as_file().sync_all().map_err(io("cannot flush"))?;
     tmp.persist(path)

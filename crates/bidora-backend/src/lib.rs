@@ -403,7 +403,13 @@ mod tests {
     #[test]
     fn parses_device_index() {
         let d: Device = "cuda:2".parse().unwrap();
-        assert_eq!(d, Device { kind: BackendKind::Cuda, index: 2 });
+        assert_eq!(
+            d,
+            Device {
+                kind: BackendKind::Cuda,
+                index: 2
+            }
+        );
         assert_eq!(d.to_string(), "cuda:2");
         assert_eq!("cpu".parse::<Device>().unwrap().to_string(), "ndarray");
         assert!(matches!(
@@ -441,7 +447,10 @@ mod tests {
             }
             let err = run(&Device::new(kind), None, Mean(vec![1.0])).unwrap_err();
             let msg = err.to_string();
-            assert!(msg.contains(&format!("--features {}", kind.feature())), "{msg}");
+            assert!(
+                msg.contains(&format!("--features {}", kind.feature())),
+                "{msg}"
+            );
         }
     }
 }

@@ -9,6 +9,21 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
+/// Deterministic pseudo-random values in [-1, 1) (an LCG), so tests need no RNG crate.
+pub fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -132,7 +147,8 @@ pub mod tiny {
             prefix: &str,
             f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>),
         ) {
-            self.layers.for_each_adapter(&join_path(prefix, "layers"), f);
+            self.layers
+                .for_each_adapter(&join_path(prefix, "layers"), f);
         }
     }
 

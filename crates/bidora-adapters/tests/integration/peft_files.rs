@@ -1,17 +1,15 @@
 //! HF PEFT adapter files: PEFT-written adapters load and reproduce PEFT's outputs, our files
 //! round-trip exactly, and mismatches are clear errors.
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::tiny::{self, Tiny};
+use crate::common::*;
 use bidora_adapters::peft::{self, PeftAdapter, SaveOptions};
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{AdapterConfig, AdapterError, AdapterHost, AdapterMethod};
 use burn::module::Param;
 use burn::tensor::backend::Backend;
-use common::tiny::{self, Tiny};
-use common::*;
 
 fn identity(p: &str) -> String {
     p.to_string()
@@ -169,18 +167,33 @@ fn malformed_and_missing_files_name_the_file() {
     assert!(matches!(err, AdapterError::Io { .. }));
     assert!(err.to_string().contains("adapter_config.json"));
 
-    std::fs::write(dir.path().join("adapter_config.json"), "{\"r\": 4,\n \"lora_alpha\": }").unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        "{\"r\": 4,\n \"lora_alpha\": }",
+    )
+    .unwrap();
     let err = PeftAdapter::load(dir.path()).unwrap_err();
     let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-    assert!(chain.contains("adapter_config.json") && chain.contains("line 2"), "{chain}");
+    assert!(
+        chain.contains("adapter_config.json") && chain.contains("line 2"),
+        "{chain}"
+    );
 
     std::fs::write(dir.path().join("adapter_config.json"), "{\"r\": 4}").unwrap();
-    std::fs::write(dir.path().join("adapter_model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    std::fs::write(
+        dir.path().join("adapter_model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
     let err = PeftAdapter::load(dir.path()).unwrap_err();
     assert!(matches!(err, AdapterError::Safetensors { .. }), "{err}");
     assert!(err.to_string().contains("adapter_model.safetensors"));
 
-    std::fs::write(dir.path().join("adapter_config.json"), "{\"bias\": \"all\"}").unwrap();
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        "{\"bias\": \"all\"}",
+    )
+    .unwrap();
     let err = PeftAdapter::load(dir.path()).unwrap_err();
     assert!(matches!(err, AdapterError::Unsupported(_)), "{err}");
 }
@@ -206,5 +219,8 @@ fn incomplete_layer_in_file_is_an_error() {
     )
     .unwrap();
     let err = PeftAdapter::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("layers.1.value") && err.contains("lora_B.weight"), "{err}");
+    assert!(
+        err.contains("layers.1.value") && err.contains("lora_B.weight"),
+        "{err}"
+    );
 }

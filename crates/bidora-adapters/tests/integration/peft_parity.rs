@@ -1,12 +1,10 @@
 //! Forward outputs, merged weights and gradients against the PEFT / torch golden fixtures
 //! (`scripts/golden/adapters.py`), on every compiled backend.
 
-mod common;
-
+use crate::common::*;
 use bidora_adapters::{AdaptedLinear, LayerSettings, NormMode};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
-use common::*;
 
 /// Relative error allowed against float64 references, f32 arithmetic.
 const TOL: f64 = 1e-5;
@@ -26,7 +24,8 @@ fn build<B: AutodiffBackend>(
         g.maybe(case, "bias").map(|b| upload::<B, 1>(b, device)),
         upload_t::<B>(g.get(case, "lora_A"), device),
         upload_t::<B>(g.get(case, "lora_B"), device),
-        g.maybe(case, "magnitude").map(|m| upload::<B, 1>(m, device)),
+        g.maybe(case, "magnitude")
+            .map(|m| upload::<B, 1>(m, device)),
         0.0,
         LayerSettings {
             scaling: case.alpha / case.r as f64,
@@ -37,13 +36,23 @@ fn build<B: AutodiffBackend>(
     .expect("valid layer")
 }
 
-fn check_case<B: AutodiffBackend>(g: &Golden, case: &Case, low_rank_norm: bool, device: &B::Device) {
+fn check_case<B: AutodiffBackend>(
+    g: &Golden,
+    case: &Case,
+    low_rank_norm: bool,
+    device: &B::Device,
+) {
     let tag = format!("{} (low-rank norm: {low_rank_norm})", case.name);
     let layer = build::<B>(g, case, low_rank_norm, device);
     let x: Tensor<B, 3> = upload::<B, 3>(g.get(case, "x"), device).require_grad();
     let c: Tensor<B, 3> = upload::<B, 3>(g.get(case, "C"), device);
     let y = layer.forward(x.clone());
-    assert_close(&format!("{tag}: y"), &host(y.clone()), g.get(case, "y"), TOL);
+    assert_close(
+        &format!("{tag}: y"),
+        &host(y.clone()),
+        g.get(case, "y"),
+        TOL,
+    );
 
     let merged = layer.merged_weight().transpose();
     assert_close(
@@ -57,12 +66,32 @@ fn check_case<B: AutodiffBackend>(g: &Golden, case: &Case, low_rank_norm: bool, 
     let ga = layer.lora_a.val().grad(&grads).expect("grad A").transpose();
     let gb = layer.lora_b.val().grad(&grads).expect("grad B").transpose();
     let gx = x.grad(&grads).expect("grad x");
-    assert_close(&format!("{tag}: dL/dA"), &host(ga), g.get(case, "grad_lora_A"), TOL);
-    assert_close(&format!("{tag}: dL/dB"), &host(gb), g.get(case, "grad_lora_B"), TOL);
-    assert_close(&format!("{tag}: dL/dx"), &host(gx), g.get(case, "grad_x"), TOL);
+    assert_close(
+        &format!("{tag}: dL/dA"),
+        &host(ga),
+        g.get(case, "grad_lora_A"),
+        TOL,
+    );
+    assert_close(
+        &format!("{tag}: dL/dB"),
+        &host(gb),
+        g.get(case, "grad_lora_B"),
+        TOL,
+    );
+    assert_close(
+        &format!("{tag}: dL/dx"),
+        &host(gx),
+        g.get(case, "grad_x"),
+        TOL,
+    );
     if let Some(m) = &layer.magnitude {
         let gm = m.val().grad(&grads).expect("grad m");
-        assert_close(&format!("{tag}: dL/dm"), &host(gm), g.get(case, "grad_magnitude"), TOL);
+        assert_close(
+            &format!("{tag}: dL/dm"),
+            &host(gm),
+            g.get(case, "grad_magnitude"),
+            TOL,
+        );
     }
 }
 

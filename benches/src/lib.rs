@@ -1,0 +1,50 @@
+//! Shared setup for bidora's criterion benchmarks: layers of transformer sizes.
+//!
+//! Run `cargo bench -p bidora-benches` (ndarray); add `--features wgpu` or `--features cuda`
+//! for the GPU backends (the benchmarks call the backend's `sync` inside the timed region).
+
+use bidora_adapters::{AdaptedLinear, LayerSettings, NormMode};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+
+/// Shapes `(in, out)` of the adapted matrices of BERT-base-like and MiniLM-like models.
+pub const SHAPES: &[(usize, usize)] = &[(384, 384), (768, 768), (768, 3072)];
+
+/// Tokens per batch: 16 sequences of 128 tokens.
+pub const TOKENS: usize = 16 * 128;
+
+/// A layer of the given shape with random non-zero adapter tensors.
+pub fn layer<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    dora: bool,
+    norm_mode: NormMode,
+    low_rank_norm: bool,
+    device: &B::Device,
+) -> AdaptedLinear<B> {
+    let normal = |shape: [usize; 2], std: f64| {
+        Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device)
+    };
+    let w = normal([d_in, d_out], 0.05);
+    let m = dora.then(|| bidora_adapters::layer::column_norm(w.clone()));
+    AdaptedLinear::from_parts(
+        w,
+        Some(Tensor::zeros([d_out], device)),
+        normal([d_in, r], 0.05),
+        normal([r, d_out], 0.05),
+        m,
+        0.0,
+        LayerSettings {
+            scaling: 2.0,
+            norm_mode,
+            low_rank_norm,
+        },
+    )
+    .expect("valid layer")
+}
+
+/// A random input of `TOKENS` rows.
+pub fn input<B: Backend>(d_in: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::random([TOKENS, d_in], Distribution::Normal(0.0, 1.0), device)
+}

@@ -1,0 +1,30 @@
+//! The training engine's error type.
+
+use std::path::PathBuf;
+
+/// What can stop a training run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A loss or gradient became NaN or infinite. The last checkpoint written is intact.
+    #[error("{what} is {value} at step {step}: training stopped (the last checkpoint, if any, is intact)")]
+    NonFinite {
+        /// Which quantity.
+        what: String,
+        /// Its value.
+        value: f64,
+        /// The step (0-based, within the phase).
+        step: usize,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint `{path}`: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}

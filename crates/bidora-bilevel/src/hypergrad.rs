@@ -1,0 +1,240 @@
+//! Hypergradients of the upper objective with respect to the upper parameters (METHOD.md §4).
+//!
+//! With `v = ∇_θ L_val(θ, M)`, the implicit-function-theorem hypergradient is
+//! `∂L_val/∂M − ∇²_{M,θ} L_tr · H⁻¹ · v` (`H` the lower objective's Hessian in θ). Burn has
+//! first-order autodiff only, so every second-order quantity is a central finite difference of
+//! gradients, taken on perturbed *copies* of the module:
+//!
+//! - [`Hypergradient::FirstOrder`]: `h = ∂L_val/∂M` (the mixed term is dropped).
+//! - [`Hypergradient::Darts`]: `H⁻¹ ≈ I`, `ε = alpha / ‖v‖`,
+//!   `h = ∂L_val/∂M − ξ·(∇_M L_tr(θ + εv) − ∇_M L_tr(θ − εv)) / 2ε`.
+//! - [`Hypergradient::Neumann`]: `H⁻¹v ≈ α·Σ_{j=0..J} (I − αH)^j v`, each `H·p` a central
+//!   difference of `∇_θ L_tr`, then the same mixed term with `H⁻¹v` in place of `v`.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::params::{gradients, perturbed, ParamVec};
+use crate::problem::{BilevelProblem, ParamGroups};
+use crate::TrainError;
+
+/// The finite-difference step numerator of the DARTS hypergradient (ε = 0.01 / ‖v‖).
+pub const DEFAULT_FD_ALPHA: f64 = 0.01;
+
+/// How the upper level's gradient is approximated.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Hypergradient {
+    /// Only the direct gradient `∂L_val/∂M`.
+    FirstOrder,
+    /// DARTS: the mixed term with `H⁻¹ ≈ I` by a central difference.
+    Darts {
+        /// `ε = alpha / ‖v‖` (0.01 in the reference code).
+        alpha: f64,
+        /// Weight of the mixed term (1 in the reference code).
+        xi: f64,
+    },
+    /// Truncated Neumann series for `H⁻¹v`, Hessian–vector products by central differences.
+    Neumann {
+        /// Number of series terms after the first.
+        iterations: usize,
+        /// Series step `α`; needs `α·λ_max(H) < 2` to converge.
+        alpha: f64,
+    },
+}
+
+impl Default for Hypergradient {
+    fn default() -> Self {
+        Hypergradient::Darts {
+            alpha: DEFAULT_FD_ALPHA,
+            xi: 1.0,
+        }
+    }
+}
+
+/// The lower objective `L_tr + γR` of a module on a batch, and its backward pass.
+pub(crate) fn lower_objective_grads<B: AutodiffBackend, P: BilevelProblem<B>>(
+    problem: &P,
+    module: &P::Module,
+    batch: &P::Batch,
+    gamma: f64,
+) -> (f64, B::Gradients) {
+    let mut loss = problem.lower_loss(module, batch);
+    if gamma != 0.0 {
+        if let Some(r) = problem.regularizer(module) {
+            loss = loss + r.mul_scalar(gamma);
+        }
+    }
+    let value = scalar(&loss);
+    (value, loss.backward())
+}
+
+pub(crate) fn scalar<B: burn::tensor::backend::Backend>(t: &burn::tensor::Tensor<B, 1>) -> f64 {
+    use burn::tensor::ElementConversion;
+    t.clone().into_scalar().elem::<f64>()
+}
+
+/// Everything the upper step needs, computed at the current `(θ, M)`.
+pub struct HypergradientResult<B: AutodiffBackend> {
+    /// The hypergradient `h` over the upper parameters.
+    pub grad: ParamVec<B::InnerBackend>,
+    /// `L_val` on the validation batch.
+    pub upper_loss: f64,
+}
+
+/// Computes the hypergradient of `problem` at `module`.
+///
+/// `train_batch` is the lower level's last batch (the finite differences use it), `val_batch`
+/// the upper level's. `reseed` is called before every pass that may draw random numbers, with
+/// the same value for the `+` and `−` passes, so that dropout masks agree.
+pub fn hypergradient<B: AutodiffBackend, P: BilevelProblem<B>>(
+    problem: &P,
+    module: &P::Module,
+    groups: &ParamGroups,
+    train_batch: &P::Batch,
+    val_batch: &P::Batch,
+    method: Hypergradient,
+    gamma: f64,
+    reseed: &mut dyn FnMut(u64),
+) -> Result<HypergradientResult<B>, TrainError>
+where
+    P::Module: AutodiffModule<B>,
+{
+    reseed(1);
+    let loss = problem.upper_loss(module, val_batch);
+    let upper_loss = scalar(&loss);
+    if !upper_loss.is_finite() {
+        return Err(TrainError::NonFinite {
+            what: "upper loss".into(),
+            value: upper_loss,
+            step: 0,
+        });
+    }
+    let grads = loss.backward();
+    let g_direct = gradients::<B, _>(&grads, module, &groups.upper);
+    let v = gradients::<B, _>(&grads, module, &groups.lower);
+
+    let grad = match method {
+        Hypergradient::FirstOrder => g_direct,
+        Hypergradient::Darts { alpha, xi } => {
+            let mixed = mixed_term(
+                problem,
+                module,
+                groups,
+                train_batch,
+                &v,
+                alpha,
+                gamma,
+                reseed,
+            );
+            match mixed {
+                Some(m) => g_direct.add_scaled(&m, -xi),
+                None => g_direct,
+            }
+        }
+        Hypergradient::Neumann { iterations, alpha } => {
+            // p_0 = v; acc = Σ_j (I − αH)^j v.
+            let mut p = v.clone();
+            let mut acc = v.clone();
+            for _ in 0..iterations {
+                let hp = hessian_vector(problem, module, groups, train_batch, &p, gamma, reseed);
+                let Some(hp) = hp else { break };
+                p = p.add_scaled(&hp, -alpha);
+                acc = acc.add_scaled(&p, 1.0);
+            }
+            let inv_h_v = acc.scale(alpha);
+            let mixed = mixed_term(
+                problem,
+                module,
+                groups,
+                train_batch,
+                &inv_h_v,
+                DEFAULT_FD_ALPHA,
+                gamma,
+                reseed,
+            );
+            match mixed {
+                Some(m) => g_direct.add_scaled(&m, -1.0),
+                None => g_direct,
+            }
+        }
+    };
+    Ok(HypergradientResult { grad, upper_loss })
+}
+
+/// `∇²_{M,θ} L_tr · d ≈ (∇_M L_tr(θ + εd) − ∇_M L_tr(θ − εd)) / 2ε`, `ε = alpha / ‖d‖`.
+/// `None` when `d = 0` (the term is then zero).
+#[allow(clippy::too_many_arguments)]
+fn mixed_term<B: AutodiffBackend, P: BilevelProblem<B>>(
+    problem: &P,
+    module: &P::Module,
+    groups: &ParamGroups,
+    batch: &P::Batch,
+    d: &ParamVec<B::InnerBackend>,
+    alpha: f64,
+    gamma: f64,
+    reseed: &mut dyn FnMut(u64),
+) -> Option<ParamVec<B::InnerBackend>> {
+    central_difference(
+        problem,
+        module,
+        batch,
+        d,
+        alpha,
+        gamma,
+        reseed,
+        &groups.upper,
+    )
+}
+
+/// `H·d ≈ (∇_θ L_tr(θ + εd) − ∇_θ L_tr(θ − εd)) / 2ε`, `ε = 0.01 / ‖d‖`.
+fn hessian_vector<B: AutodiffBackend, P: BilevelProblem<B>>(
+    problem: &P,
+    module: &P::Module,
+    groups: &ParamGroups,
+    batch: &P::Batch,
+    d: &ParamVec<B::InnerBackend>,
+    gamma: f64,
+    reseed: &mut dyn FnMut(u64),
+) -> Option<ParamVec<B::InnerBackend>> {
+    central_difference(
+        problem,
+        module,
+        batch,
+        d,
+        DEFAULT_FD_ALPHA,
+        gamma,
+        reseed,
+        &groups.lower,
+    )
+}
+
+/// Central difference, along `d` (over the lower parameters), of the gradient of the lower
+/// objective with respect to `wrt`.
+#[allow(clippy::too_many_arguments)]
+fn central_difference<B: AutodiffBackend, P: BilevelProblem<B>>(
+    problem: &P,
+    module: &P::Module,
+    batch: &P::Batch,
+    d: &ParamVec<B::InnerBackend>,
+    alpha: f64,
+    gamma: f64,
+    reseed: &mut dyn FnMut(u64),
+    wrt: &[burn::module::ParamId],
+) -> Option<ParamVec<B::InnerBackend>> {
+    let norm = d.norm();
+    if norm == 0.0 || !norm.is_finite() {
+        return None;
+    }
+    let eps = alpha / norm;
+    let mut grad_at = |sign: f64| {
+        let m = perturbed::<B, _>(module, d, sign * eps);
+        reseed(2);
+        let (_, grads) = lower_objective_grads(problem, &m, batch, gamma);
+        gradients::<B, _>(&grads, &m, wrt)
+    };
+    let plus = grad_at(1.0);
+    let minus = grad_at(-1.0);
+    Some(plus.add_scaled(&minus, -1.0).scale(1.0 / (2.0 * eps)))
+}

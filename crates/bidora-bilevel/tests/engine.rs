@@ -1,0 +1,754 @@
+//! The bi-level engine: hypergradients against closed forms, level invariants, learning on a
+//! planted shift, NaN handling, and bit-identical kill-and-resume.
+
+use bidora_adapters::regularizer::{orthogonality, OrthoOptions};
+use bidora_adapters::{
+    join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod, ParamPartition,
+};
+use bidora_bilevel::params::values;
+use bidora_bilevel::{
+    hypergradient, BatchStream, BilevelProblem, Checkpoint, Control, Data, Evaluation, Event,
+    Hooks, Hypergradient, LevelConfig, Mode, ParamGroups, Phase, RetrainConfig, Schedule,
+    ShuffledBatches, TrainConfig, TrainError, Trainer,
+};
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+type AB = Autodiff<NdArray<f32>>;
+
+/// Burn's ndarray random generator is process-wide: tests that draw random numbers (module
+/// init, dropout) run one at a time so that every run is reproducible.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn dev() -> <AB as burn::tensor::backend::BackendTypes>::Device {
+    Default::default()
+}
+
+fn t1(v: &[f32]) -> Tensor<AB, 1> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &dev())
+}
+
+fn t2(v: &[f32], rows: usize, cols: usize) -> Tensor<AB, 2> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [rows, cols]), &dev())
+}
+
+fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+// ---------------------------------------------------------------- quadratic problem
+
+#[derive(Module, Debug)]
+struct Quad<B: Backend> {
+    theta: Param<Tensor<B, 1>>,
+    m: Param<Tensor<B, 1>>,
+}
+
+/// `L_tr = ½θᵀPθ + θᵀQM + ½‖M‖²`, `L_val = ½‖θ − t‖² + ½c‖M − u‖²`.
+struct QuadProblem {
+    p: Tensor<AB, 2>,
+    q: Tensor<AB, 2>,
+    t: Tensor<AB, 1>,
+    u: Tensor<AB, 1>,
+    c: f64,
+}
+
+fn quad_form(a: Tensor<AB, 1>, m: Tensor<AB, 2>, b: Tensor<AB, 1>) -> Tensor<AB, 1> {
+    a.unsqueeze_dim::<2>(0)
+        .matmul(m)
+        .matmul(b.unsqueeze_dim(1))
+        .reshape([1])
+}
+
+impl BilevelProblem<AB> for QuadProblem {
+    type Module = Quad<AB>;
+    type Batch = ();
+    fn lower_loss(&self, q: &Quad<AB>, _: &()) -> Tensor<AB, 1> {
+        let (th, m) = (q.theta.val(), q.m.val());
+        quad_form(th.clone(), self.p.clone(), th.clone()).mul_scalar(0.5)
+            + quad_form(th, self.q.clone(), m.clone())
+            + m.square().sum().mul_scalar(0.5)
+    }
+    fn upper_loss(&self, q: &Quad<AB>, _: &()) -> Tensor<AB, 1> {
+        (q.theta.val() - self.t.clone())
+            .square()
+            .sum()
+            .mul_scalar(0.5)
+            + (q.m.val() - self.u.clone())
+                .square()
+                .sum()
+                .mul_scalar(0.5 * self.c)
+    }
+}
+
+// P (3×3, SPD), Q (3×2), θ, M, t, u, c.
+const P: [f32; 9] = [2.0, 0.3, 0.0, 0.3, 1.5, 0.2, 0.0, 0.2, 1.0];
+const PINV: [f64; 9] = {
+    // Inverse of P, computed by hand (adjugate / det): det = 2(1.5−0.04) − 0.3(0.3) = 2.83.
+    let d = 2.83;
+    [
+        1.46 / d,
+        -0.3 / d,
+        0.06 / d,
+        -0.3 / d,
+        2.0 / d,
+        -0.4 / d,
+        0.06 / d,
+        -0.4 / d,
+        2.91 / d,
+    ]
+};
+const Q: [f32; 6] = [0.5, -1.0, 0.25, 0.75, -0.5, 0.1];
+const THETA: [f32; 3] = [0.4, -0.2, 0.9];
+const M0: [f32; 2] = [1.2, -0.7];
+const T: [f32; 3] = [1.0, 0.5, -0.5];
+const U: [f32; 2] = [0.3, 0.3];
+const C: f64 = 0.5;
+
+fn quad() -> (QuadProblem, Quad<AB>, ParamGroups) {
+    let module = Quad {
+        theta: Param::from_tensor(t1(&THETA)),
+        m: Param::from_tensor(t1(&M0)),
+    };
+    let groups = ParamGroups {
+        lower: vec![module.theta.id],
+        upper: vec![module.m.id],
+    };
+    let problem = QuadProblem {
+        p: t2(&P, 3, 3),
+        q: t2(&Q, 3, 2),
+        t: t1(&T),
+        u: t1(&U),
+        c: C,
+    };
+    (problem, module, groups)
+}
+
+/// `c(M − u) − Qᵀ·K·(θ − t)` for `K` = I (DARTS) or P⁻¹ (exact IFT).
+fn analytic(k: &[f64; 9]) -> Vec<f64> {
+    let v: Vec<f64> = (0..3).map(|i| (THETA[i] - T[i]) as f64).collect();
+    let kv: Vec<f64> = (0..3)
+        .map(|i| (0..3).map(|j| k[i * 3 + j] * v[j]).sum())
+        .collect();
+    (0..2)
+        .map(|j| {
+            let mixed: f64 = (0..3).map(|i| Q[i * 2 + j] as f64 * kv[i]).sum();
+            C * (M0[j] - U[j]) as f64 - mixed
+        })
+        .collect()
+}
+
+fn rel(got: &[f32], want: &[f64]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - w).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    (num / den).sqrt()
+}
+
+fn hyper(method: Hypergradient) -> Vec<f32> {
+    let (problem, module, groups) = quad();
+    let r = hypergradient(
+        &problem,
+        &module,
+        &groups,
+        &(),
+        &(),
+        method,
+        0.0,
+        &mut |_| {},
+    )
+    .unwrap();
+    host(r.grad.get(groups.upper[0]).unwrap().clone())
+}
+
+#[test]
+fn darts_hypergradient_equals_ift_with_identity_hessian() {
+    const I: [f64; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    let got = hyper(Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    });
+    let want = analytic(&I);
+    assert!(rel(&got, &want) <= 1e-3, "{got:?} vs {want:?}");
+    // First order is the direct term alone, and differs.
+    let direct: Vec<f64> = (0..2).map(|j| C * (M0[j] - U[j]) as f64).collect();
+    let fo = hyper(Hypergradient::FirstOrder);
+    assert!(rel(&fo, &direct) <= 1e-6, "{fo:?} vs {direct:?}");
+    assert!(rel(&fo, &want) > 0.1);
+}
+
+#[test]
+fn neumann_hypergradient_approaches_the_exact_ift_value() {
+    let exact = analytic(&PINV);
+    let few = rel(
+        &hyper(Hypergradient::Neumann {
+            iterations: 2,
+            alpha: 0.3,
+        }),
+        &exact,
+    );
+    let many = rel(
+        &hyper(Hypergradient::Neumann {
+            iterations: 80,
+            alpha: 0.3,
+        }),
+        &exact,
+    );
+    assert!(many <= 1e-3, "80 terms: relative error {many}");
+    assert!(
+        few > many * 10.0,
+        "more terms must get closer: {few} vs {many}"
+    );
+}
+
+#[test]
+fn hypergradient_leaves_the_module_bitwise_untouched() {
+    let (problem, module, groups) = quad();
+    let before = (host(module.theta.val()), host(module.m.val()));
+    for method in [
+        Hypergradient::Darts {
+            alpha: 0.01,
+            xi: 1.0,
+        },
+        Hypergradient::Neumann {
+            iterations: 5,
+            alpha: 0.3,
+        },
+    ] {
+        hypergradient(
+            &problem,
+            &module,
+            &groups,
+            &(),
+            &(),
+            method,
+            0.0,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((host(module.theta.val()), host(module.m.val())), before);
+    }
+}
+
+// ---------------------------------------------------------------- tiny DoRA regression
+
+#[derive(Module, Debug)]
+struct Net<B: Backend> {
+    layer: AdaptedLinear<B>,
+    head: Linear<B>,
+}
+
+impl<B: Backend> AdapterHost<B> for Net<B> {
+    fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
+        self.layer.for_each_adapter(&join_path(prefix, "layer"), f);
+    }
+}
+
+impl<B: Backend> Net<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.head.forward(self.layer.forward(x).tanh())
+    }
+}
+
+type Batch = (Tensor<AB, 2>, Tensor<AB, 2>);
+
+struct Regression {
+    gamma_reg: bool,
+}
+
+impl BilevelProblem<AB> for Regression {
+    type Module = Net<AB>;
+    type Batch = Batch;
+    fn lower_loss(&self, net: &Net<AB>, (x, y): &Batch) -> Tensor<AB, 1> {
+        (net.forward(x.clone()) - y.clone())
+            .square()
+            .mean()
+            .reshape([1])
+    }
+    fn regularizer(&self, net: &Net<AB>) -> Option<Tensor<AB, 1>> {
+        if self.gamma_reg {
+            orthogonality(net, OrthoOptions::default())
+        } else {
+            None
+        }
+    }
+}
+
+const D: usize = 8;
+
+fn lcg(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(2862933555777941757)
+        .wrapping_add(3037000493);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn net(dropout: f64, seed: u64) -> Net<AB> {
+    let base = Linear {
+        weight: Param::from_tensor(t2(&lcg(D * D, seed), D, D)),
+        bias: Some(Param::from_tensor(t1(&lcg(D, seed + 1)).mul_scalar(0.1))),
+    };
+    let config = AdapterConfig::new(AdapterMethod::Bidora)
+        .with_rank(2, 4.0)
+        .with_dropout(dropout);
+    AB::seed(&dev(), seed);
+    let layer = AdaptedLinear::new(base, &config).unwrap();
+    let head: Linear<AB> = LinearConfig::new(D, 2).init(&dev());
+    // Burn initialises parameters lazily, on first use; force it now, while the seed holds.
+    let _ = (head.weight.val(), head.bias.as_ref().map(|b| b.val()));
+    Net { layer, head }
+}
+
+type Example = (Vec<f32>, Vec<f32>);
+
+/// Inputs through a fixed "teacher"; the validation targets are the training targets with the
+/// first output scaled by 1.8: a shift the magnitudes (trained on validation) can absorb.
+fn examples(n: usize, seed: u64, val_shift: bool) -> Vec<Example> {
+    let teacher = net(0.0, 99);
+    let xs = lcg(n * D, seed);
+    let x = t2(&xs, n, D);
+    let y = host(teacher.forward(x));
+    (0..n)
+        .map(|i| {
+            let mut target = y[i * 2..i * 2 + 2].to_vec();
+            if val_shift {
+                target[0] *= 1.8;
+            }
+            (xs[i * D..(i + 1) * D].to_vec(), target)
+        })
+        .collect()
+}
+
+fn stream(ex: Vec<Example>, seed: u64) -> impl BatchStream<Batch = Batch> {
+    ShuffledBatches::new(ex, 8, seed, |items: &[&Example]| {
+        let n = items.len();
+        let x: Vec<f32> = items.iter().flat_map(|e| e.0.clone()).collect();
+        let y: Vec<f32> = items.iter().flat_map(|e| e.1.clone()).collect();
+        (t2(&x, n, D), t2(&y, n, 2))
+    })
+    .unwrap()
+}
+
+fn loss_on(net: &Net<AB>, ex: &[Example]) -> f64 {
+    let n = ex.len();
+    let x: Vec<f32> = ex.iter().flat_map(|e| e.0.clone()).collect();
+    let y: Vec<f32> = ex.iter().flat_map(|e| e.1.clone()).collect();
+    let l = Regression { gamma_reg: false }.lower_loss(net, &(t2(&x, n, D), t2(&y, n, 2)));
+    l.into_scalar().elem::<f64>()
+}
+
+fn config(mode: Mode, iterations: usize, hypergradient: Hypergradient) -> TrainConfig {
+    TrainConfig {
+        mode,
+        iterations,
+        hypergradient,
+        gamma: 1e-3,
+        lower: LevelConfig {
+            weight_decay: 0.0,
+            ..LevelConfig::with_lr(3e-2)
+        },
+        upper: LevelConfig {
+            weight_decay: 0.0,
+            ..LevelConfig::with_lr(3e-2)
+        },
+        schedule: Schedule::Constant,
+        ..TrainConfig::default()
+    }
+}
+
+fn run(
+    cfg: &TrainConfig,
+    module: Net<AB>,
+    hooks: Hooks<'_, Net<AB>>,
+    resume: Option<Checkpoint>,
+) -> Result<bidora_bilevel::Outcome<Net<AB>>, TrainError> {
+    let problem = Regression { gamma_reg: true };
+    let groups = ParamGroups::bilevel(&ParamPartition::of(&module));
+    let trainer = Trainer::new(&problem, groups, cfg.clone(), dev())?;
+    let mut train = stream(examples(48, 1, false), 11);
+    let mut val = stream(examples(16, 2, true), 12);
+    let mut both = stream([examples(48, 1, false), examples(16, 2, true)].concat(), 13);
+    trainer.run(
+        module,
+        Data {
+            train: &mut train,
+            val: Some(&mut val),
+            retrain: Some(&mut both),
+        },
+        hooks,
+        resume,
+    )
+}
+
+fn snapshot(n: &Net<AB>) -> Vec<Vec<f32>> {
+    vec![
+        host(n.layer.weight.val()),
+        host(n.layer.bias.as_ref().unwrap().val()),
+        host(n.layer.lora_a.val()),
+        host(n.layer.lora_b.val()),
+        host(n.layer.magnitude.as_ref().unwrap().val()),
+        host(n.head.weight.val()),
+        host(n.head.bias.as_ref().unwrap().val()),
+    ]
+}
+
+#[test]
+fn each_level_changes_only_its_own_parameters() {
+    let _guard = serial();
+    let m0 = net(0.1, 5);
+    let start = snapshot(&m0);
+    let darts = Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    };
+    // Upper level only (lower lr = 0): θ (A, AB, head) and the frozen weights stay bitwise.
+    let mut cfg = config(Mode::Bilevel, 6, darts);
+    cfg.lower.lr = 0.0;
+    let out = run(&cfg, m0.clone(), Hooks::default(), None).unwrap();
+    let after = snapshot(&out.module);
+    for i in [0, 1, 2, 3, 5, 6] {
+        assert_eq!(after[i], start[i], "tensor {i} changed by upper steps");
+    }
+    assert_ne!(after[4], start[4], "magnitudes must move");
+    // Lower level only (upper lr = 0): m and the frozen weights stay bitwise.
+    let mut cfg = config(Mode::Bilevel, 6, darts);
+    cfg.upper.lr = 0.0;
+    let out = run(&cfg, m0, Hooks::default(), None).unwrap();
+    let after = snapshot(&out.module);
+    for i in [0, 1, 4] {
+        assert_eq!(after[i], start[i], "tensor {i} changed by lower steps");
+    }
+    for i in [3, 5] {
+        assert_ne!(after[i], start[i], "direction/head must move");
+    }
+}
+
+#[derive(Module, Debug)]
+struct Lin<B: Backend> {
+    layer: AdaptedLinear<B>,
+}
+
+impl<B: Backend> AdapterHost<B> for Lin<B> {
+    fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
+        self.layer.for_each_adapter(&join_path(prefix, "layer"), f);
+    }
+}
+
+struct LinProblem;
+
+impl BilevelProblem<AB> for LinProblem {
+    type Module = Lin<AB>;
+    type Batch = Batch;
+    fn lower_loss(&self, m: &Lin<AB>, (x, y): &Batch) -> Tensor<AB, 1> {
+        (m.layer.forward(x.clone()) - y.clone())
+            .square()
+            .mean()
+            .reshape([1])
+    }
+}
+
+/// Train targets come from `W0 + U·V`; validation targets from the same weight with output 0
+/// scaled by 1.8 — a shift only the magnitudes, trained on validation data, can absorb.
+#[test]
+fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
+    let _guard = serial();
+    let w0 = t2(&lcg(D * D, 3), D, D);
+    let teacher = w0.clone()
+        + t2(&lcg(D * 2, 4), D, 2)
+            .matmul(t2(&lcg(2 * D, 5), 2, D))
+            .mul_scalar(0.3);
+    let scale: Vec<f32> = (0..D).map(|j| if j == 0 { 1.8 } else { 1.0 }).collect();
+    let make = |n: usize, seed: u64, shifted: bool| -> Vec<Example> {
+        let xs = lcg(n * D, seed);
+        let mut w = teacher.clone();
+        if shifted {
+            w = w * t1(&scale).unsqueeze_dim(0);
+        }
+        let y = host(t2(&xs, n, D).matmul(w));
+        (0..n)
+            .map(|i| {
+                (
+                    xs[i * D..(i + 1) * D].to_vec(),
+                    y[i * D..(i + 1) * D].to_vec(),
+                )
+            })
+            .collect()
+    };
+    let stream_d = |ex: Vec<Example>, seed: u64| {
+        ShuffledBatches::new(ex, 8, seed, |items: &[&Example]| {
+            let n = items.len();
+            let x: Vec<f32> = items.iter().flat_map(|e| e.0.clone()).collect();
+            let y: Vec<f32> = items.iter().flat_map(|e| e.1.clone()).collect();
+            (t2(&x, n, D), t2(&y, n, D))
+        })
+        .unwrap()
+    };
+    let val = make(32, 7, true);
+    let val_loss = |m: &Lin<AB>| {
+        let n = val.len();
+        let x: Vec<f32> = val.iter().flat_map(|e| e.0.clone()).collect();
+        let y: Vec<f32> = val.iter().flat_map(|e| e.1.clone()).collect();
+        LinProblem
+            .lower_loss(m, &(t2(&x, n, D), t2(&y, n, D)))
+            .into_scalar()
+            .elem::<f64>()
+    };
+    for method in [
+        Hypergradient::FirstOrder,
+        Hypergradient::Darts {
+            alpha: 0.01,
+            xi: 1.0,
+        },
+    ] {
+        let config = AdapterConfig::new(AdapterMethod::Bidora).with_rank(2, 2.0);
+        AB::seed(&dev(), 1);
+        let base = Linear {
+            weight: Param::from_tensor(w0.clone()),
+            bias: None,
+        };
+        let module = Lin {
+            layer: AdaptedLinear::new(base, &config).unwrap(),
+        };
+        let before = val_loss(&module);
+        let groups = ParamGroups::bilevel(&ParamPartition::of(&module));
+        let cfg = config_lin(method);
+        let trainer = Trainer::new(&LinProblem, groups, cfg, dev()).unwrap();
+        let mut train = stream_d(make(64, 6, false), 1);
+        let mut valid = stream_d(val.clone(), 2);
+        let out = trainer
+            .run(
+                module,
+                Data {
+                    train: &mut train,
+                    val: Some(&mut valid),
+                    retrain: None,
+                },
+                Hooks::default(),
+                None,
+            )
+            .unwrap();
+        let after = val_loss(&out.module);
+        assert!(
+            after < 0.5 * before,
+            "{method:?}: validation loss {before} -> {after}"
+        );
+    }
+}
+
+fn config_lin(method: Hypergradient) -> TrainConfig {
+    config(Mode::Bilevel, 150, method)
+}
+
+#[test]
+fn kill_and_resume_is_bitwise_identical() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.bin");
+    let mut cfg = config(
+        Mode::Bilevel,
+        8,
+        Hypergradient::Darts {
+            alpha: 0.01,
+            xi: 1.0,
+        },
+    );
+    cfg.checkpoint_every = Some(3);
+    cfg.retrain = Some(RetrainConfig {
+        iterations: 5,
+        level: LevelConfig::with_lr(1e-2),
+    });
+    cfg.schedule = Schedule::default();
+    cfg.eval_every = Some(2);
+
+    let val = examples(16, 2, true);
+    let m0 = net(0.1, 5);
+    let uninterrupted = {
+        let mut eval = |n: &Net<AB>| Evaluation::single("val_loss", loss_on(n, &val), false);
+        let hooks = Hooks {
+            evaluate: Some(&mut eval),
+            ..Default::default()
+        };
+        run(&cfg, m0.clone(), hooks, None).unwrap()
+    };
+    assert!(uninterrupted.completed);
+
+    // Stop right after the checkpoint at search step 6, and again in the retraining phase.
+    let mut resume = None;
+    for stop_at in [(Phase::Search, 6), (Phase::Retrain, 3)] {
+        let mut phase = Phase::Search;
+        let mut on_event = |e: &Event| match e {
+            Event::PhaseStart { phase: p, .. } => {
+                phase = *p;
+                Control::Continue
+            }
+            Event::Checkpoint { step, .. } if (phase, *step) == stop_at => Control::Stop,
+            _ => Control::Continue,
+        };
+        let mut eval = |n: &Net<AB>| Evaluation::single("val_loss", loss_on(n, &val), false);
+        let hooks = Hooks {
+            on_event: Some(&mut on_event),
+            evaluate: Some(&mut eval),
+            checkpoint: Some(path.clone()),
+        };
+        // The first run starts like the uninterrupted one; resumed runs get a differently
+        // initialised module, whose every value the checkpoint must overwrite.
+        let template = if resume.is_some() {
+            net(0.1, 77)
+        } else {
+            m0.clone()
+        };
+        let out = run(&cfg, template, hooks, resume.take()).unwrap();
+        assert!(!out.completed);
+        resume = Some(Checkpoint::load(&path).unwrap());
+        assert_eq!(resume.as_ref().unwrap().state.phase, stop_at.0);
+    }
+    let mut eval = |n: &Net<AB>| Evaluation::single("val_loss", loss_on(n, &val), false);
+    let hooks = Hooks {
+        evaluate: Some(&mut eval),
+        checkpoint: Some(path.clone()),
+        ..Default::default()
+    };
+    let resumed = run(&cfg, net(0.1, 77), hooks, resume).unwrap();
+    assert!(resumed.completed);
+    assert_eq!(snapshot(&resumed.module), snapshot(&uninterrupted.module));
+    assert_eq!(resumed.final_eval, uninterrupted.final_eval);
+    assert_eq!(resumed.best_eval, uninterrupted.best_eval);
+    // A different configuration is refused.
+    let mut other = cfg.clone();
+    other.gamma = 0.5;
+    let err = run(
+        &other,
+        net(0.1, 5),
+        Hooks::default(),
+        Some(Checkpoint::load(&path).unwrap()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("different training configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn retraining_resets_the_direction_and_freezes_magnitudes() {
+    let _guard = serial();
+    let mut cfg = config(Mode::Bilevel, 5, Hypergradient::FirstOrder);
+    cfg.retrain = Some(RetrainConfig {
+        iterations: 1,
+        level: LevelConfig {
+            weight_decay: 0.0,
+            ..LevelConfig::with_lr(0.0)
+        },
+    });
+    let m0 = net(0.0, 5);
+    let start = snapshot(&m0);
+    let out = run(&cfg, m0, Hooks::default(), None).unwrap();
+    let after = snapshot(&out.module);
+    // With a zero retraining rate, the direction and head are back to their initial values...
+    for i in [2, 3, 5, 6] {
+        assert_eq!(after[i], start[i], "tensor {i} not reset");
+    }
+    // ...while the searched magnitudes are kept.
+    assert_ne!(after[4], start[4]);
+}
+
+struct Explodes;
+impl BilevelProblem<AB> for Explodes {
+    type Module = Net<AB>;
+    type Batch = Batch;
+    fn lower_loss(&self, net: &Net<AB>, (x, y): &Batch) -> Tensor<AB, 1> {
+        // The loss is NaN once the first input of the batch is above 0.9.
+        let l = (net.forward(x.clone()) - y.clone())
+            .square()
+            .mean()
+            .reshape([1]);
+        let first: f32 = x.clone().slice([0..1, 0..1]).into_scalar().elem();
+        if first > 0.9 {
+            l.mul_scalar(f64::NAN)
+        } else {
+            l
+        }
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.bin");
+    let module = net(0.0, 5);
+    let groups = ParamGroups::single_level(&ParamPartition::of(&module));
+    let mut cfg = config(Mode::SingleLevel, 40, Hypergradient::FirstOrder);
+    cfg.checkpoint_every = Some(1);
+    let trainer = Trainer::new(&Explodes, groups, cfg, dev()).unwrap();
+    let mut ex = examples(40, 1, false);
+    for (i, e) in ex.iter_mut().enumerate() {
+        e.0[0] = if i == 17 { 0.95 } else { 0.0 };
+    }
+    // Batch size 1: exactly one step sees the poisoned example.
+    let mut train = ShuffledBatches::new(ex, 1, 3, |items: &[&Example]| {
+        (t2(&items[0].0, 1, D), t2(&items[0].1, 1, 2))
+    })
+    .unwrap();
+    let err = trainer
+        .run(
+            module,
+            Data {
+                train: &mut train,
+                val: None,
+                retrain: None,
+            },
+            Hooks {
+                checkpoint: Some(path.clone()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
+    let TrainError::NonFinite { step, what, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(what, "lower loss");
+    let ck = Checkpoint::load(&path).unwrap();
+    assert_eq!(
+        ck.state.step, *step,
+        "the last checkpoint is the one before the failing step"
+    );
+    assert!(err.to_string().contains(&format!("step {step}")));
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let _guard = serial();
+    let module = net(0.0, 5);
+    let part = ParamPartition::of(&module);
+    let problem = Regression { gamma_reg: false };
+    let mut cfg = TrainConfig::default();
+    cfg.unroll = 0;
+    assert!(Trainer::new(&problem, ParamGroups::bilevel(&part), cfg, dev()).is_err());
+    // Bi-level with no magnitudes (a LoRA model) is refused with advice.
+    let groups = ParamGroups {
+        lower: part.lower(),
+        upper: vec![],
+    };
+    let err = Trainer::new(&problem, groups, TrainConfig::default(), dev())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("single-level"), "{err}");
+    let _ = values::<AB, _>(&module, &part.lower());
+}

@@ -1,3 +1,4 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
 //! The adapted layer's forward and forward+backward, LoRA vs DoRA (exact, detached and
 //! low-rank norm) vs merged, on transformer-sized shapes with 2048 tokens.
 

@@ -226,6 +226,7 @@ pub fn matches_target(pattern: &str, path: &str) -> Result<bool, AdapterError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

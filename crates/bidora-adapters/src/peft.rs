@@ -312,10 +312,7 @@ impl PeftAdapter {
         }
         let weights_path = dir.join(WEIGHTS_FILE);
         let file = read_safetensors(&weights_path)?;
-        let mut parts: BTreeMap<
-            String,
-            (Option<HostTensor>, Option<HostTensor>, Option<HostTensor>),
-        > = BTreeMap::new();
+        let mut parts: BTreeMap<String, [Option<HostTensor>; 3]> = BTreeMap::new();
         let mut extra_tensors = BTreeMap::new();
         for (key, tensor) in file.tensors {
             let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
@@ -334,15 +331,10 @@ impl PeftAdapter {
                 extra_tensors.insert(rest.to_string(), tensor);
                 continue;
             };
-            let entry = parts.entry(module.to_string()).or_default();
-            match slot {
-                0 => entry.0 = Some(tensor),
-                1 => entry.1 = Some(tensor),
-                _ => entry.2 = Some(tensor),
-            }
+            parts.entry(module.to_string()).or_default()[slot] = Some(tensor);
         }
         let mut layers = BTreeMap::new();
-        for (module, (a, b, m)) in parts {
+        for (module, [a, b, m]) in parts {
             let missing = |what: &str| AdapterError::Mismatch {
                 path: weights_path.clone(),
                 message: format!("layer `{module}` has no `{what}` tensor"),

@@ -5,6 +5,8 @@
 //! is shared by `NdArray<f32>` and `NdArray<f64>`, so f64 tests must not share a process with
 //! f32 tests.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use bidora_adapters::regularizer::{self, GramCache, OrthoOptions};

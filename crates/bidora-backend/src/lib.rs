@@ -385,6 +385,7 @@ macro_rules! __cuda_tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -88,6 +88,7 @@ pub struct HypergradientResult<B: AutodiffBackend> {
 /// `train_batch` is the lower level's last batch (the finite differences use it), `val_batch`
 /// the upper level's. `reseed` is called before every pass that may draw random numbers, with
 /// the same value for the `+` and `−` passes, so that dropout masks agree.
+#[allow(clippy::too_many_arguments)]
 pub fn hypergradient<B: AutodiffBackend, P: BilevelProblem<B>>(
     problem: &P,
     module: &P::Module,

@@ -65,13 +65,12 @@ impl<T, F> ShuffledBatches<T, F> {
             let mut rng = SplitMix64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             // Fisher–Yates.
             for i in (1..n).rev() {
-                let j = (rng.next() % (i as u64 + 1)) as usize;
+                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
                 order.swap(i, j);
             }
             self.epoch = Some((epoch, order));
         }
-        &self
-            .epoch
+        self.epoch
             .as_ref()
             .map(|(_, o)| o.as_slice())
             .unwrap_or(&[])
@@ -111,7 +110,7 @@ pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

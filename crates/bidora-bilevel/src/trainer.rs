@@ -121,13 +121,13 @@ impl TrainConfig {
             }
         }
         if let Some(c) = self.clip_grad_norm {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 return bad("`clip_grad_norm` must be positive");
             }
         }
         match self.hypergradient {
             Hypergradient::Darts { alpha, .. } | Hypergradient::Neumann { alpha, .. }
-                if !(alpha > 0.0) =>
+                if alpha.is_nan() || alpha <= 0.0 =>
             {
                 bad("the hypergradient's `alpha` must be positive")
             }
@@ -252,12 +252,15 @@ pub struct Data<'a, T> {
     pub retrain: Option<&'a mut dyn BatchStream<Batch = T>>,
 }
 
+/// An evaluation callback.
+pub type EvalFn<'a, M> = &'a mut dyn FnMut(&M) -> Evaluation;
+
 /// Callbacks of a run.
 pub struct Hooks<'a, M> {
     /// Called with every event.
     pub on_event: Option<&'a mut dyn FnMut(&Event) -> Control>,
     /// Evaluates the module (switch to the inner backend with `valid()` inside).
-    pub evaluate: Option<&'a mut dyn FnMut(&M) -> Evaluation>,
+    pub evaluate: Option<EvalFn<'a, M>>,
     /// Where checkpoints are written (one file, replaced atomically).
     pub checkpoint: Option<PathBuf>,
 }
@@ -336,7 +339,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 ^ (step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)
                 ^ sub.wrapping_mul(0xD6E8_FEB8_6659_FD93),
         );
-        B::seed(&self.device, rng.next());
+        B::seed(&self.device, rng.next_u64());
     }
 
     /// Runs the whole schedule: the search (or single-level training) and, if configured, the
@@ -492,7 +495,9 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 module = lower_opt.step(lr_lo, module, gp);
 
                 let mut upper_loss = None;
-                if self.config.mode == Mode::Bilevel && (step + 1) % self.config.unroll == 0 {
+                if self.config.mode == Mode::Bilevel
+                    && (step + 1).is_multiple_of(self.config.unroll)
+                {
                     let val_stream = val.as_deref_mut().ok_or_else(|| {
                         TrainError::Config("bi-level training needs a validation stream".into())
                     })?;
@@ -568,7 +573,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
 
         // ---- retraining
         if let (Some(r), Phase::Retrain) = (&self.config.retrain, state.phase) {
-            let stream = retrain.as_deref_mut().ok_or_else(|| {
+            let stream = retrain.ok_or_else(|| {
                 TrainError::Config("the retraining phase needs a retraining stream".into())
             })?;
             let total = r.iterations;
@@ -652,7 +657,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
     }
 
     fn due(&self, every: Option<usize>, done: usize) -> bool {
-        every.is_some_and(|k| done % k == 0)
+        every.is_some_and(|k| done.is_multiple_of(k))
     }
 
     fn clip(
@@ -671,7 +676,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
-        evaluate: &mut Option<&mut dyn FnMut(&P::Module) -> Evaluation>,
+        evaluate: &mut Option<EvalFn<'_, P::Module>>,
         module: &P::Module,
         phase: Phase,
         step: usize,

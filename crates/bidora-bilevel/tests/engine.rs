@@ -1,6 +1,8 @@
 //! The bi-level engine: hypergradients against closed forms, level invariants, learning on a
 //! planted shift, NaN handling, and bit-identical kill-and-resume.
 
+#![allow(clippy::unwrap_used)]
+
 use bidora_adapters::regularizer::{orthogonality, OrthoOptions};
 use bidora_adapters::{
     join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod, ParamPartition,
@@ -738,8 +740,10 @@ fn bad_configurations_are_refused() {
     let module = net(0.0, 5);
     let part = ParamPartition::of(&module);
     let problem = Regression { gamma_reg: false };
-    let mut cfg = TrainConfig::default();
-    cfg.unroll = 0;
+    let cfg = TrainConfig {
+        unroll: 0,
+        ..TrainConfig::default()
+    };
     assert!(Trainer::new(&problem, ParamGroups::bilevel(&part), cfg, dev()).is_err());
     // Bi-level with no magnitudes (a LoRA model) is refused with advice.
     let groups = ParamGroups {

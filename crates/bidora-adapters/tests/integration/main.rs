@@ -1,6 +1,8 @@
 //! The adapter crate's integration tests, in one binary (one link, one monomorphisation of
 //! the backends): layer properties, PEFT numerical parity, and PEFT adapter files.
 
+#![allow(clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -84,12 +84,15 @@ fn run(cli: Cli) -> Result<()> {
                     pythonpath.display()
                 );
             }
-            status(
-                Command::new(&python)
-                    .arg("scripts/golden/adapters.py")
-                    .env("PYTHONPATH", &pythonpath)
-                    .env("PYTHONHASHSEED", "0"),
-            )
+            for script in ["scripts/golden/adapters.py", "scripts/golden/metrics.py"] {
+                status(
+                    Command::new(&python)
+                        .arg(script)
+                        .env("PYTHONPATH", &pythonpath)
+                        .env("PYTHONHASHSEED", "0"),
+                )?;
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,211 @@
+//! Turning examples into padded host batches. Tokenisers live with the models (they know their
+//! special tokens); this module only needs the [`Tokenizer`] trait.
+
+use crate::example::{Example, Label};
+
+/// The label id that losses ignore (sub-word continuations, padding), as in PyTorch.
+pub const IGNORE_INDEX: i64 = -100;
+
+/// One encoded input: token ids with the model's special tokens, already truncated.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Encoding {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// Segment ids (0 for the first text, 1 for the second), when the model uses them.
+    pub type_ids: Vec<u32>,
+    /// For each token, the index of the word it comes from (`None` for special tokens).
+    pub word_ids: Vec<Option<usize>>,
+}
+
+/// What batching needs from a tokeniser.
+pub trait Tokenizer {
+    /// Encodes a text or a pair, with special tokens, truncated to `max_len` tokens (pairs:
+    /// longest-first).
+    fn encode(&self, text: &str, pair: Option<&str>, max_len: usize) -> Encoding;
+    /// Encodes pre-split words (token classification), filling `word_ids`.
+    fn encode_words(&self, words: &[String], max_len: usize) -> Encoding;
+    /// The padding token id.
+    fn pad_id(&self) -> u32;
+}
+
+/// Labels of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchLabels {
+    /// No labels.
+    None,
+    /// One class per example.
+    Classes(Vec<i64>),
+    /// One score per example.
+    Scores(Vec<f32>),
+    /// One tag per token, `[batch × seq_len]`, [`IGNORE_INDEX`] where no word starts.
+    Tags(Vec<i64>),
+}
+
+/// A padded batch in host memory, row-major `[batch, seq_len]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    /// Examples in the batch.
+    pub batch: usize,
+    /// Padded length (the longest encoding in the batch).
+    pub seq_len: usize,
+    /// Token ids, padded with the tokeniser's pad id.
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// Segment ids, 0 on padding.
+    pub token_type_ids: Vec<i64>,
+    /// Labels.
+    pub labels: BatchLabels,
+}
+
+/// Encodes and pads `examples` to their longest member (dynamic padding). Token-classification
+/// tags go to the first sub-token of each word; other sub-tokens, special tokens and padding
+/// get [`IGNORE_INDEX`].
+pub fn collate(examples: &[&Example], tokenizer: &dyn Tokenizer, max_len: usize) -> HostBatch {
+    let encodings: Vec<Encoding> = examples
+        .iter()
+        .map(|e| match &e.words {
+            Some(words) => tokenizer.encode_words(words, max_len),
+            None => tokenizer.encode(&e.text_a, e.text_b.as_deref(), max_len),
+        })
+        .collect();
+    let seq_len = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let n = examples.len();
+    let mut input_ids = vec![tokenizer.pad_id() as i64; n * seq_len];
+    let mut attention_mask = vec![0i64; n * seq_len];
+    let mut token_type_ids = vec![0i64; n * seq_len];
+    for (i, enc) in encodings.iter().enumerate() {
+        for (j, id) in enc.ids.iter().enumerate() {
+            input_ids[i * seq_len + j] = *id as i64;
+            attention_mask[i * seq_len + j] = 1;
+            token_type_ids[i * seq_len + j] = enc.type_ids.get(j).copied().unwrap_or(0) as i64;
+        }
+    }
+    let labels = match examples.first().and_then(|e| e.label.as_ref()) {
+        None => BatchLabels::None,
+        Some(Label::Class(_)) => BatchLabels::Classes(
+            examples
+                .iter()
+                .map(|e| e.class().map(|c| c as i64).unwrap_or(IGNORE_INDEX))
+                .collect(),
+        ),
+        Some(Label::Score(_)) => BatchLabels::Scores(
+            examples
+                .iter()
+                .map(|e| match e.label {
+                    Some(Label::Score(s)) => s,
+                    _ => f32::NAN,
+                })
+                .collect(),
+        ),
+        Some(Label::Tags(_)) => {
+            let mut tags = vec![IGNORE_INDEX; n * seq_len];
+            for (i, (ex, enc)) in examples.iter().zip(&encodings).enumerate() {
+                let Some(Label::Tags(word_tags)) = &ex.label else {
+                    continue;
+                };
+                let mut prev = None;
+                for (j, w) in enc.word_ids.iter().enumerate() {
+                    if let Some(w) = w {
+                        if prev != Some(*w) {
+                            if let Some(t) = word_tags.get(*w) {
+                                tags[i * seq_len + j] = *t as i64;
+                            }
+                        }
+                    }
+                    prev = *w;
+                }
+            }
+            BatchLabels::Tags(tags)
+        }
+        Some(Label::References(_)) => BatchLabels::None,
+    };
+    HostBatch {
+        batch: n,
+        seq_len,
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Characters as tokens: `[1] a [2] b [2]`, words split into characters.
+    struct Chars;
+    impl Tokenizer for Chars {
+        fn encode(&self, text: &str, pair: Option<&str>, max_len: usize) -> Encoding {
+            let mut ids = vec![1];
+            let mut type_ids = vec![0];
+            ids.extend(text.bytes().map(u32::from));
+            type_ids.resize(ids.len(), 0);
+            ids.push(2);
+            type_ids.push(0);
+            if let Some(p) = pair {
+                ids.extend(p.bytes().map(u32::from));
+                ids.push(2);
+                type_ids.resize(ids.len(), 1);
+            }
+            ids.truncate(max_len);
+            type_ids.truncate(max_len);
+            let word_ids = vec![None; ids.len()];
+            Encoding {
+                ids,
+                type_ids,
+                word_ids,
+            }
+        }
+        fn encode_words(&self, words: &[String], _max_len: usize) -> Encoding {
+            let mut e = Encoding {
+                ids: vec![1],
+                type_ids: vec![0],
+                word_ids: vec![None],
+            };
+            for (w, word) in words.iter().enumerate() {
+                for b in word.bytes() {
+                    e.ids.push(u32::from(b));
+                    e.type_ids.push(0);
+                    e.word_ids.push(Some(w));
+                }
+            }
+            e
+        }
+        fn pad_id(&self) -> u32 {
+            0
+        }
+    }
+
+    #[test]
+    fn pads_to_the_longest_and_aligns_tags_to_first_subtokens() {
+        let a = Example::pair("ab", "c", Some(Label::Class(1)), 1);
+        let b = Example::single("d", Some(Label::Class(0)), 2);
+        let batch = collate(&[&a, &b], &Chars, 16);
+        assert_eq!(batch.seq_len, 6);
+        assert_eq!(
+            batch.input_ids,
+            vec![1, 97, 98, 2, 99, 2, 1, 100, 2, 0, 0, 0]
+        );
+        assert_eq!(
+            batch.attention_mask,
+            vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+        );
+        assert_eq!(
+            batch.token_type_ids,
+            vec![0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(batch.labels, BatchLabels::Classes(vec![1, 0]));
+
+        let t = Example {
+            text_a: "ab c".into(),
+            text_b: None,
+            words: Some(vec!["ab".into(), "c".into()]),
+            label: Some(Label::Tags(vec![3, 4])),
+            line: 1,
+        };
+        let batch = collate(&[&t], &Chars, 16);
+        assert_eq!(batch.labels, BatchLabels::Tags(vec![-100, 3, -100, 4]));
+    }
+}

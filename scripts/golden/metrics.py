@@ -6,8 +6,8 @@
 
 Writes crates/bidora-data/tests/fixtures/metrics.json: inputs and the values computed by
 scikit-learn (accuracy, F1, MCC), scipy (Pearson, Spearman), seqeval (entity P/R/F1, default
-mode), sacrebleu (corpus BLEU, tokenize="none") and rouge-score (ROUGE-L F, max over
-references, averaged). Edge cases included: constant predictions, empty entity sets,
+mode), sacrebleu (corpus BLEU, tokenize="none"), rouge-score (ROUGE-L F, max over
+references, averaged), NLTK (corpus NIST, n=5) and pycocoevalcap (CIDEr-D). Edge cases included: constant predictions, empty entity sets,
 zero-length hypotheses. NaN is written as null.
 """
 
@@ -24,6 +24,8 @@ import scipy
 import seqeval
 import sklearn
 from rouge_score import rouge_scorer
+from nltk.translate.nist_score import corpus_nist
+from pycocoevalcap.cider.cider import Cider
 from scipy.stats import pearsonr, spearmanr
 from sacrebleu.metrics import BLEU
 from seqeval.metrics import f1_score as seq_f1, precision_score as seq_p, recall_score as seq_r
@@ -107,17 +109,25 @@ def main():
         ("zero_length_hypothesis", ["", "the cat"], [["the cat sat"], ["the cat"]]),
         ("short_hypothesis", ["the cat"], [["the cat sat on the mat", "a cat sat"]]),
         ("punctuation_case", ["The cat, sat!"], [["the cat sat"]]),
+        ("long_enough", ["the cat sat on the mat today", "a dog ran under the rug quickly"],
+         [["the cat sat on a mat today", "a cat was on the mat"], ["the dog ran under a rug", "a dog ran quickly"]]),
     ]:
         # sacrebleu wants references as streams: list over reference slots, padded with "".
         n_slots = max(len(r) for r in refs)
         streams = [[r[i] if i < len(r) else None for r in refs] for i in range(n_slots)]
         bleu = BLEU(tokenize="none").corpus_score(hyps, streams).score
         rouge = sum(max(scorer.score(r, h)["rougeL"].fmeasure for r in rs) for h, rs in zip(hyps, refs)) / len(hyps)
-        generation.append({"name": name, "hyps": hyps, "refs": refs, "bleu": bleu, "rouge_l": rouge})
+        try:
+            nist = corpus_nist([[r.split() for r in rs] for rs in refs], [h.split() for h in hyps], n=5)
+        except ZeroDivisionError:  # NLTK divides by zero when an n-gram order is empty
+            nist = None
+        cider = Cider().compute_score({i: rs for i, rs in enumerate(refs)}, {i: [h] for i, h in enumerate(hyps)})[0]
+        generation.append({"name": name, "hyps": hyps, "refs": refs, "bleu": bleu, "rouge_l": rouge,
+                           "nist": nist, "cider": float(cider)})
 
     versions = {"scikit-learn": sklearn.__version__, "scipy": scipy.__version__,
                 "seqeval": getattr(seqeval, "__version__", "1.2.2"), "sacrebleu": sacrebleu.__version__,
-                "rouge-score": "0.1.2"}
+                "rouge-score": "0.1.2", "nltk": "3.9.1", "pycocoevalcap": "1.2"}
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as fh:
         json.dump({"generator": "scripts/golden/metrics.py", "versions": versions,

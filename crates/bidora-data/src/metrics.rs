@@ -2,6 +2,9 @@
 //! seqeval, sacrebleu, rouge-score); `tests/metrics_golden.rs` checks each against committed
 //! outputs of those libraries.
 //!
+//! METEOR is not provided: its reference implementation needs WordNet synonyms and paraphrase
+//! tables that no registry package ships, so it cannot be reproduced faithfully here.
+//!
 //! Conventions at the edges follow the references: F1, precision, recall and MCC are 0 when
 //! undefined (scikit-learn's `zero_division` result); Pearson and Spearman are NaN for a
 //! constant input (scipy).
@@ -344,6 +347,180 @@ fn lcs(a: &[String], b: &[String]) -> usize {
         }
     }
     row[b.len()]
+}
+
+/// NIST (n = 5) as NLTK's `corpus_nist` computes it: information weights from the reference
+/// n-gram counts, per-segment choice of the reference with the best precision, and NIST's
+/// brevity penalty (0.5 at a length ratio of 2/3). Tokens are whitespace-split. An n-gram order
+/// with no hypothesis n-gram contributes nothing (NLTK divides by zero there).
+pub fn corpus_nist(hypotheses: &[&str], references: &[Vec<&str>], n: usize) -> f64 {
+    let hyps: Vec<Vec<&str>> = hypotheses
+        .iter()
+        .map(|h| h.split_whitespace().collect())
+        .collect();
+    let refs: Vec<Vec<Vec<&str>>> = references
+        .iter()
+        .map(|rs| rs.iter().map(|r| r.split_whitespace().collect()).collect())
+        .collect();
+    let mut freq: HashMap<&[&str], usize> = HashMap::new();
+    let mut total_ref_words = 0usize;
+    for rs in &refs {
+        for r in rs {
+            total_ref_words += r.len();
+            for k in 1..=n {
+                for (g, c) in ngrams(r, k) {
+                    *freq.entry(g).or_default() += c;
+                }
+            }
+        }
+    }
+    let info = |g: &[&str]| -> f64 {
+        let count = freq.get(g).copied().unwrap_or(0) as f64;
+        let prefix = &g[..g.len() - 1];
+        let numerator = match freq.get(prefix) {
+            Some(c) if !prefix.is_empty() => *c as f64,
+            _ => total_ref_words as f64,
+        };
+        (numerator / count).log2()
+    };
+    let (mut score, mut l_ref, mut l_sys) = (0.0, 0usize, 0usize);
+    for k in 1..=n {
+        let (mut num_k, mut den_k) = (0.0f64, 0usize);
+        for (h, rs) in hyps.iter().zip(&refs) {
+            let hyp_ngrams = ngrams(h, k);
+            let den: usize = hyp_ngrams.values().sum();
+            // (precision, numerator, denominator, ref_len), maximised lexicographically.
+            let mut best: Option<(f64, f64, usize, usize)> = None;
+            for r in rs {
+                let ref_ngrams = ngrams(r, k);
+                let num: f64 = hyp_ngrams
+                    .iter()
+                    .filter_map(|(g, c)| ref_ngrams.get(g).map(|rc| info(g) * (*c).min(*rc) as f64))
+                    .sum();
+                let precision = if den == 0 { 0.0 } else { num / den as f64 };
+                let cand = (precision, num, den, r.len());
+                let better = match best {
+                    None => true,
+                    Some(b) => cand.partial_cmp(&b) == Some(std::cmp::Ordering::Greater),
+                };
+                if better {
+                    best = Some(cand);
+                }
+            }
+            if let Some((_, num, den, ref_len)) = best {
+                num_k += num;
+                den_k += den;
+                l_ref += ref_len;
+            }
+            l_sys += h.len();
+        }
+        if den_k > 0 {
+            score += num_k / den_k as f64;
+        }
+    }
+    let ratio = if l_ref == 0 {
+        0.0
+    } else {
+        l_sys as f64 / l_ref as f64
+    };
+    let penalty = if ratio > 0.0 && ratio < 1.0 {
+        let beta = 0.5f64.ln() / 1.5f64.ln().powi(2);
+        (beta * ratio.ln().powi(2)).exp()
+    } else {
+        ratio.clamp(0.0, 1.0)
+    };
+    score * penalty
+}
+
+/// CIDEr-D (×10, n = 4, σ = 6) as `pycocoevalcap`'s `Cider` computes it: TF-IDF n-gram
+/// vectors with document frequencies over the reference sets of the corpus, clipped cosine
+/// similarity, and a Gaussian penalty on the length difference (counted, as there, in
+/// bigrams). Tokens are whitespace-split.
+pub fn cider_d(hypotheses: &[&str], references: &[Vec<&str>]) -> f64 {
+    const N: usize = 4;
+    const SIGMA: f64 = 6.0;
+    let hyp_counts: Vec<_> = hypotheses.iter().map(|h| cider_counts(h, N)).collect();
+    let ref_counts: Vec<Vec<_>> = references
+        .iter()
+        .map(|rs| rs.iter().map(|r| cider_counts(r, N)).collect())
+        .collect();
+    let mut df: HashMap<Vec<&str>, f64> = HashMap::new();
+    for rs in &ref_counts {
+        let mut seen: std::collections::HashSet<&Vec<&str>> = std::collections::HashSet::new();
+        for r in rs {
+            seen.extend(r.keys());
+        }
+        for g in seen {
+            *df.entry(g.clone()).or_default() += 1.0;
+        }
+    }
+    if ref_counts.is_empty() {
+        return 0.0;
+    }
+    let log_docs = (ref_counts.len() as f64).ln();
+    let mut total = 0.0;
+    for (h, rs) in hyp_counts.iter().zip(&ref_counts) {
+        let (hv, hn, hl) = cider_vector(h, &df, log_docs);
+        let mut score = [0.0; N];
+        for r in rs {
+            let (rv, rn, rl) = cider_vector(r, &df, log_docs);
+            let delta = hl - rl;
+            for k in 0..N {
+                let mut val: f64 = hv[k]
+                    .iter()
+                    .map(|(g, x)| {
+                        let y = rv[k].get(g).copied().unwrap_or(0.0);
+                        x.min(y) * y
+                    })
+                    .sum();
+                if hn[k] != 0.0 && rn[k] != 0.0 {
+                    val /= hn[k] * rn[k];
+                }
+                score[k] += val * (-(delta * delta) / (2.0 * SIGMA * SIGMA)).exp();
+            }
+        }
+        let mean = score.iter().sum::<f64>() / N as f64;
+        total += mean / rs.len().max(1) as f64 * 10.0;
+    }
+    total / hyp_counts.len().max(1) as f64
+}
+
+type CiderVector<'a> = (Vec<HashMap<Vec<&'a str>, f64>>, [f64; 4], f64);
+
+fn cider_counts(s: &str, n: usize) -> HashMap<Vec<&str>, usize> {
+    let toks: Vec<&str> = s.split_whitespace().collect();
+    let mut m = HashMap::new();
+    for k in 1..=n {
+        for (g, c) in ngrams(&toks, k) {
+            *m.entry(g.to_vec()).or_default() += c;
+        }
+    }
+    m
+}
+
+fn cider_vector<'a>(
+    counts: &HashMap<Vec<&'a str>, usize>,
+    df: &HashMap<Vec<&'a str>, f64>,
+    log_docs: f64,
+) -> CiderVector<'a> {
+    let mut vec: Vec<HashMap<Vec<&str>, f64>> = (0..4).map(|_| HashMap::new()).collect();
+    let mut norm = [0.0; 4];
+    let mut length = 0.0;
+    for (g, tf) in counts {
+        let k = g.len() - 1;
+        let d = df.get(g).copied().unwrap_or(0.0).max(1.0).ln();
+        let v = *tf as f64 * (log_docs - d);
+        norm[k] += v * v;
+        vec[k].insert(g.clone(), v);
+        // pycocoevalcap counts the length in bigrams (its `n == 1`).
+        if k == 1 {
+            length += *tf as f64;
+        }
+    }
+    for x in &mut norm {
+        *x = x.sqrt();
+    }
+    (vec, norm, length)
 }
 
 #[cfg(test)]

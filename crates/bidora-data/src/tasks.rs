@@ -46,6 +46,10 @@ pub enum Metric {
     Bleu,
     /// ROUGE-L F.
     RougeL,
+    /// NIST (n = 5).
+    Nist,
+    /// CIDEr-D.
+    Cider,
 }
 
 impl Metric {
@@ -62,6 +66,8 @@ impl Metric {
             Metric::EntityRecall => "entity_recall",
             Metric::Bleu => "bleu",
             Metric::RougeL => "rouge_l",
+            Metric::Nist => "nist",
+            Metric::Cider => "cider",
         }
     }
 }
@@ -184,7 +190,7 @@ pub fn registry() -> Vec<TaskInfo> {
             name: "e2e",
             kind: TaskKind::Generation,
             pair: false,
-            metrics: &[Bleu, RougeL],
+            metrics: &[Bleu, Nist, RougeL, Cider],
             description: "E2E NLG: DIR/{trainset,devset}.csv (mr,ref), or DIR/{train,dev}.jsonl (source,target)",
             source: Source::Generation,
         },
@@ -519,6 +525,8 @@ pub fn evaluate(
             let hyps: Vec<&str> = p.iter().map(String::as_str).collect();
             out.insert("bleu".into(), metrics::corpus_bleu(&hyps, &refs));
             out.insert("rouge_l".into(), metrics::rouge_l(&hyps, &refs));
+            out.insert("nist".into(), metrics::corpus_nist(&hyps, &refs, 5));
+            out.insert("cider".into(), metrics::cider_d(&hyps, &refs));
         }
     }
     Ok(out)

@@ -105,7 +105,7 @@ fn entity_scores_match_seqeval() {
 }
 
 #[test]
-fn bleu_and_rouge_match_sacrebleu_and_rouge_score() {
+fn generation_metrics_match_sacrebleu_rouge_score_nltk_and_pycocoevalcap() {
     let g = golden();
     for c in g["generation"].as_array().unwrap() {
         let hyps: Vec<&str> = c["hyps"]

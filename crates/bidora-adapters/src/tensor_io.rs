@@ -103,7 +103,7 @@ impl HostTensor {
 /// The tensors of a safetensors file and its `__metadata__`.
 #[derive(Clone, Debug, Default)]
 pub struct SafetensorsFile {
-    /// Tensors by name (F32, F16, BF16 and F64 are read, as f32).
+    /// Tensors by name (F32, F16, BF16, F64, and integer buffers, all read as f32).
     pub tensors: BTreeMap<String, HostTensor>,
     /// The free-form string metadata.
     pub metadata: HashMap<String, String>,
@@ -161,11 +161,17 @@ fn decode(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => {
-            return Err(format!(
-                "unsupported dtype {other:?} (expected a float type)"
-            ))
-        }
+        // Integer buffers (e.g. BERT's `position_ids`) are read as their values.
+        Dtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Dtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        Dtype::U8 | Dtype::BOOL => bytes.iter().map(|b| f32::from(*b)).collect(),
+        other => return Err(format!("unsupported dtype {other:?}")),
     };
     Ok(out)
 }

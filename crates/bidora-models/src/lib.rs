@@ -8,6 +8,7 @@
 
 pub mod bert;
 mod error;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::ModelError;

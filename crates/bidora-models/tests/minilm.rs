@@ -250,3 +250,54 @@ fn loading_errors_list_names_and_shapes() {
         .to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn tokenizers_reproduce_hf_input_ids() {
+    use bidora_models::tokenizer::Tokenizer;
+    let (f, _) = batch();
+    let ids = &f["input_ids"];
+    let n = ids.shape[1];
+    let rows: Vec<Vec<u32>> = ids
+        .data
+        .chunks(n)
+        .map(|r| r.iter().map(|v| *v as u32).collect())
+        .collect();
+    let first = [
+        "The quick brown fox jumps over the lazy dog.",
+        "BiDoRA trains magnitudes on validation data.",
+        "Paris",
+    ];
+    let second = [
+        None,
+        Some("Directions are trained on the training split."),
+        None,
+    ];
+    // From tokenizer.json, and from vocab.txt alone.
+    let json = Tokenizer::load(&minilm_dir()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(minilm_dir().join("vocab.txt"), d.path().join("vocab.txt")).unwrap();
+    let vocab = Tokenizer::load(d.path()).unwrap();
+    for tok in [&json, &vocab] {
+        assert_eq!(tok.pad_id(), 0);
+        for i in 0..3 {
+            let e = tok.encode(first[i], second[i], 128).unwrap();
+            let k = e.ids.len();
+            assert_eq!(e.ids, rows[i][..k].to_vec(), "row {i}");
+            assert!(rows[i][k..].iter().all(|p| *p == 0));
+        }
+        let pair = tok.encode(first[1], second[1], 128).unwrap();
+        // Segment 0 up to and including the first [SEP] (id 102), segment 1 after it.
+        let sep = pair.ids.iter().position(|t| *t == 102).unwrap();
+        assert!(pair.type_ids[..=sep].iter().all(|t| *t == 0));
+        assert!(pair.type_ids[sep + 1..].iter().all(|t| *t == 1));
+        assert!(sep + 1 < pair.ids.len());
+        let short = tok.encode(first[1], second[1], 10).unwrap();
+        assert_eq!(short.ids.len(), 10);
+        let words = tok
+            .encode_words(&["Hello".to_string(), "worldwide".to_string()], 32)
+            .unwrap();
+        assert_eq!(words.word_ids.first(), Some(&None));
+        assert_eq!(words.word_ids[1], Some(0));
+        assert_eq!(*words.word_ids.last().unwrap(), None);
+    }
+}

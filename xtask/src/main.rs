@@ -249,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
                 ("scripts/golden/adapters.py", vec![]),
                 ("scripts/golden/metrics.py", vec![]),
                 ("scripts/golden/models.py", vec![minilm]),
+                ("scripts/golden/tiny_models.py", vec![]),
             ] {
                 status(
                     Command::new(&python)

@@ -1,5 +1,7 @@
-//! BERT encoders (covers all-MiniLM-L6-v2 and other `model_type: "bert"` checkpoints), with the
-//! sequence-classification head of HF's `BertForSequenceClassification`.
+//! BERT-family encoders: BERT (covers all-MiniLM-L6-v2 and other `model_type: "bert"`
+//! checkpoints) and RoBERTa (`model_type: "roberta"`: positions numbered after the padding id,
+//! `roberta.` prefix), with the sequence-classification head of HF's
+//! `BertForSequenceClassification`.
 //!
 //! Module paths follow HF's names (`encoder.layer.0.attention.self.query`), so PEFT's
 //! `target_modules` and adapter keys apply unchanged. Every linear layer is a [`Projection`]:
@@ -22,7 +24,7 @@ use crate::ModelError;
 /// The fields of a BERT `config.json` this implementation uses (others are ignored).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct BertConfig {
-    /// Must be `bert`.
+    /// `bert` or `roberta`.
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -51,6 +53,9 @@ pub struct BertConfig {
     /// Dropout on attention probabilities.
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Padding token id (RoBERTa numbers positions after it).
+    #[serde(default)]
+    pub pad_token_id: usize,
     /// Label names of a fine-tuned classifier (`{"0": "NEG", ...}`).
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
@@ -83,11 +88,11 @@ impl BertConfig {
                 source,
             })?;
         let model_type = probe["model_type"].as_str().unwrap_or("").to_string();
-        if model_type != "bert" {
+        if model_type != "bert" && model_type != "roberta" {
             return Err(ModelError::UnknownArchitecture {
                 path,
                 model_type,
-                supported: "bert".into(),
+                supported: "bert, roberta".into(),
             });
         }
         let config: BertConfig =
@@ -306,6 +311,9 @@ pub struct Bert<B: Backend> {
     pub layers: Vec<BertLayer<B>>,
     /// `pooler.dense` (tanh of the first token), when the checkpoint has one.
     pub pooler: Option<Projection<B>>,
+    /// RoBERTa position numbering: positions count non-padding tokens from
+    /// `pad_token_id + 1`; `None` for BERT's `0..seq`.
+    pub roberta_padding_idx: Option<usize>,
 }
 
 /// Outputs of the encoder.
@@ -320,7 +328,11 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> Bert<B> {
     /// Builds the encoder from checkpoint tensors (names without or with a `bert.` prefix).
     pub fn from_weights(config: &BertConfig, w: &mut Weights, device: &B::Device) -> Self {
-        w.detect_prefix("bert.", "embeddings.word_embeddings.weight");
+        let roberta = config.model_type == "roberta";
+        w.detect_prefix(
+            if roberta { "roberta." } else { "bert." },
+            "embeddings.word_embeddings.weight",
+        );
         w.ignore("embeddings.position_ids");
         let (h, f) = (config.hidden_size, config.intermediate_size);
         let eps = config.layer_norm_eps;
@@ -388,6 +400,7 @@ impl<B: Backend> Bert<B> {
             embeddings,
             layers,
             pooler,
+            roberta_padding_idx: roberta.then_some(config.pad_token_id),
         }
     }
 
@@ -410,9 +423,16 @@ impl<B: Backend> Bert<B> {
     ) -> BertOutput<B> {
         let [b, s] = input_ids.dims();
         let device = input_ids.device();
-        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device)
-            .unsqueeze::<2>()
-            .repeat_dim(0, b);
+        let positions = match self.roberta_padding_idx {
+            None => Tensor::<B, 1, Int>::arange(0..s as i64, &device)
+                .unsqueeze::<2>()
+                .repeat_dim(0, b),
+            // HF's create_position_ids_from_input_ids: cumsum(not pad) * not pad + padding_idx.
+            Some(pad) => {
+                let keep = input_ids.clone().not_equal_elem(pad as i64).int();
+                keep.clone().cumsum(1) * keep + pad as i64
+            }
+        };
         let e = self.embeddings.word.forward(input_ids)
             + self.embeddings.position.forward(positions)
             + self.embeddings.token_type.forward(token_type_ids);
@@ -489,6 +509,7 @@ impl<B: Backend> Bert<B> {
             embeddings: self.embeddings,
             layers,
             pooler,
+            roberta_padding_idx: self.roberta_padding_idx,
         })
     }
 }
@@ -536,6 +557,13 @@ impl<B: Backend> BertForSequenceClassification<B> {
         device: &B::Device,
     ) -> Result<(BertConfig, Self), ModelError> {
         let config = BertConfig::load(dir)?;
+        if config.model_type != "bert" {
+            return Err(ModelError::Invalid(format!(
+                "`{}`: the sequence-classification head of `{}` is not implemented yet (only BERT's)",
+                dir.display(),
+                config.model_type
+            )));
+        }
         let mut w = Weights::load(dir)?;
         let mut bert = Bert::from_weights(&config, &mut w, device);
         let h = config.hidden_size;

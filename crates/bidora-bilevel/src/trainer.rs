@@ -523,7 +523,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 }
                 state.step += 1;
                 state.positions = positions(train, &val, &retrain);
-                let mut control = emit(Event::Step {
+                let control = emit(Event::Step {
                     phase: Phase::Search,
                     step,
                     total,
@@ -531,33 +531,19 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                     upper_loss,
                     lr: (lr_lo, lr_up),
                 });
-                let last = state.step == total;
-                if self.due(self.config.eval_every, state.step) || last {
-                    if let Some(c) = self.evaluate(
-                        &mut evaluate,
-                        &module,
-                        Phase::Search,
-                        step,
-                        &mut state,
-                        &mut emit,
-                    ) {
-                        control = control_max(control, c);
-                    }
-                }
-                if self.due(self.config.checkpoint_every, state.step)
-                    || (last && self.config.checkpoint_every.is_some())
-                {
-                    let c = self.checkpoint(
-                        &checkpoint_path,
-                        &module,
-                        &lower_opt,
-                        &upper_opt,
-                        &initial_direction,
-                        &state,
-                        &mut emit,
-                    )?;
-                    control = control_max(control, c);
-                }
+                let control = self.end_of_step(
+                    control,
+                    Phase::Search,
+                    step,
+                    total,
+                    &mut evaluate,
+                    &checkpoint_path,
+                    &module,
+                    (&lower_opt, &upper_opt),
+                    &initial_direction,
+                    &mut state,
+                    &mut emit,
+                )?;
                 if control == Control::Stop {
                     return Ok(self.outcome(module, false, state));
                 }
@@ -599,7 +585,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 module = lower_opt.step(lr, module, gp);
                 state.step += 1;
                 state.positions[2] = stream.position();
-                let mut control = emit(Event::Step {
+                let control = emit(Event::Step {
                     phase: Phase::Retrain,
                     step,
                     total,
@@ -607,39 +593,65 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                     upper_loss: None,
                     lr: (lr, 0.0),
                 });
-                let last = state.step == total;
-                if self.due(self.config.eval_every, state.step) || last {
-                    if let Some(c) = self.evaluate(
-                        &mut evaluate,
-                        &module,
-                        Phase::Retrain,
-                        step,
-                        &mut state,
-                        &mut emit,
-                    ) {
-                        control = control_max(control, c);
-                    }
-                }
-                if self.due(self.config.checkpoint_every, state.step)
-                    || (last && self.config.checkpoint_every.is_some())
-                {
-                    let c = self.checkpoint(
-                        &checkpoint_path,
-                        &module,
-                        &lower_opt,
-                        &upper_opt,
-                        &initial_direction,
-                        &state,
-                        &mut emit,
-                    )?;
-                    control = control_max(control, c);
-                }
+                let control = self.end_of_step(
+                    control,
+                    Phase::Retrain,
+                    step,
+                    total,
+                    &mut evaluate,
+                    &checkpoint_path,
+                    &module,
+                    (&lower_opt, &upper_opt),
+                    &initial_direction,
+                    &mut state,
+                    &mut emit,
+                )?;
                 if control == Control::Stop {
                     return Ok(self.outcome(module, false, state));
                 }
             }
         }
         Ok(self.outcome(module, true, state))
+    }
+
+    /// After a step: evaluate and checkpoint when due (always at the phase's last step), and
+    /// merge the hooks' stop requests.
+    #[allow(clippy::too_many_arguments)]
+    fn end_of_step<O1: Optimizer<P::Module, B>, O2: Optimizer<P::Module, B>>(
+        &self,
+        mut control: Control,
+        phase: Phase,
+        step: usize,
+        total: usize,
+        evaluate: &mut Option<EvalFn<'_, P::Module>>,
+        checkpoint_path: &Option<PathBuf>,
+        module: &P::Module,
+        optimisers: (&O1, &O2),
+        initial_direction: &ParamVec<B::InnerBackend>,
+        state: &mut CheckpointState,
+        emit: &mut dyn FnMut(Event) -> Control,
+    ) -> Result<Control, TrainError> {
+        let last = state.step == total;
+        if self.due(self.config.eval_every, state.step) || last {
+            if let Some(c) = self.evaluate(evaluate, module, phase, step, state, emit) {
+                control = control_max(control, c);
+            }
+        }
+        if self.due(self.config.checkpoint_every, state.step)
+            || (last && self.config.checkpoint_every.is_some())
+        {
+            let c = self.checkpoint(
+                checkpoint_path,
+                module,
+                optimisers.0,
+                optimisers.1,
+                initial_direction,
+                state,
+                emit,
+            )?;
+            control = control_max(control, c);
+        }
+        Ok(control)
     }
 
     fn outcome(

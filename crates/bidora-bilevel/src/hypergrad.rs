@@ -119,15 +119,15 @@ where
     let grad = match method {
         Hypergradient::FirstOrder => g_direct,
         Hypergradient::Darts { alpha, xi } => {
-            let mixed = mixed_term(
+            let mixed = central_difference(
                 problem,
                 module,
-                groups,
                 train_batch,
                 &v,
                 alpha,
                 gamma,
                 reseed,
+                &groups.upper,
             );
             match mixed {
                 Some(m) => g_direct.add_scaled(&m, -xi),
@@ -139,21 +139,30 @@ where
             let mut p = v.clone();
             let mut acc = v.clone();
             for _ in 0..iterations {
-                let hp = hessian_vector(problem, module, groups, train_batch, &p, gamma, reseed);
+                let hp = central_difference(
+                    problem,
+                    module,
+                    train_batch,
+                    &p,
+                    DEFAULT_FD_ALPHA,
+                    gamma,
+                    reseed,
+                    &groups.lower,
+                );
                 let Some(hp) = hp else { break };
                 p = p.add_scaled(&hp, -alpha);
                 acc = acc.add_scaled(&p, 1.0);
             }
             let inv_h_v = acc.scale(alpha);
-            let mixed = mixed_term(
+            let mixed = central_difference(
                 problem,
                 module,
-                groups,
                 train_batch,
                 &inv_h_v,
                 DEFAULT_FD_ALPHA,
                 gamma,
                 reseed,
+                &groups.upper,
             );
             match mixed {
                 Some(m) => g_direct.add_scaled(&m, -1.0),
@@ -164,55 +173,10 @@ where
     Ok(HypergradientResult { grad, upper_loss })
 }
 
-/// `∇²_{M,θ} L_tr · d ≈ (∇_M L_tr(θ + εd) − ∇_M L_tr(θ − εd)) / 2ε`, `ε = alpha / ‖d‖`.
-/// `None` when `d = 0` (the term is then zero).
-#[allow(clippy::too_many_arguments)]
-fn mixed_term<B: AutodiffBackend, P: BilevelProblem<B>>(
-    problem: &P,
-    module: &P::Module,
-    groups: &ParamGroups,
-    batch: &P::Batch,
-    d: &ParamVec<B::InnerBackend>,
-    alpha: f64,
-    gamma: f64,
-    reseed: &mut dyn FnMut(u64),
-) -> Option<ParamVec<B::InnerBackend>> {
-    central_difference(
-        problem,
-        module,
-        batch,
-        d,
-        alpha,
-        gamma,
-        reseed,
-        &groups.upper,
-    )
-}
-
-/// `H·d ≈ (∇_θ L_tr(θ + εd) − ∇_θ L_tr(θ − εd)) / 2ε`, `ε = 0.01 / ‖d‖`.
-fn hessian_vector<B: AutodiffBackend, P: BilevelProblem<B>>(
-    problem: &P,
-    module: &P::Module,
-    groups: &ParamGroups,
-    batch: &P::Batch,
-    d: &ParamVec<B::InnerBackend>,
-    gamma: f64,
-    reseed: &mut dyn FnMut(u64),
-) -> Option<ParamVec<B::InnerBackend>> {
-    central_difference(
-        problem,
-        module,
-        batch,
-        d,
-        DEFAULT_FD_ALPHA,
-        gamma,
-        reseed,
-        &groups.lower,
-    )
-}
-
 /// Central difference, along `d` (over the lower parameters), of the gradient of the lower
-/// objective with respect to `wrt`.
+/// objective with respect to `wrt`, with `ε = alpha / ‖d‖`: with `wrt` = the upper parameters
+/// this is the mixed term `∇²_{M,θ} L_tr · d`, with `wrt` = the lower ones the Hessian–vector
+/// product `H·d`. `None` when `d = 0` (the term is then zero).
 #[allow(clippy::too_many_arguments)]
 fn central_difference<B: AutodiffBackend, P: BilevelProblem<B>>(
     problem: &P,

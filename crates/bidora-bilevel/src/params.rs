@@ -30,6 +30,15 @@ impl<B: Backend> ParamVec<B> {
         self.entries.iter().find(|(i, _)| *i == id).map(|(_, t)| t)
     }
 
+    /// Position of each parameter in the vector.
+    fn index(&self) -> HashMap<ParamId, usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect()
+    }
+
     /// Number of parameters (tensors).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -221,12 +230,7 @@ fn edit<B: AutodiffBackend, M: AutodiffModule<B>>(module: M, e: Edit<'_, B::Inne
     let vec = match &e {
         Edit::Perturb(v, _) | Edit::Set(v) => *v,
     };
-    let index = vec
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| (*id, i))
-        .collect();
+    let index = vec.index();
     module.map(&mut Editor::<B::InnerBackend> { edit: e, index })
 }
 
@@ -267,12 +271,7 @@ pub fn to_gradients_params<B: AutodiffBackend, M: AutodiffModule<B>>(
             }
         }
     }
-    let index = vec
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| (*id, i))
-        .collect();
+    let index = vec.index();
     let mut v = V::<B> {
         vec,
         index,

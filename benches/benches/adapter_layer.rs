@@ -7,12 +7,7 @@ use bidora_benches::{input, layer, SHAPES};
 use burn::tensor::backend::Backend;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
-#[cfg(feature = "cuda")]
-type AD = bidora_backend::types::CudaAutodiff;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type AD = bidora_backend::types::WgpuAutodiff;
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-type AD = bidora_backend::types::NdArrayAutodiff;
+use bidora_benches::AD;
 type Inner = <AD as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
 const VARIANTS: &[(&str, bool, NormMode, bool)] = &[

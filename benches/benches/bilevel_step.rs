@@ -16,12 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-#[cfg(feature = "cuda")]
-type AD = bidora_backend::types::CudaAutodiff;
-#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-type AD = bidora_backend::types::WgpuAutodiff;
-#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-type AD = bidora_backend::types::NdArrayAutodiff;
+use bidora_benches::AD;
 
 const D: usize = 384;
 const TOKENS: usize = 512;

@@ -7,6 +7,16 @@ use bidora_adapters::{AdaptedLinear, LayerSettings, NormMode};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+/// The benchmarked autodiff backend: CUDA, else WGPU, else ndarray, by cargo feature.
+#[cfg(feature = "cuda")]
+pub type AD = bidora_backend::types::CudaAutodiff;
+/// The benchmarked autodiff backend: CUDA, else WGPU, else ndarray, by cargo feature.
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+pub type AD = bidora_backend::types::WgpuAutodiff;
+/// The benchmarked autodiff backend: CUDA, else WGPU, else ndarray, by cargo feature.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+pub type AD = bidora_backend::types::NdArrayAutodiff;
+
 /// Shapes `(in, out)` of the adapted matrices of BERT-base-like and MiniLM-like models.
 pub const SHAPES: &[(usize, usize)] = &[(384, 384), (768, 768), (768, 3072)];
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::example::{Example, Label};
-use crate::lines::{lines, read};
+use crate::lines::{json_objects, read};
 use crate::DataError;
 
 /// Parses RFC 4180 CSV (quoted fields, `""` escapes, newlines inside quotes) into records with
@@ -131,13 +131,8 @@ pub fn parse_e2e(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
 /// JSON Lines with `"source"` and `"target"` (string or list of strings).
 pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::new();
-    for line in lines(bytes, path)? {
-        if line.text.trim().is_empty() {
-            continue;
-        }
-        let err = |m: String| DataError::parse(path, line.number, m);
-        let v: Value =
-            serde_json::from_str(line.text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    for (number, v) in json_objects(bytes, path)? {
+        let err = |m: String| DataError::parse(path, number, m);
         let source = v
             .get("source")
             .and_then(Value::as_str)
@@ -161,7 +156,7 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError>
         out.push(Example::single(
             source,
             Some(Label::References(refs)),
-            line.number,
+            number,
         ));
     }
     if out.is_empty() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::example::{Example, Label};
-use crate::lines::{lines, read};
+use crate::lines::{json_objects, read};
 use crate::DataError;
 
 /// How labels are read.
@@ -24,16 +24,8 @@ pub enum LabelSpace {
 /// Parses JSON Lines bytes.
 pub fn parse(bytes: &[u8], path: &Path, labels: &LabelSpace) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::new();
-    for line in lines(bytes, path)? {
-        if line.text.trim().is_empty() {
-            continue;
-        }
-        let err = |m: String| DataError::parse(path, line.number, m);
-        let v: Value =
-            serde_json::from_str(line.text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| err("expected a JSON object".into()))?;
+    for (number, obj) in json_objects(bytes, path)? {
+        let err = |m: String| DataError::parse(path, number, m);
         let text = obj
             .get("text")
             .or_else(|| obj.get("sentence"))
@@ -86,7 +78,7 @@ pub fn parse(bytes: &[u8], path: &Path, labels: &LabelSpace) -> Result<Vec<Examp
             text_b: pair,
             words: None,
             label,
-            line: line.number,
+            line: number,
         });
     }
     if out.is_empty() {

@@ -47,6 +47,26 @@ pub fn lines<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Line<'a>>, DataErro
     Ok(out)
 }
 
+/// The JSON objects of a JSON Lines file, with their line numbers; blank lines are skipped,
+/// invalid JSON and non-objects are errors naming the line.
+pub fn json_objects(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>, DataError> {
+    let mut out = Vec::new();
+    for line in lines(bytes, path)? {
+        if line.text.trim().is_empty() {
+            continue;
+        }
+        let err = |m: String| DataError::parse(path, line.number, m);
+        match serde_json::from_str(line.text).map_err(|e| err(format!("invalid JSON: {e}")))? {
+            serde_json::Value::Object(obj) => out.push((line.number, obj)),
+            _ => return Err(err("expected a JSON object".into())),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

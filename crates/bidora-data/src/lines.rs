@@ -47,12 +47,12 @@ pub fn lines<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Line<'a>>, DataErro
     Ok(out)
 }
 
+/// One JSON object.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
 /// The JSON objects of a JSON Lines file, with their line numbers; blank lines are skipped,
 /// invalid JSON and non-objects are errors naming the line.
-pub fn json_objects(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<(usize, serde_json::Map<String, serde_json::Value>)>, DataError> {
+pub fn json_objects(bytes: &[u8], path: &Path) -> Result<Vec<(usize, JsonObject)>, DataError> {
     let mut out = Vec::new();
     for line in lines(bytes, path)? {
         if line.text.trim().is_empty() {

@@ -1,30 +1,85 @@
-//! BERT-family encoders: BERT (covers all-MiniLM-L6-v2 and other `model_type: "bert"`
-//! checkpoints) and RoBERTa (`model_type: "roberta"`: positions numbered after the padding id,
-//! `roberta.` prefix), with the sequence-classification head of HF's
-//! `BertForSequenceClassification`.
+//! BERT-family encoders: BERT (covers all-MiniLM-L6-v2), RoBERTa (positions numbered after the
+//! padding id, `roberta.` prefix) and MPNet (covers all-mpnet-base-v2: RoBERTa-style positions,
+//! no segment embeddings, and a relative-position bias shared by all layers).
 //!
-//! Module paths follow HF's names (`encoder.layer.0.attention.self.query`), so PEFT's
-//! `target_modules` and adapter keys apply unchanged. Every linear layer is a [`Projection`]:
-//! plain, or adapted after [`Bert::inject`].
+//! Module paths follow HF's names (`encoder.layer.0.attention.self.query`, for MPNet
+//! `encoder.layer.0.attention.attn.q`), so PEFT's `target_modules` and adapter keys apply
+//! unchanged. Every linear layer is a [`Projection`]: plain, or adapted after
+//! [`Bert::inject`]. The task heads are in [`crate::heads`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
-use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
+use crate::config::{self, Architecture};
+use crate::layers::{embedding, layer_norm, linear, no_hits, padding_bias, Freezer, Projection};
 use crate::weights::Weights;
 use crate::ModelError;
 
-/// The fields of a BERT `config.json` this implementation uses (others are ignored).
+/// Which member of the family a [`Bert`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// BERT: absolute positions `0..seq`, segment embeddings.
+    Bert,
+    /// RoBERTa: positions count non-padding tokens after the padding id.
+    Roberta,
+    /// MPNet: RoBERTa's positions, no segments, relative-position attention bias.
+    Mpnet,
+}
+
+impl Family {
+    /// The checkpoint prefix of the encoder (`bert`, `roberta`, `mpnet`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::Mpnet => "mpnet",
+        }
+    }
+
+    /// HF names of a layer's linear layers: query, key, value, attention output,
+    /// intermediate, output.
+    pub fn projection_names(self) -> [&'static str; 6] {
+        match self {
+            Family::Bert | Family::Roberta => [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "intermediate.dense",
+                "output.dense",
+            ],
+            Family::Mpnet => [
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+                "intermediate.dense",
+                "output.dense",
+            ],
+        }
+    }
+
+    fn attention_norm(self) -> &'static str {
+        match self {
+            Family::Bert | Family::Roberta => "attention.output.LayerNorm",
+            Family::Mpnet => "attention.LayerNorm",
+        }
+    }
+}
+
+/// The fields of a BERT / RoBERTa / MPNet `config.json` this implementation uses (others are
+/// ignored).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct BertConfig {
-    /// `bert` or `roberta`.
+    /// `bert`, `roberta` or `mpnet`.
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -41,7 +96,7 @@ pub struct BertConfig {
     pub hidden_act: String,
     /// Position table size.
     pub max_position_embeddings: usize,
-    /// Segment vocabulary size.
+    /// Segment vocabulary size (MPNet has none).
     #[serde(default = "default_types")]
     pub type_vocab_size: usize,
     /// LayerNorm epsilon.
@@ -56,6 +111,9 @@ pub struct BertConfig {
     /// Padding token id (RoBERTa numbers positions after it).
     #[serde(default)]
     pub pad_token_id: usize,
+    /// MPNet's relative-position buckets.
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
     /// Label names of a fine-tuned classifier (`{"0": "NEG", ...}`).
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
@@ -73,33 +131,21 @@ fn default_eps() -> f64 {
 fn default_dropout() -> f64 {
     0.1
 }
+fn default_buckets() -> usize {
+    32
+}
 
 impl BertConfig {
-    /// Reads and checks `dir/config.json`.
+    /// Reads and checks `dir/config.json` (`model_type` bert, roberta or mpnet).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let probe: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| ModelError::Config {
-                path: path.clone(),
-                source,
-            })?;
-        let model_type = probe["model_type"].as_str().unwrap_or("").to_string();
-        if model_type != "bert" && model_type != "roberta" {
-            return Err(ModelError::UnknownArchitecture {
-                path,
-                model_type,
-                supported: "bert, roberta".into(),
-            });
-        }
-        let config: BertConfig =
-            serde_json::from_str(&text).map_err(|source| ModelError::Config {
-                path: path.clone(),
-                source,
-            })?;
+        let (path, config): (_, BertConfig) = config::load(
+            dir,
+            &[
+                Architecture::Bert,
+                Architecture::Roberta,
+                Architecture::Mpnet,
+            ],
+        )?;
         if config.hidden_act != "gelu" {
             return Err(ModelError::Invalid(format!(
                 "`{}`: hidden_act `{}` is not supported (only `gelu`)",
@@ -107,126 +153,29 @@ impl BertConfig {
                 config.hidden_act
             )));
         }
-        if config.num_attention_heads == 0
-            || !config
-                .hidden_size
-                .is_multiple_of(config.num_attention_heads)
-        {
-            return Err(ModelError::Invalid(format!(
-                "`{}`: hidden_size {} is not a multiple of num_attention_heads {}",
-                path.display(),
-                config.hidden_size,
-                config.num_attention_heads
-            )));
-        }
+        config::check_heads(&path, config.hidden_size, config.num_attention_heads)?;
         Ok(config)
     }
-}
 
-/// A linear layer that may carry an adapter.
-// Boxing the larger variant is not possible (Burn's Module derive has no Box support); a
-// model holds a few dozen of these, so the size difference costs nothing measurable.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Projection<B: Backend> {
-    /// The pretrained layer as it is.
-    Plain(Linear<B>),
-    /// The layer with a LoRA/DoRA/BiDoRA adapter.
-    Adapted(AdaptedLinear<B>),
-}
-
-impl<B: Backend> Projection<B> {
-    /// Applies the layer.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Projection::Plain(l) => l.forward(x),
-            Projection::Adapted(l) => l.forward(x),
-        }
-    }
-
-    fn inject(
-        self,
-        path: &str,
-        config: &AdapterConfig,
-        hits: &mut Vec<String>,
-    ) -> Result<Self, ModelError> {
-        match self {
-            Projection::Plain(l) if config.is_target(path)? => {
-                hits.push(path.to_string());
-                Ok(Projection::Adapted(AdaptedLinear::new(l, config)?))
-            }
-            other => Ok(other),
-        }
-    }
-
-    fn host<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
-        if let Projection::Adapted(l) = self {
-            f(path, l)
-        }
-    }
-
-    /// The plain layer (adapters merged in).
-    pub fn merged(&self) -> Linear<B> {
-        match self {
-            Projection::Plain(l) => l.clone(),
-            Projection::Adapted(l) => l.merge().linear,
+    /// The family named by `model_type`.
+    pub fn family(&self) -> Family {
+        match self.model_type.as_str() {
+            "roberta" => Family::Roberta,
+            "mpnet" => Family::Mpnet,
+            _ => Family::Bert,
         }
     }
 }
 
-fn linear<B: Backend>(
-    w: &mut Weights,
-    name: &str,
-    d_in: usize,
-    d_out: usize,
-    device: &B::Device,
-) -> Projection<B> {
-    Projection::Plain(Linear {
-        weight: w.linear_weight(&format!("{name}.weight"), d_in, d_out, device),
-        bias: Some(w.param(&format!("{name}.bias"), [d_out], device)),
-    })
-}
-
-fn layer_norm<B: Backend>(
-    w: &mut Weights,
-    name: &str,
-    d: usize,
-    eps: f64,
-    device: &B::Device,
-) -> LayerNorm<B> {
-    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-    // Old checkpoints call the LayerNorm parameters gamma/beta.
-    let (g, b) = if w.has(&format!("{name}.gamma")) {
-        ("gamma", "beta")
-    } else {
-        ("weight", "bias")
-    };
-    ln.gamma = w.param(&format!("{name}.{g}"), [d], device);
-    ln.beta = Some(w.param(&format!("{name}.{b}"), [d], device));
-    ln
-}
-
-fn embedding<B: Backend>(
-    w: &mut Weights,
-    name: &str,
-    n: usize,
-    d: usize,
-    device: &B::Device,
-) -> Embedding<B> {
-    Embedding {
-        weight: w.param(&format!("{name}.weight"), [n, d], device),
-    }
-}
-
-/// Token, position and segment embeddings.
+/// Token, position and (except MPNet) segment embeddings.
 #[derive(Module, Debug)]
 pub struct BertEmbeddings<B: Backend> {
     /// `word_embeddings`.
     pub word: Embedding<B>,
     /// `position_embeddings`.
     pub position: Embedding<B>,
-    /// `token_type_embeddings`.
-    pub token_type: Embedding<B>,
+    /// `token_type_embeddings` (absent in MPNet).
+    pub token_type: Option<Embedding<B>>,
     /// `LayerNorm`.
     pub norm: LayerNorm<B>,
     /// Dropout.
@@ -236,15 +185,15 @@ pub struct BertEmbeddings<B: Backend> {
 /// One encoder layer.
 #[derive(Module, Debug)]
 pub struct BertLayer<B: Backend> {
-    /// `attention.self.query`.
+    /// Query (`attention.self.query`, MPNet `attention.attn.q`).
     pub query: Projection<B>,
-    /// `attention.self.key`.
+    /// Key.
     pub key: Projection<B>,
-    /// `attention.self.value`.
+    /// Value.
     pub value: Projection<B>,
-    /// `attention.output.dense`.
+    /// Attention output (`attention.output.dense`, MPNet `attention.attn.o`).
     pub attention_output: Projection<B>,
-    /// `attention.output.LayerNorm`.
+    /// LayerNorm after attention.
     pub attention_norm: LayerNorm<B>,
     /// `intermediate.dense`.
     pub intermediate: Projection<B>,
@@ -260,15 +209,6 @@ pub struct BertLayer<B: Backend> {
     pub heads: usize,
 }
 
-const LAYER_PROJECTIONS: [&str; 6] = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
-
 impl<B: Backend> BertLayer<B> {
     fn projections(&self) -> [&Projection<B>; 6] {
         [
@@ -281,15 +221,16 @@ impl<B: Backend> BertLayer<B> {
         ]
     }
 
-    /// `x`: `[batch, seq, hidden]`; `mask_bias`: `[batch, 1, 1, seq]` (0 or a large negative).
-    pub fn forward(&self, x: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+    /// `x`: `[batch, seq, hidden]`; `bias`: added to the attention scores, broadcastable to
+    /// `[batch, heads, seq, seq]` (padding mask, plus MPNet's relative-position bias).
+    pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
         let hd = h / self.heads;
         let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2);
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.transpose()).div_scalar((hd as f64).sqrt()) + mask_bias;
+        let scores = q.matmul(k.transpose()).div_scalar((hd as f64).sqrt()) + bias;
         let probs = self.attention_dropout.forward(softmax(scores, 3));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
         let attn = self.dropout.forward(self.attention_output.forward(ctx));
@@ -302,18 +243,22 @@ impl<B: Backend> BertLayer<B> {
     }
 }
 
-/// The BERT encoder and pooler.
+/// A BERT-family encoder and its pooler.
 #[derive(Module, Debug)]
 pub struct Bert<B: Backend> {
     /// Embeddings.
     pub embeddings: BertEmbeddings<B>,
     /// Encoder layers.
     pub layers: Vec<BertLayer<B>>,
+    /// MPNet's `encoder.relative_attention_bias` (`[buckets, heads]`).
+    pub relative_attention_bias: Option<Embedding<B>>,
     /// `pooler.dense` (tanh of the first token), when the checkpoint has one.
     pub pooler: Option<Projection<B>>,
-    /// RoBERTa position numbering: positions count non-padding tokens from
-    /// `pad_token_id + 1`; `None` for BERT's `0..seq`.
-    pub roberta_padding_idx: Option<usize>,
+    /// The family member.
+    pub family: Family,
+    /// RoBERTa/MPNet position numbering: positions count non-padding tokens from
+    /// `padding_idx + 1`; `None` for BERT's `0..seq`.
+    pub padding_idx: Option<usize>,
 }
 
 /// Outputs of the encoder.
@@ -325,12 +270,33 @@ pub struct BertOutput<B: Backend> {
     pub pooler_output: Option<Tensor<B, 2>>,
 }
 
+/// MPNet's (and T5's) bucket of a relative position `key - query`: exact buckets for
+/// distances below `num_buckets / 4`, logarithmic ones up to `max_distance`, separately for
+/// each direction. Computed in `f32` as HF does, so the bucket edges agree.
+pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance: usize) -> usize {
+    let half = (num_buckets / 2) as i64;
+    let n = -relative;
+    let mut bucket = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    bucket += if n < max_exact {
+        n
+    } else {
+        let scaled = (n as f32 / max_exact as f32).ln()
+            / (max_distance as f32 / max_exact as f32).ln()
+            * (half - max_exact) as f32;
+        (max_exact + scaled as i64).min(half - 1)
+    };
+    bucket as usize
+}
+
 impl<B: Backend> Bert<B> {
-    /// Builds the encoder from checkpoint tensors (names without or with a `bert.` prefix).
+    /// Builds the encoder from checkpoint tensors (names without or with the `bert.` /
+    /// `roberta.` / `mpnet.` prefix).
     pub fn from_weights(config: &BertConfig, w: &mut Weights, device: &B::Device) -> Self {
-        let roberta = config.model_type == "roberta";
+        let family = config.family();
         w.detect_prefix(
-            if roberta { "roberta." } else { "bert." },
+            &format!("{}.", family.prefix()),
             "embeddings.word_embeddings.weight",
         );
         w.ignore("embeddings.position_ids");
@@ -352,40 +318,31 @@ impl<B: Backend> Bert<B> {
                 h,
                 device,
             ),
-            token_type: embedding(
-                w,
-                "embeddings.token_type_embeddings",
-                config.type_vocab_size,
-                h,
-                device,
-            ),
+            token_type: (family != Family::Mpnet).then(|| {
+                embedding(
+                    w,
+                    "embeddings.token_type_embeddings",
+                    config.type_vocab_size,
+                    h,
+                    device,
+                )
+            }),
             norm: layer_norm(w, "embeddings.LayerNorm", h, eps, device),
             dropout: hidden_dropout.clone(),
         };
+        let [q, k, v, o, i, out] = family.projection_names();
         let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let p = format!("encoder.layer.{i}");
+            .map(|l| {
+                let p = |name: &str| format!("encoder.layer.{l}.{name}");
                 BertLayer {
-                    query: linear(w, &format!("{p}.attention.self.query"), h, h, device),
-                    key: linear(w, &format!("{p}.attention.self.key"), h, h, device),
-                    value: linear(w, &format!("{p}.attention.self.value"), h, h, device),
-                    attention_output: linear(
-                        w,
-                        &format!("{p}.attention.output.dense"),
-                        h,
-                        h,
-                        device,
-                    ),
-                    attention_norm: layer_norm(
-                        w,
-                        &format!("{p}.attention.output.LayerNorm"),
-                        h,
-                        eps,
-                        device,
-                    ),
-                    intermediate: linear(w, &format!("{p}.intermediate.dense"), h, f, device),
-                    output: linear(w, &format!("{p}.output.dense"), f, h, device),
-                    output_norm: layer_norm(w, &format!("{p}.output.LayerNorm"), h, eps, device),
+                    query: linear(w, &p(q), h, h, true, device),
+                    key: linear(w, &p(k), h, h, true, device),
+                    value: linear(w, &p(v), h, h, true, device),
+                    attention_output: linear(w, &p(o), h, h, true, device),
+                    attention_norm: layer_norm(w, &p(family.attention_norm()), h, eps, device),
+                    intermediate: linear(w, &p(i), h, f, true, device),
+                    output: linear(w, &p(out), f, h, true, device),
+                    output_norm: layer_norm(w, &p("output.LayerNorm"), h, eps, device),
                     dropout: hidden_dropout.clone(),
                     attention_dropout: DropoutConfig::new(config.attention_probs_dropout_prob)
                         .init(),
@@ -393,18 +350,34 @@ impl<B: Backend> Bert<B> {
                 }
             })
             .collect();
+        let relative_attention_bias = (family == Family::Mpnet).then(|| {
+            embedding(
+                w,
+                "encoder.relative_attention_bias",
+                config.relative_attention_num_buckets,
+                config.num_attention_heads,
+                device,
+            )
+        });
         let pooler = w
             .has("pooler.dense.weight")
-            .then(|| linear(w, "pooler.dense", h, h, device));
+            .then(|| linear(w, "pooler.dense", h, h, true, device));
         Bert {
             embeddings,
             layers,
+            relative_attention_bias,
             pooler,
-            roberta_padding_idx: roberta.then_some(config.pad_token_id),
+            family,
+            padding_idx: match family {
+                Family::Bert => None,
+                Family::Roberta => Some(config.pad_token_id),
+                // HF's MPNetEmbeddings fixes its padding index at 1.
+                Family::Mpnet => Some(1),
+            },
         }
     }
 
-    /// Loads `config.json` and the weights of a BERT model folder.
+    /// Loads `config.json` and the weights of a BERT / RoBERTa / MPNet model folder.
     pub fn load(dir: &Path, device: &B::Device) -> Result<(BertConfig, Self), ModelError> {
         let config = BertConfig::load(dir)?;
         let mut w = Weights::load(dir)?;
@@ -414,7 +387,7 @@ impl<B: Backend> Bert<B> {
     }
 
     /// Runs the encoder. `input_ids`, `attention_mask` (1 = token, 0 = padding) and
-    /// `token_type_ids` are `[batch, seq]`.
+    /// `token_type_ids` are `[batch, seq]` (MPNet ignores the segment ids).
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -423,7 +396,7 @@ impl<B: Backend> Bert<B> {
     ) -> BertOutput<B> {
         let [b, s] = input_ids.dims();
         let device = input_ids.device();
-        let positions = match self.roberta_padding_idx {
+        let positions = match self.padding_idx {
             None => Tensor::<B, 1, Int>::arange(0..s as i64, &device)
                 .unsqueeze::<2>()
                 .repeat_dim(0, b),
@@ -433,19 +406,21 @@ impl<B: Backend> Bert<B> {
                 keep.clone().cumsum(1) * keep + pad as i64
             }
         };
-        let e = self.embeddings.word.forward(input_ids)
-            + self.embeddings.position.forward(positions)
-            + self.embeddings.token_type.forward(token_type_ids);
+        let mut e =
+            self.embeddings.word.forward(input_ids) + self.embeddings.position.forward(positions);
+        if let Some(types) = &self.embeddings.token_type {
+            e = e + types.forward(token_type_ids);
+        }
         let mut x = self
             .embeddings
             .dropout
             .forward(self.embeddings.norm.forward(e));
-        // HF adds the dtype's minimum to masked scores.
-        let mask_bias = (attention_mask.float().neg() + 1.0)
-            .mul_scalar(f32::MIN as f64)
-            .reshape([b, 1, 1, s]);
+        let mut bias = padding_bias(attention_mask);
+        if let Some(table) = &self.relative_attention_bias {
+            bias = bias + self.position_bias(table, s);
+        }
         for layer in &self.layers {
-            x = layer.forward(x, mask_bias.clone());
+            x = layer.forward(x, bias.clone());
         }
         let pooler_output = self.pooler.as_ref().map(|p| {
             let h = x.dims()[2];
@@ -458,6 +433,23 @@ impl<B: Backend> Bert<B> {
         }
     }
 
+    /// MPNet's relative-position bias `[1, heads, seq, seq]`.
+    fn position_bias(&self, table: &Embedding<B>, s: usize) -> Tensor<B, 4> {
+        let [buckets, heads] = table.weight.dims();
+        let ids: Vec<i64> = (0..s as i64)
+            .flat_map(|q| (0..s as i64).map(move |k| k - q))
+            .map(|rel| relative_position_bucket(rel, buckets, 128) as i64)
+            .collect();
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [s, s]),
+            &table.weight.val().device(),
+        );
+        table
+            .forward(ids)
+            .permute([2, 0, 1])
+            .reshape([1, heads, s, s])
+    }
+
     /// Freezes every parameter (the pretrained weights); adapters injected afterwards are
     /// trainable.
     pub fn freeze(self) -> Self {
@@ -468,29 +460,18 @@ impl<B: Backend> Bert<B> {
     /// A target list that matches nothing is an error listing the layer names.
     pub fn inject(self, config: &AdapterConfig) -> Result<Self, ModelError> {
         config.validate()?;
+        let names = self.family.projection_names();
         let mut hits = Vec::new();
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.into_iter().enumerate() {
-            let p = |name: &str| format!("encoder.layer.{i}.{name}");
+            let p = |k: usize| format!("encoder.layer.{i}.{}", names[k]);
             layers.push(BertLayer {
-                query: l
-                    .query
-                    .inject(&p(LAYER_PROJECTIONS[0]), config, &mut hits)?,
-                key: l.key.inject(&p(LAYER_PROJECTIONS[1]), config, &mut hits)?,
-                value: l
-                    .value
-                    .inject(&p(LAYER_PROJECTIONS[2]), config, &mut hits)?,
-                attention_output: l.attention_output.inject(
-                    &p(LAYER_PROJECTIONS[3]),
-                    config,
-                    &mut hits,
-                )?,
-                intermediate: l
-                    .intermediate
-                    .inject(&p(LAYER_PROJECTIONS[4]), config, &mut hits)?,
-                output: l
-                    .output
-                    .inject(&p(LAYER_PROJECTIONS[5]), config, &mut hits)?,
+                query: l.query.inject(&p(0), config, &mut hits)?,
+                key: l.key.inject(&p(1), config, &mut hits)?,
+                value: l.value.inject(&p(2), config, &mut hits)?,
+                attention_output: l.attention_output.inject(&p(3), config, &mut hits)?,
+                intermediate: l.intermediate.inject(&p(4), config, &mut hits)?,
+                output: l.output.inject(&p(5), config, &mut hits)?,
                 ..l
             });
         }
@@ -499,139 +480,31 @@ impl<B: Backend> Bert<B> {
             None => None,
         };
         if hits.is_empty() {
-            return Err(ModelError::Invalid(format!(
-                "target modules {:?} match no layer; BERT layers are named like encoder.layer.0.{} and pooler.dense",
-                config.target_modules,
-                LAYER_PROJECTIONS.join(", encoder.layer.0.")
-            )));
+            let mut examples: Vec<String> = names
+                .iter()
+                .map(|n| format!("encoder.layer.0.{n}"))
+                .collect();
+            examples.push("pooler.dense".into());
+            return Err(no_hits(config, self.family.prefix(), &examples));
         }
         Ok(Bert {
-            embeddings: self.embeddings,
             layers,
             pooler,
-            roberta_padding_idx: self.roberta_padding_idx,
+            ..self
         })
     }
 }
 
 impl<B: Backend> AdapterHost<B> for Bert<B> {
     fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
+        let names = self.family.projection_names();
         for (i, l) in self.layers.iter().enumerate() {
-            for (name, proj) in LAYER_PROJECTIONS.iter().zip(l.projections()) {
+            for (name, proj) in names.iter().zip(l.projections()) {
                 proj.host(&join_path(prefix, &format!("encoder.layer.{i}.{name}")), f);
             }
         }
         if let Some(p) = &self.pooler {
             p.host(&join_path(prefix, "pooler.dense"), f);
         }
-    }
-}
-
-struct Freezer;
-
-impl<B: Backend> ModuleMapper<B> for Freezer {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad(false)
-    }
-}
-
-/// HF's `BertForSequenceClassification`: the pooled first token, dropout, a linear classifier.
-/// One output is regression (STS-B).
-#[derive(Module, Debug)]
-pub struct BertForSequenceClassification<B: Backend> {
-    /// The encoder (HF path prefix `bert.`).
-    pub bert: Bert<B>,
-    /// Dropout before the classifier.
-    pub dropout: Dropout,
-    /// `classifier`: `[hidden, num_labels]`.
-    pub classifier: Linear<B>,
-}
-
-impl<B: Backend> BertForSequenceClassification<B> {
-    /// Loads a model folder. The classifier comes from the checkpoint when it has one (its size
-    /// must then be `num_labels`), else it is freshly initialised as HF does (N(0, 0.02), zero
-    /// bias). A checkpoint without a pooler gets a fresh one too.
-    pub fn load(
-        dir: &Path,
-        num_labels: usize,
-        device: &B::Device,
-    ) -> Result<(BertConfig, Self), ModelError> {
-        let config = BertConfig::load(dir)?;
-        if config.model_type != "bert" {
-            return Err(ModelError::Invalid(format!(
-                "`{}`: the sequence-classification head of `{}` is not implemented yet (only BERT's)",
-                dir.display(),
-                config.model_type
-            )));
-        }
-        let mut w = Weights::load(dir)?;
-        let mut bert = Bert::from_weights(&config, &mut w, device);
-        let h = config.hidden_size;
-        let fresh = |d_in: usize, d_out: usize| Linear {
-            weight: Param::from_tensor(Tensor::random(
-                [d_in, d_out],
-                burn::tensor::Distribution::Normal(0.0, 0.02),
-                device,
-            )),
-            bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
-        };
-        if bert.pooler.is_none() {
-            bert.pooler = Some(Projection::Plain(fresh(h, h)));
-        }
-        let classifier = if w.has_raw("classifier.weight") {
-            Linear {
-                weight: Param::from_tensor(
-                    w.raw_tensor::<B, 2>("classifier.weight".into(), [num_labels, h], device)
-                        .transpose(),
-                ),
-                bias: Some(Param::from_tensor(w.raw_tensor(
-                    "classifier.bias".into(),
-                    [num_labels],
-                    device,
-                ))),
-            }
-        } else {
-            fresh(h, num_labels)
-        };
-        w.finish()?;
-        Ok((
-            config.clone(),
-            BertForSequenceClassification {
-                bert,
-                dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
-                classifier,
-            },
-        ))
-    }
-
-    /// Logits `[batch, num_labels]`.
-    pub fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        attention_mask: Tensor<B, 2, Int>,
-        token_type_ids: Tensor<B, 2, Int>,
-    ) -> Tensor<B, 2> {
-        let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
-        let pooled = out.pooler_output.unwrap_or_else(|| {
-            let [b, _, h] = out.last_hidden_state.dims();
-            out.last_hidden_state
-                .slice([0..b, 0..1, 0..h])
-                .reshape([b, h])
-        });
-        self.classifier.forward(self.dropout.forward(pooled))
-    }
-
-    /// Freezes the encoder and adds adapters; the classifier stays trainable.
-    pub fn with_adapters(self, config: &AdapterConfig) -> Result<Self, ModelError> {
-        Ok(BertForSequenceClassification {
-            bert: self.bert.freeze().inject(config)?,
-            ..self
-        })
-    }
-}
-
-impl<B: Backend> AdapterHost<B> for BertForSequenceClassification<B> {
-    fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
-        self.bert.for_each_adapter(&join_path(prefix, "bert"), f);
     }
 }

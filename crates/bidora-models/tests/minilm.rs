@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use bidora_adapters::peft::PeftAdapter;
 use bidora_adapters::tensor_io::{read_safetensors, write_safetensors, HostTensor};
 use bidora_adapters::{AdapterConfig, AdapterHost, AdapterMethod, ParamGroup, ParamPartition};
-use bidora_models::bert::{Bert, BertForSequenceClassification};
+use bidora_models::bert::Bert;
+use bidora_models::heads::BertForSequenceClassification;
 use bidora_models::ModelError;
 use burn::backend::NdArray;
-use burn::module::Param;
 use burn::tensor::{Int, Tensor, TensorData};
 
 type B = NdArray<f32>;
@@ -94,21 +94,8 @@ fn peft_dora_adapter_reproduces_peft_logits() {
     let device = Default::default();
     let adapter = PeftAdapter::load(&fixtures().join("minilm_dora")).unwrap();
     let (_, model) = BertForSequenceClassification::<B>::load(&minilm_dir(), 3, &device).unwrap();
-    let model = model
-        .with_adapters(&adapter.config.to_adapter_config())
-        .unwrap();
-    let mut model = adapter.apply(model, &|p: &str| p.to_string()).unwrap();
-    let w = &adapter.extra_tensors["classifier.weight"];
-    let b = &adapter.extra_tensors["classifier.bias"];
-    model.classifier.weight = Param::from_tensor(
-        w.transposed()
-            .unwrap()
-            .to_tensor::<B, 2>("w", &device)
-            .unwrap(),
-    );
-    model.classifier.bias = Some(Param::from_tensor(
-        b.to_tensor::<B, 1>("b", &device).unwrap(),
-    ));
+    // Adapter layers and the saved classifier (`modules_to_save`) both load.
+    let model = model.with_peft(&adapter).unwrap();
     let logits = model.forward(ids, mask, types);
     let want = &read_safetensors(&fixtures().join("minilm_dora.safetensors"))
         .unwrap()
@@ -241,6 +228,15 @@ fn loading_errors_list_names_and_shapes() {
         "{err}"
     );
     assert!(err.to_string().contains("unknown architecture `gpt_neox`"));
+    // A known architecture given to the wrong loader names both.
+    tiny_model(d.path(), "gpt2", |_| {});
+    let err = Bert::<B>::load(d.path(), &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`gpt2` model") && err.contains("bert, roberta, mpnet"),
+        "{err}"
+    );
 
     std::fs::remove_file(d.path().join("model.safetensors")).unwrap();
     tiny_model(d.path(), "bert", |_| {});

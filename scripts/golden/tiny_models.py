@@ -22,10 +22,16 @@ Writes, under crates/bidora-models/tests/fixtures/:
                        untied head; logits and loss; tiny-llama.gguf: the same weights as a GGUF
                        file the way llama.cpp's converter writes them (Q/K rows permuted), F32
                        and F16 tensors.
+  tiny-gpt2_dora/       a PEFT DoRA adapter on tiny-gpt2 (fused c_attn and both c_proj, Conv1D
+                       fan_in_fan_out) with non-zero lora_B and non-trivial magnitudes;
+                       tiny-gpt2_dora.safetensors: its logits on the tiny-gpt2 batch.
+  tiny-llama_lora/     a PEFT LoRA adapter on tiny-llama (q_proj, v_proj, rsLoRA scaling);
+                       tiny-llama_lora.safetensors: its logits.
   quants.gguf          one random tensor per GGUF type (F32, F16, Q8_0, Q4_0, Q4_1) written
                        with the gguf package; quants.safetensors: gguf's dequantised values.
 """
 
+import copy
 import os
 
 import numpy as np
@@ -35,6 +41,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
                           MPNetForSequenceClassification, MPNetForTokenClassification, RobertaConfig,
                           RobertaForSequenceClassification, RobertaModel)
 from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+from peft import LoraConfig, get_peft_model
 
 import gguf
 
@@ -137,6 +144,31 @@ def gpt2():
         hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
     save(model, "tiny-gpt2", {"input_ids": ids, "attention_mask": mask, "labels": labels,
                               "last_hidden_state": hidden, "logits": out.logits, "loss": out.loss.reshape(1)})
+    peft_adapter(model, "tiny-gpt2_dora",
+                 LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True,
+                            use_dora=True, task_type="CAUSAL_LM"), ids, mask)
+
+
+def peft_adapter(model, name, config, ids, mask):
+    """Wraps `model` in a PEFT adapter with random non-trivial values, saves it and its logits."""
+    pm = get_peft_model(copy.deepcopy(model), config)
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            elif "lora_magnitude_vector" in n:
+                p.mul_(1.0 + 0.3 * torch.rand(p.shape, generator=gen))
+    pm.eval()
+    with torch.no_grad():
+        logits = pm(input_ids=ids, attention_mask=mask).logits
+    folder = os.path.join(OUT, name)
+    pm.save_pretrained(folder)
+    readme = os.path.join(folder, "README.md")
+    if os.path.exists(readme):
+        os.remove(readme)
+    save_file({"logits": logits.contiguous()}, os.path.join(OUT, name + ".safetensors"))
+    print("wrote", folder)
 
 
 def llama_permute(w, heads):
@@ -158,6 +190,9 @@ def llama():
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     save(model, "tiny-llama", {"input_ids": ids, "attention_mask": mask, "labels": labels,
                                "last_hidden_state": hidden, "logits": out.logits, "loss": out.loss.reshape(1)})
+    peft_adapter(model, "tiny-llama_lora",
+                 LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=True,
+                            task_type="CAUSAL_LM"), ids, mask)
 
     w = gguf.GGUFWriter(os.path.join(OUT, "tiny-llama.gguf"), "llama")
     w.add_block_count(config.num_hidden_layers)

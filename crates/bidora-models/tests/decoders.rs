@@ -149,3 +149,48 @@ fn malformed_gguf_files_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn peft_dora_on_gpt2_fused_c_attn_reproduces_peft_logits() {
+    use bidora_adapters::peft::PeftAdapter;
+    let f = golden("tiny-gpt2");
+    let want = golden("tiny-gpt2_dora");
+    let adapter = PeftAdapter::load(&fixtures().join("tiny-gpt2_dora")).unwrap();
+    assert!(adapter.config.fan_in_fan_out);
+    let (_, model) =
+        Gpt2LmHeadModel::<B>::load(&fixtures().join("tiny-gpt2"), &Default::default()).unwrap();
+    let model = model
+        .with_adapters(&adapter.config.to_adapter_config())
+        .unwrap();
+    // c_attn, attn.c_proj and mlp.c_proj in both blocks.
+    assert_eq!(model.adapters().len(), 6);
+    let model = adapter.apply(model, &|p: &str| p.to_string()).unwrap();
+    let logits = model.forward(ints(&f["input_ids"]), ints(&f["attention_mask"]));
+    let e = max_abs_masked(logits, &want["logits"], &f["attention_mask"]);
+    assert!(e <= 1e-4, "logits: max abs error {e}");
+}
+
+#[test]
+fn peft_rslora_on_llama_reproduces_peft_logits() {
+    use bidora_adapters::peft::PeftAdapter;
+    let f = golden("tiny-llama");
+    let want = golden("tiny-llama_lora");
+    let adapter = PeftAdapter::load(&fixtures().join("tiny-llama_lora")).unwrap();
+    let (_, model) =
+        LlamaForCausalLM::<B>::load(&fixtures().join("tiny-llama"), &Default::default()).unwrap();
+    let model = model
+        .with_adapters(&adapter.config.to_adapter_config())
+        .unwrap();
+    let model = adapter.apply(model, &|p: &str| p.to_string()).unwrap();
+    let logits = model.forward(ints(&f["input_ids"]), ints(&f["attention_mask"]));
+    let e = max_abs_masked(logits, &want["logits"], &f["attention_mask"]);
+    assert!(e <= 1e-4, "logits: max abs error {e}");
+    // The adapter does not fit GPT-2: every missing layer is named.
+    let (_, gpt2) =
+        Gpt2LmHeadModel::<B>::load(&fixtures().join("tiny-gpt2"), &Default::default()).unwrap();
+    let err = gpt2
+        .with_adapters(&adapter.config.to_adapter_config())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("match no layer"), "{err}");
+}

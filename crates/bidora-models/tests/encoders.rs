@@ -150,3 +150,25 @@ fn mpnet_token_classification_matches_transformers_and_skips_ignored_labels() {
     let loss = cross_entropy(logits.reshape([b * s, c]), labels);
     assert!(max_abs(loss, &f["loss"]) <= 1e-5);
 }
+
+#[test]
+fn a_peft_adapter_for_another_model_is_refused_with_the_differences() {
+    use bidora_adapters::peft::PeftAdapter;
+    // The MiniLM adapter (hidden 384, `bert.` paths) on the tiny RoBERTa (hidden 32).
+    let adapter = PeftAdapter::load(&fixtures().join("minilm_dora")).unwrap();
+    let (_, model) = BertForSequenceClassification::<B>::load(
+        &fixtures().join("tiny-roberta-cls"),
+        3,
+        &Default::default(),
+    )
+    .unwrap();
+    let err = model.with_peft(&adapter).unwrap_err().to_string();
+    assert!(
+        err.contains("no tensors for layer `roberta.encoder.layer.0.attention.self.query`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bert.encoder.layer.0.attention.self.query"),
+        "{err}"
+    );
+}

@@ -39,6 +39,8 @@ pub struct DenseHead<B: Backend> {
 }
 
 /// The classifier on the pooled sequence.
+// Burn's Module derive cannot box a variant; one head per model, so the size is immaterial.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum SequenceHead<B: Backend> {
     /// BERT: `classifier` on the pooler output.

@@ -240,6 +240,28 @@ def llama():
     save_file({"logits": out.logits.contiguous()}, os.path.join(OUT, "tiny-llama-gguf.safetensors"))
 
 
+WORDS = ("the a an and or but not no very good bad great awful fine movie film plot actor story "
+         "i you it is was are love hate like boring fun funny sad dull best worst really quite "
+         "this that so too much more less ending music scenes ##s ##ly ##ing ##ed").split()
+
+
+def tiny_bert():
+    """A random BERT with a WordPiece vocabulary, for the CLI tests (crates/bidora-cli)."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(8)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz.,!'") + WORDS
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    model = perturb(BertModel(config))
+    folder = os.path.join(ROOT, "crates", "bidora-cli", "tests", "fixtures", "tiny-bert")
+    model.save_pretrained(folder, safe_serialization=True)
+    with open(os.path.join(folder, "vocab.txt"), "w") as fh:
+        fh.write("\n".join(vocab) + "\n")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as fh:
+        fh.write('{"do_lower_case": true, "model_max_length": 128}\n')
+    print("wrote", folder)
+
+
 def quants():
     rng = np.random.default_rng(7)
     w = gguf.GGUFWriter(os.path.join(OUT, "quants.gguf"), "llama")
@@ -276,3 +298,4 @@ if __name__ == "__main__":
     gpt2()
     llama()
     quants()
+    tiny_bert()

@@ -182,6 +182,17 @@ impl<B: Backend> AdaptedLinear<B> {
 
     /// The forward pass; see the type's docs for the formula.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        if D > 2 {
+            // One GEMM over all rows instead of one per leading index (which would also
+            // re-pack the weight for every batch element).
+            let dims = x.dims();
+            let rows = dims[..D - 1].iter().product::<usize>();
+            let mut out = dims;
+            out[D - 1] = self.d_output();
+            return self
+                .forward::<2>(x.reshape([rows, dims[D - 1]]))
+                .reshape(out);
+        }
         let w = self.weight.val();
         let s = self.settings.scaling;
         let dropout_active = self.dropout.prob > 0.0 && B::ad_enabled(&x.device());

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
@@ -67,7 +68,8 @@ impl Family {
         }
     }
 
-    fn attention_norm(self) -> &'static str {
+    /// HF name of the LayerNorm after attention.
+    pub fn attention_norm(self) -> &'static str {
         match self {
             Family::Bert | Family::Roberta => "attention.output.LayerNorm",
             Family::Mpnet => "attention.LayerNorm",
@@ -492,6 +494,81 @@ impl<B: Backend> Bert<B> {
             pooler,
             ..self
         })
+    }
+}
+
+/// A PyTorch-layout copy of a tensor.
+fn host<const D: usize, B: Backend>(t: Tensor<B, D>, name: &str) -> Result<HostTensor, ModelError> {
+    Ok(HostTensor::from_tensor(t, name)?)
+}
+
+/// Inserts `name.weight` (`[out, in]`) and `name.bias` of a linear layer.
+pub(crate) fn put_linear<B: Backend>(
+    out: &mut BTreeMap<String, HostTensor>,
+    name: &str,
+    l: &burn::nn::Linear<B>,
+) -> Result<(), ModelError> {
+    out.insert(
+        format!("{name}.weight"),
+        host(l.weight.val(), name)?.transposed()?,
+    );
+    if let Some(b) = &l.bias {
+        out.insert(format!("{name}.bias"), host(b.val(), name)?);
+    }
+    Ok(())
+}
+
+fn put_norm<B: Backend>(
+    out: &mut BTreeMap<String, HostTensor>,
+    name: &str,
+    ln: &LayerNorm<B>,
+) -> Result<(), ModelError> {
+    out.insert(format!("{name}.weight"), host(ln.gamma.val(), name)?);
+    if let Some(b) = &ln.beta {
+        out.insert(format!("{name}.bias"), host(b.val(), name)?);
+    }
+    Ok(())
+}
+
+impl<B: Backend> Bert<B> {
+    /// Every weight under its HF name (after `prefix`, e.g. `bert.`), in PyTorch layout, with
+    /// adapters merged into the base weights: what `model.safetensors` of a plain model holds.
+    pub fn hf_tensors(&self, prefix: &str) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+        let mut out = BTreeMap::new();
+        let e = &self.embeddings;
+        let mut table = |name: &str, t: &Embedding<B>| -> Result<(), ModelError> {
+            out.insert(
+                format!("{prefix}{name}.weight"),
+                host(t.weight.val(), name)?,
+            );
+            Ok(())
+        };
+        table("embeddings.word_embeddings", &e.word)?;
+        table("embeddings.position_embeddings", &e.position)?;
+        if let Some(t) = &e.token_type {
+            table("embeddings.token_type_embeddings", t)?;
+        }
+        if let Some(t) = &self.relative_attention_bias {
+            table("encoder.relative_attention_bias", t)?;
+        }
+        put_norm(&mut out, &format!("{prefix}embeddings.LayerNorm"), &e.norm)?;
+        let names = self.family.projection_names();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("{prefix}encoder.layer.{i}.");
+            for (name, proj) in names.iter().zip(l.projections()) {
+                put_linear(&mut out, &format!("{p}{name}"), &proj.merged())?;
+            }
+            put_norm(
+                &mut out,
+                &format!("{p}{}", self.family.attention_norm()),
+                &l.attention_norm,
+            )?;
+            put_norm(&mut out, &format!("{p}output.LayerNorm"), &l.output_norm)?;
+        }
+        if let Some(p) = &self.pooler {
+            put_linear(&mut out, &format!("{prefix}pooler.dense"), &p.merged())?;
+        }
+        Ok(out)
     }
 }
 

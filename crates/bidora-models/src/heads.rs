@@ -21,7 +21,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use crate::bert::{Bert, BertConfig, Family};
+use crate::bert::{put_linear, Bert, BertConfig, Family};
 use crate::layers::{fresh_linear, head_linear, Projection};
 use crate::weights::Weights;
 use crate::ModelError;
@@ -235,6 +235,24 @@ impl<B: Backend> BertForSequenceClassification<B> {
     }
 }
 
+impl<B: Backend> BertForSequenceClassification<B> {
+    /// Every weight under its HF name in PyTorch layout, adapters merged: the
+    /// `model.safetensors` of a plain `*ForSequenceClassification` model.
+    pub fn hf_tensors(&self) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+        let mut out = self
+            .bert
+            .hf_tensors(&format!("{}.", self.bert.family.prefix()))?;
+        match &self.head {
+            SequenceHead::Pooled(l) => put_linear(&mut out, "classifier", l)?,
+            SequenceHead::Dense(d) => {
+                put_linear(&mut out, "classifier.dense", &d.dense)?;
+                put_linear(&mut out, "classifier.out_proj", &d.out_proj)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl<B: Backend> AdapterHost<B> for BertForSequenceClassification<B> {
     fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
         self.bert
@@ -296,6 +314,17 @@ impl<B: Backend> BertForTokenClassification<B> {
             bert: self.bert.freeze().inject(config)?,
             ..self
         })
+    }
+}
+
+impl<B: Backend> BertForTokenClassification<B> {
+    /// Every weight under its HF name in PyTorch layout, adapters merged.
+    pub fn hf_tensors(&self) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+        let mut out = self
+            .bert
+            .hf_tensors(&format!("{}.", self.bert.family.prefix()))?;
+        put_linear(&mut out, "classifier", &self.classifier)?;
+        Ok(out)
     }
 }
 

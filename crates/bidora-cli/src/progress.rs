@@ -57,8 +57,9 @@ impl Progress {
         }
     }
 
-    /// One step done.
+    /// Step `step` (0-based) done.
     pub fn step(&mut self, step: usize, lower: f64, upper: Option<f64>) {
+        let done = step + 1;
         let losses = match upper {
             Some(u) => format!("loss {lower:.4} / val {u:.4}"),
             None => format!("loss {lower:.4}"),
@@ -66,20 +67,19 @@ impl Progress {
         let metric = self.metric.clone().unwrap_or_default();
         match &self.bar {
             Some(bar) => {
-                bar.set_position(step as u64);
+                bar.set_position(done as u64);
                 bar.set_message(format!("{losses} {metric}"));
             }
-            None if step % self.log_every == 0 || step == self.total => {
-                let done = step.saturating_sub(self.from);
+            None if done % self.log_every == 0 || done == self.total => {
                 let secs = self.start.elapsed().as_secs_f64().max(1e-9);
-                let rate = done as f64 / secs;
+                let rate = done.saturating_sub(self.from) as f64 / secs;
                 let eta = if rate > 0.0 {
-                    (self.total - step) as f64 / rate
+                    self.total.saturating_sub(done) as f64 / rate
                 } else {
                     0.0
                 };
                 println!(
-                    "{} step {step}/{} {losses} {metric} {rate:.2} steps/s ETA {eta:.0}s",
+                    "{} step {done}/{} {losses} {metric} {rate:.2} steps/s ETA {eta:.0}s",
                     self.phase, self.total
                 );
             }
@@ -87,8 +87,9 @@ impl Progress {
         }
     }
 
-    /// A dev evaluation.
+    /// A dev evaluation after step `step` (0-based).
     pub fn eval(&mut self, step: usize, name: &str, value: f64, best: bool) {
+        let step = step + 1;
         let text = format!("dev {name} {value:.4}{}", if best { " (best)" } else { "" });
         match &self.bar {
             Some(bar) => bar.println(format!("{} step {step}: {text}", self.phase)),

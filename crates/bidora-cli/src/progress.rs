@@ -70,7 +70,7 @@ impl Progress {
                 bar.set_position(done as u64);
                 bar.set_message(format!("{losses} {metric}"));
             }
-            None if done % self.log_every == 0 || done == self.total => {
+            None if done.is_multiple_of(self.log_every) || done == self.total => {
                 let secs = self.start.elapsed().as_secs_f64().max(1e-9);
                 let rate = done.saturating_sub(self.from) as f64 / secs;
                 let eta = if rate > 0.0 {

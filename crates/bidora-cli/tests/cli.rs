@@ -28,11 +28,11 @@ fn sst2(dir: &Path) -> PathBuf {
     let good = ["good", "great", "fine", "best", "fun", "love", "funny"];
     let bad = ["bad", "awful", "boring", "worst", "dull", "hate", "sad"];
     let things = ["movie", "film", "plot", "story", "music", "ending", "actor"];
-    let mut rows = |n: usize, offset: usize| {
+    let rows = |n: usize, offset: usize| {
         let mut s = String::from("sentence\tlabel\n");
         for i in 0..n {
             let k = i + offset;
-            let positive = k % 2 == 0;
+            let positive = k.is_multiple_of(2);
             let word = if positive { good[k % 7] } else { bad[k % 7] };
             s.push_str(&format!(
                 "the {} was really {word} .\t{}\n",

@@ -578,3 +578,80 @@ impl Settings {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(toml_text: &str) -> Knobs {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file =
+            knobs("task = \"mrpc\"\nmodel = \"m\"\ndata = \"d\"\nrank = 4\nlower_lr = 0.1\n");
+        let flags = Knobs {
+            lower_lr: Some(0.2),
+            epochs: Some(2.0),
+            ..Knobs::default()
+        };
+        let s = Settings::resolve(file.overlaid(&flags).unwrap()).unwrap();
+        assert_eq!(s.method, Method::Bidora);
+        assert_eq!(s.train.lower.lr, 0.2);
+        // The upper level defaults to the lower level's rate.
+        assert_eq!(s.train.upper.lr, 0.2);
+        let a = s.adapter.clone().unwrap();
+        assert_eq!(a.r, 4);
+        assert_eq!(a.alpha, 8.0);
+        assert_eq!(a.norm_mode, NormMode::Exact);
+        assert_eq!(s.train.gamma, 1e-5);
+        assert_eq!(s.out, PathBuf::from("runs/mrpc-bidora"));
+        // 2 epochs of 10 batches; evaluation and checkpoints once per epoch.
+        let c = s.train_config(10).unwrap();
+        assert_eq!(c.iterations, 20);
+        assert_eq!(c.eval_every, Some(10));
+        assert_eq!(c.checkpoint_every, Some(10));
+        // The resolved knobs, saved and read back, resolve to the same run.
+        let saved = toml::to_string(&s.knobs).unwrap();
+        let again = Settings::resolve(knobs(&saved)).unwrap();
+        assert_eq!(again.train_config(10).unwrap(), c);
+    }
+
+    #[test]
+    fn baselines_get_their_own_defaults() {
+        let base = "task = \"rte\"\nmodel = \"m\"\ndata = \"d\"\n";
+        let full = Settings::resolve(knobs(&format!("{base}method = \"full\"\n"))).unwrap();
+        assert!(full.adapter.is_none());
+        assert_eq!(full.train.lower.lr, 2e-5);
+        assert_eq!(full.train.mode, Mode::SingleLevel);
+        let dora = Settings::resolve(knobs(&format!("{base}method = \"dora\"\n"))).unwrap();
+        assert_eq!(dora.adapter.unwrap().norm_mode, NormMode::Detached);
+        // No regulariser outside BiDoRA.
+        assert_eq!(dora.train.gamma, 0.0);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_key() {
+        let base = "task = \"rte\"\nmodel = \"m\"\ndata = \"d\"\n";
+        for (extra, needle) in [
+            ("val_fraction = 1.5", "val_fraction"),
+            ("hypergradient = \"cg\"", "unknown hypergradient `cg`"),
+            ("method = \"lora\"\nretrain = true", "retrain"),
+            ("dropout = 1.0", "dropout"),
+            ("iterations = 0", "iterations"),
+        ] {
+            let err = Settings::resolve(knobs(&format!("{base}{extra}\n"))).unwrap_err();
+            assert_eq!(err.code, crate::fail::Code::Usage);
+            assert!(
+                err.error.to_string().contains(needle),
+                "{extra}: {}",
+                err.error
+            );
+        }
+        let err = toml::from_str::<Knobs>("rnak = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rnak"), "{err}");
+    }
+}

@@ -12,6 +12,29 @@
 //! Module paths are HF's, so PEFT adapter files apply with the identity name map
 //! (`bidora_adapters::peft::PeftAdapter::apply`), and every model reports its adapted layers
 //! through `bidora_adapters::AdapterHost`.
+//!
+//! ```no_run
+//! use bidora_adapters::peft::PeftAdapter;
+//! use bidora_models::heads::BertForSequenceClassification;
+//! use bidora_models::tokenizer::Tokenizer;
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Int, Tensor, TensorData};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! type B = NdArray<f32>;
+//! let dir = std::path::Path::new("all-MiniLM-L6-v2"); // config.json, model.safetensors, tokenizer
+//! let device = Default::default();
+//! // A 2-way classifier; a PEFT adapter (HF PEFT's or `bidora train`'s) with its saved head.
+//! let (_, model) = BertForSequenceClassification::<B>::load(dir, 2, &device)?;
+//! let model = model.with_peft(&PeftAdapter::load(std::path::Path::new("adapter"))?)?;
+//! let enc = Tokenizer::load(dir)?.encode("A fine, funny film.", None, 128)?;
+//! let n = enc.ids.len();
+//! let ids: Vec<i64> = enc.ids.iter().map(|&i| i64::from(i)).collect();
+//! let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+//! let logits = model.forward(ids, Tensor::ones([1, n], &device), Tensor::zeros([1, n], &device));
+//! println!("{logits}");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bert;
 pub mod config;

@@ -520,9 +520,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("  untrained        {:.4}", get(&report["untrained"]));
             println!("  after training   {:.4} (final)", get(&report["final"]));
             println!(
-                "                   {:.4} (best, step {})",
+                "                   {:.4} (best, after step {})",
                 get(&report["best"]["metrics"]),
-                report["best"]["step"]
+                report["best"]["step"].as_u64().map_or(0, |s| s + 1)
             );
             println!(
                 "run folder: {} (curves.png, report.json, adapter/)",

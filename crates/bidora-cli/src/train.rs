@@ -336,7 +336,10 @@ fn run<B: AutodiffBackend>(
         .runtime()?;
     if let Some(b) = &baseline {
         let line = json!({"event": "baseline", "phase": "search", "step": 0, "metrics": b.metrics});
-        let _ = writeln!(log, "{line}");
+        curves.add(&line);
+        writeln!(log, "{line}")
+            .with_context(|| format!("cannot write `{}`", metrics_path.display()))
+            .runtime()?;
     }
 
     let mut progress = Progress::new();

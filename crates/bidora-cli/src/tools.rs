@@ -351,7 +351,7 @@ pub fn inspect(model_dir: &Path, adapter: Option<&Path>, as_json: bool) -> Resul
     });
     let (layers, params, linear_names): (usize, usize, Vec<String>) = match arch {
         Architecture::Bert | Architecture::Roberta | Architecture::Mpnet => {
-            let (c, m) = Bert::<B>::load(model_dir, &device).input()?;
+            let (c, m) = Bert::<B>::load_base(model_dir, &device).input()?;
             let names = m
                 .family
                 .projection_names()
@@ -366,7 +366,7 @@ pub fn inspect(model_dir: &Path, adapter: Option<&Path>, as_json: bool) -> Resul
             let (c, m) = Gpt2LmHeadModel::<B>::load(model_dir, &device).input()?;
             report["hidden_size"] = json!(c.n_embd);
             report["heads"] = json!(c.n_head);
-            let names = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+            let names = bidora_models::gpt2::BLOCK_PROJECTIONS
                 .iter()
                 .map(|n| format!("transformer.h.N.{n}"))
                 .collect();
@@ -377,18 +377,10 @@ pub fn inspect(model_dir: &Path, adapter: Option<&Path>, as_json: bool) -> Resul
             report["hidden_size"] = json!(c.hidden_size);
             report["heads"] = json!(c.num_attention_heads);
             report["kv_heads"] = json!(c.kv_heads());
-            let names = [
-                "self_attn.q_proj",
-                "self_attn.k_proj",
-                "self_attn.v_proj",
-                "self_attn.o_proj",
-                "mlp.gate_proj",
-                "mlp.up_proj",
-                "mlp.down_proj",
-            ]
-            .iter()
-            .map(|n| format!("model.layers.N.{n}"))
-            .collect();
+            let names = bidora_models::llama::LAYER_PROJECTIONS
+                .iter()
+                .map(|n| format!("model.layers.N.{n}"))
+                .collect();
             (c.num_hidden_layers, numel(&m), names)
         }
     };

@@ -388,6 +388,18 @@ impl<B: Backend> Bert<B> {
         Ok((config, model))
     }
 
+    /// Like [`Bert::load`], for a checkpoint that may also hold task heads (`classifier.*`,
+    /// BERT's pre-training `cls.*`): those are skipped instead of being errors.
+    pub fn load_base(dir: &Path, device: &B::Device) -> Result<(BertConfig, Self), ModelError> {
+        let config = BertConfig::load(dir)?;
+        let mut w = Weights::load(dir)?;
+        let model = Self::from_weights(&config, &mut w, device);
+        w.ignore_prefix("classifier.");
+        w.ignore_prefix("cls.");
+        w.finish()?;
+        Ok((config, model))
+    }
+
     /// Runs the encoder. `input_ids`, `attention_mask` (1 = token, 0 = padding) and
     /// `token_type_ids` are `[batch, seq]` (MPNet ignores the segment ids).
     pub fn forward(

@@ -129,7 +129,8 @@ pub struct Gpt2Block<B: Backend> {
     pub scale: bool,
 }
 
-const BLOCK_PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+/// HF names of a block's projections (after `transformer.h.N.`).
+pub const BLOCK_PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
 
 impl<B: Backend> Gpt2Block<B> {
     fn projections(&self) -> [&Projection<B>; 4] {

@@ -236,7 +236,8 @@ pub struct LlamaLayer<B: Backend> {
     pub kv_heads: usize,
 }
 
-const LAYER_PROJECTIONS: [&str; 7] = [
+/// HF names of a decoder layer's linear layers (after `model.layers.N.`).
+pub const LAYER_PROJECTIONS: [&str; 7] = [
     "self_attn.q_proj",
     "self_attn.k_proj",
     "self_attn.v_proj",

@@ -179,6 +179,18 @@ impl Weights {
         self.used.extend(names);
     }
 
+    /// Marks every tensor whose name starts with `prefix` (no model prefix applied) as used,
+    /// e.g. a task head (`classifier.`) when only the base model is wanted.
+    pub fn ignore_prefix(&mut self, prefix: &str) {
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        self.used.extend(names);
+    }
+
     /// Ends loading: any problem, or any tensor not taken, is an error listing them all.
     pub fn finish(self) -> Result<(), ModelError> {
         let mut problems = self.problems;

@@ -172,3 +172,18 @@ fn a_peft_adapter_for_another_model_is_refused_with_the_differences() {
         "{err}"
     );
 }
+
+#[test]
+fn the_base_loader_skips_task_heads_the_strict_one_lists_them() {
+    let dir = fixtures().join("tiny-mpnet-cls");
+    let err = Bert::<B>::load(&dir, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unexpected tensor `classifier.out_proj.weight` [1, 32]"),
+        "{err}"
+    );
+    let (config, bert) = Bert::<B>::load_base(&dir, &Default::default()).unwrap();
+    assert_eq!(config.model_type, "mpnet");
+    assert_eq!(bert.layers.len(), 2);
+}

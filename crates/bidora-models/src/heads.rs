@@ -88,10 +88,16 @@ pub struct BertForSequenceClassification<B: Backend> {
     pub head: SequenceHead<B>,
 }
 
+/// The encoder of a model folder for a head of `num_labels` outputs (at least one), with the
+/// weights left for the head.
 fn load_encoder<B: Backend>(
     dir: &Path,
+    num_labels: usize,
     device: &B::Device,
 ) -> Result<(BertConfig, Weights, Bert<B>), ModelError> {
+    if num_labels == 0 {
+        return Err(ModelError::Invalid("num_labels must be at least 1".into()));
+    }
     let config = BertConfig::load(dir)?;
     let mut w = Weights::load(dir)?;
     let bert = Bert::from_weights(&config, &mut w, device);
@@ -128,10 +134,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
         num_labels: usize,
         device: &B::Device,
     ) -> Result<(BertConfig, Self), ModelError> {
-        if num_labels == 0 {
-            return Err(ModelError::Invalid("num_labels must be at least 1".into()));
-        }
-        let (config, mut w, mut bert) = load_encoder::<B>(dir, device)?;
+        let (config, mut w, mut bert) = load_encoder::<B>(dir, num_labels, device)?;
         let h = config.hidden_size;
         match bert.family {
             Family::Bert if bert.pooler.is_none() => {
@@ -279,10 +282,7 @@ impl<B: Backend> BertForTokenClassification<B> {
         num_labels: usize,
         device: &B::Device,
     ) -> Result<(BertConfig, Self), ModelError> {
-        if num_labels == 0 {
-            return Err(ModelError::Invalid("num_labels must be at least 1".into()));
-        }
-        let (config, mut w, mut bert) = load_encoder::<B>(dir, device)?;
+        let (config, mut w, mut bert) = load_encoder::<B>(dir, num_labels, device)?;
         bert.pooler = None;
         let classifier = head_linear(&mut w, "classifier", config.hidden_size, num_labels, device);
         w.finish()?;

@@ -70,17 +70,6 @@ impl<B: Backend> Projection<B> {
             Projection::Adapted(l) => l.merge().linear,
         }
     }
-
-    /// `(d_in, d_out)`.
-    pub fn dims(&self) -> (usize, usize) {
-        match self {
-            Projection::Plain(l) => {
-                let [i, o] = l.weight.dims();
-                (i, o)
-            }
-            Projection::Adapted(l) => (l.d_input(), l.d_output()),
-        }
-    }
 }
 
 /// The error for target modules that match no layer of a model.

@@ -68,54 +68,10 @@ enum Command {
         knobs: Knobs,
     },
     /// Evaluate a model with an adapter on a task's dev set.
-    Eval {
-        /// HF model folder.
-        #[arg(long)]
-        model: PathBuf,
-        /// Adapter folder (PEFT format, from HF PEFT or `bidora train`); none: the base model.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
-        /// Task name (`bidora train --help` lists them).
-        #[arg(long)]
-        task: String,
-        /// The task's data folder or file.
-        #[arg(long)]
-        data: PathBuf,
-        /// `cpu`, `wgpu` or `cuda[:INDEX]`.
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-        /// Longest input in tokens.
-        #[arg(long, default_value_t = 128)]
-        max_length: usize,
-        /// Examples per forward pass.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-    },
+    Eval(tools::EvalArgs),
     /// Predict on JSONL inputs (`"text"`, optional `"text_pair"`) and write one JSONL line of
     /// `"logits"` (and `"label"` where the names are known) per input.
-    Predict {
-        /// HF model folder.
-        #[arg(long)]
-        model: PathBuf,
-        /// Adapter folder (HF PEFT `SEQ_CLS` LoRA/DoRA with the saved classifier, or ours).
-        #[arg(long)]
-        adapter: PathBuf,
-        /// Input JSONL file.
-        #[arg(long)]
-        input: PathBuf,
-        /// Output JSONL file (written atomically).
-        #[arg(long)]
-        output: PathBuf,
-        /// `cpu`, `wgpu` or `cuda[:INDEX]`.
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-        /// Longest input in tokens.
-        #[arg(long, default_value_t = 512)]
-        max_length: usize,
-        /// Examples per forward pass.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-    },
+    Predict(tools::PredictArgs),
     /// Merge an adapter into the base weights and write a plain HF model folder
     /// (config.json, model.safetensors, tokenizer files) that transformers loads as is.
     Merge {
@@ -174,40 +130,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
             config,
             knobs,
         } => train::train(resume, config, knobs),
-        Command::Eval {
-            model,
-            adapter,
-            task,
-            data,
-            backend,
-            max_length,
-            batch_size,
-        } => tools::eval(tools::EvalArgs {
-            model,
-            adapter,
-            task,
-            data,
-            backend,
-            max_length,
-            batch_size,
-        }),
-        Command::Predict {
-            model,
-            adapter,
-            input,
-            output,
-            backend,
-            max_length,
-            batch_size,
-        } => tools::predict(tools::PredictArgs {
-            model,
-            adapter,
-            input,
-            output,
-            backend,
-            max_length,
-            batch_size,
-        }),
+        Command::Eval(a) => tools::eval(a),
+        Command::Predict(a) => tools::predict(a),
         Command::Merge {
             model,
             adapter,

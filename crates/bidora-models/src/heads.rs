@@ -196,6 +196,15 @@ impl<B: Backend> BertForSequenceClassification<B> {
         })
     }
 
+    /// Merges the adapters into the encoder's weights and drops them (PEFT's
+    /// `merge_and_unload`); the head is kept as it is.
+    pub fn merge_adapters(self) -> Self {
+        BertForSequenceClassification {
+            bert: self.bert.merge_adapters(),
+            ..self
+        }
+    }
+
     /// Replaces the head with tensors saved under HF names (`classifier.weight`, or
     /// `classifier.dense.*` + `classifier.out_proj.*`), e.g. PEFT's `modules_to_save`. Missing,
     /// extra or mis-shaped tensors are an error naming them and `origin`.

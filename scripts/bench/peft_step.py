@@ -1,0 +1,105 @@
+"""The peer of `benches/benches/minilm.rs`: one training step of HF PEFT (LoRA, DoRA) and of full
+fine-tuning with transformers, on all-MiniLM-L6-v2, batch 16 x 128 tokens, on the CPU.
+
+Same model folder, shapes, token ids, settings (r = 8, alpha 16, dropout 0.1 on query and value,
+AdamW, a 2-way classifier trained) and thread count as the Rust benchmark. Each call measures one
+mode in its own process, so the peak memory it prints is that mode's.
+
+    PYTHONPATH=/opt/bidora-py /usr/bin/python3 scripts/bench/peft_step.py \
+        --model DIR --mode dora --threads 2 --steps 10
+
+Prints one JSON line: {"mode", "threads", "steps", "median_s", "min_s", "max_s", "peak_rss_kib",
+"torch", "peft", "transformers"}. `cargo xtask bench --peer` runs it and compares.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+BATCH, SEQ = 16, 128
+
+
+def inputs(torch):
+    """[CLS] ... [SEP] with ids 1000 + (131 i + 7919 j) mod 20000, as the Rust benchmark."""
+    ids = [
+        [101 if j == 0 else 102 if j == SEQ - 1 else 1000 + (131 * i + 7919 * j) % 20000 for j in range(SEQ)]
+        for i in range(BATCH)
+    ]
+    ids = torch.tensor(ids, dtype=torch.long)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+    }, torch.tensor([i % 2 for i in range(BATCH)], dtype=torch.long)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="all-MiniLM-L6-v2 folder (cargo xtask assets minilm)")
+    p.add_argument("--mode", required=True, choices=["lora", "dora", "full", "inference"])
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
+    a = p.parse_args()
+
+    import torch
+    import transformers
+    import peft
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    if a.mode in ("lora", "dora"):
+        config = peft.LoraConfig(
+            task_type=peft.TaskType.SEQ_CLS,
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.1,
+            target_modules=["query", "value"],
+            use_dora=a.mode == "dora",
+        )
+        model = peft.get_peft_model(model, config)
+    batch, labels = inputs(torch)
+    times = []
+    if a.mode == "inference":
+        model.eval()
+        with torch.no_grad():
+            for k in range(a.steps + 2):
+                t = time.perf_counter()
+                model(**batch)
+                if k >= 2:
+                    times.append(time.perf_counter() - t)
+    else:
+        model.train()
+        trainable = [q for q in model.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=5e-4, weight_decay=0.01)
+        for k in range(a.steps + 2):
+            t = time.perf_counter()
+            loss = model(**batch, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if k >= 2:
+                times.append(time.perf_counter() - t)
+    print(
+        json.dumps(
+            {
+                "mode": a.mode,
+                "threads": a.threads,
+                "steps": a.steps,
+                "median_s": statistics.median(times),
+                "min_s": min(times),
+                "max_s": max(times),
+                # Linux reports ru_maxrss in KiB.
+                "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "torch": torch.__version__,
+                "peft": peft.__version__,
+                "transformers": transformers.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

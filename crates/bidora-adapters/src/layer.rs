@@ -198,7 +198,7 @@ impl<B: Backend> AdaptedLinear<B> {
         let dropout_active = self.dropout.prob > 0.0 && B::ad_enabled(&x.device());
         let base = x.clone().matmul(w.clone().unsqueeze());
         let x_adapter = if dropout_active {
-            self.dropout.forward(x)
+            crate::dropout::dropout(&self.dropout, x)
         } else {
             x
         };

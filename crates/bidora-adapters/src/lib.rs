@@ -31,6 +31,7 @@
 //! ```
 
 pub mod config;
+pub mod dropout;
 mod error;
 pub mod layer;
 pub mod partition;

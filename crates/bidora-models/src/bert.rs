@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bidora_adapters::dropout::dropout;
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
 use burn::module::Module;
@@ -235,11 +236,12 @@ impl<B: Backend> BertLayer<B> {
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x.clone()));
         let scores = q.matmul(k.transpose()).div_scalar((hd as f64).sqrt()) + bias;
-        let probs = self.attention_dropout.forward(softmax(scores, 3));
+        let probs = dropout(&self.attention_dropout, softmax(scores, 3));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
-        let attn = self.dropout.forward(self.attention_output.forward(ctx));
+        let attn = dropout(&self.dropout, self.attention_output.forward(ctx));
         let x = self.attention_norm.forward(attn + x);
-        let ff = self.dropout.forward(
+        let ff = dropout(
+            &self.dropout,
             self.output
                 .forward(gelu_erf(self.intermediate.forward(x.clone()))),
         );
@@ -427,10 +429,7 @@ impl<B: Backend> Bert<B> {
         if let Some(types) = &self.embeddings.token_type {
             e = e + types.forward(token_type_ids);
         }
-        let mut x = self
-            .embeddings
-            .dropout
-            .forward(self.embeddings.norm.forward(e));
+        let mut x = dropout(&self.embeddings.dropout, self.embeddings.norm.forward(e));
         let mut bias = padding_bias(attention_mask);
         if let Some(table) = &self.relative_attention_bias {
             bias = bias + self.position_bias(table, s);

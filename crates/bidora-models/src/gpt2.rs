@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use bidora_adapters::dropout::dropout;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
@@ -153,13 +154,13 @@ impl<B: Backend> Gpt2Block<B> {
         if self.scale {
             scores = scores.div_scalar((hd as f64).sqrt());
         }
-        let probs = self.attention_dropout.forward(softmax(scores + bias, 3));
+        let probs = dropout(&self.attention_dropout, softmax(scores + bias, 3));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
-        let x = x + self.dropout.forward(self.attn_proj.forward(ctx));
+        let x = x + dropout(&self.dropout, self.attn_proj.forward(ctx));
         let ff = self
             .mlp_proj
             .forward(gelu_new(self.c_fc.forward(self.ln_2.forward(x.clone()))));
-        x + self.dropout.forward(ff)
+        x + dropout(&self.dropout, ff)
     }
 }
 
@@ -224,9 +225,10 @@ impl<B: Backend> Gpt2<B> {
         let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &input_ids.device())
             .unsqueeze::<2>()
             .repeat_dim(0, b);
-        let mut x = self
-            .dropout
-            .forward(self.wte.forward(input_ids) + self.wpe.forward(positions));
+        let mut x = dropout(
+            &self.dropout,
+            self.wte.forward(input_ids) + self.wpe.forward(positions),
+        );
         let bias = causal_bias(attention_mask);
         for block in &self.blocks {
             x = block.forward(x, bias.clone());

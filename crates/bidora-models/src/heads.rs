@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bidora_adapters::dropout::dropout;
 use bidora_adapters::peft::PeftAdapter;
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
@@ -174,11 +175,11 @@ impl<B: Backend> BertForSequenceClassification<B> {
         match &self.head {
             SequenceHead::Pooled(classifier) => {
                 let pooled = out.pooler_output.clone().unwrap_or_else(first);
-                classifier.forward(self.dropout.forward(pooled))
+                classifier.forward(dropout(&self.dropout, pooled))
             }
             SequenceHead::Dense(d) => {
-                let x = d.dense.forward(self.dropout.forward(first())).tanh();
-                d.out_proj.forward(self.dropout.forward(x))
+                let x = d.dense.forward(dropout(&self.dropout, first())).tanh();
+                d.out_proj.forward(dropout(&self.dropout, x))
             }
         }
     }
@@ -314,7 +315,7 @@ impl<B: Backend> BertForTokenClassification<B> {
     ) -> Tensor<B, 3> {
         let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
         self.classifier
-            .forward(self.dropout.forward(out.last_hidden_state))
+            .forward(dropout(&self.dropout, out.last_hidden_state))
     }
 
     /// Freezes the encoder and adds adapters; the classifier stays trainable.

@@ -7,6 +7,9 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod results;
+
 /// The test command of the README, which CI runs too.
 const TEST_ARGS: &[&str] = &["test", "--workspace", "--features", "bidora-backend/wgpu"];
 /// The assets the tests need (MPNet's 400 MB are optional: its test skips without them).
@@ -51,6 +54,82 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         backend: String,
     },
+    /// Run the criterion benchmarks (adapter layer, regulariser, engine, whole MiniLM steps and
+    /// inference) and write docs/BENCHMARKS.md with the machine, versions, threads and ratios.
+    ///
+    /// Each whole-model case runs in its own process so its peak memory is its own. With
+    /// `--peer`, HF PEFT runs the same steps (scripts/bench/peft_step.py) and the report gives
+    /// bidora / PEFT per mode; without torch installed the peer is skipped with a hint. Takes
+    /// about 15 minutes on 2 cores (the MiniLM cases need 10 samples of up to ~15 s each).
+    Bench {
+        /// Backend: cpu (ndarray), wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Shorter warm-up and measurement times for the layer benchmarks.
+        #[arg(long)]
+        quick: bool,
+        /// Also run the HF PEFT peer on the same model, shapes and threads.
+        #[arg(long)]
+        peer: bool,
+        /// Threads for both sides (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Python with torch, transformers and peft (default: /usr/bin/python3, then python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Folder added to the peer's PYTHONPATH (where scripts/golden/setup.sh installs).
+        #[arg(long, default_value = "/opt/bidora-py", env = "BIDORA_PYTHONPATH")]
+        pythonpath: PathBuf,
+        /// Report to write.
+        #[arg(long, default_value = "docs/BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Train LoRA, DoRA and BiDoRA with all-MiniLM-L6-v2 on several real tasks × seeds (same
+    /// budget per method), plus BiDoRA's γ = 0 and first-order ablations on one task, and write
+    /// docs/RESULTS.md and docs/results.svg.
+    ///
+    /// The defaults (4 tasks × 3 methods × 3 seeds + 6 ablation runs, 40 steps of 16 examples,
+    /// 64 tokens) take about 2 hours on 2 CPU cores. Finished runs under --runs are reused and
+    /// interrupted ones resumed, so the sweep can be stopped and continued.
+    Results {
+        /// Tasks: movie-sentiment, stsb, topic, mrpc, cola, wnut16.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "movie-sentiment,stsb,topic,mrpc"
+        )]
+        tasks: Vec<String>,
+        /// Seeds of every cell.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+        /// Lower-level steps per run (every method gets the same).
+        #[arg(long, default_value_t = 40)]
+        iterations: usize,
+        /// Examples per batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Longest input in tokens.
+        #[arg(long, default_value_t = 64)]
+        max_length: usize,
+        /// Peak learning rate of every method (short budgets want a high one).
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        /// Task of the γ = 0 and first-order ablations.
+        #[arg(long, default_value = "movie-sentiment")]
+        ablation_task: String,
+        /// CPU threads per run (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// GLUE folder (MRPC/, STS-B/, CoLA/ with train.tsv and dev.tsv).
+        #[arg(long, env = "BIDORA_GLUE_DIR", default_value = "../shared/data/glue")]
+        glue: PathBuf,
+        /// Run folders.
+        #[arg(long, default_value = "runs/results")]
+        runs: PathBuf,
+        /// Rebuild the report from the finished runs without training.
+        #[arg(long)]
+        report_only: bool,
+    },
     /// Run what CI runs: type-check the CUDA backend, then the README's test command
     /// (tests on ndarray and on WGPU).
     Ci,
@@ -83,6 +162,19 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// Writes `path` through a temporary file in the same folder and a rename, so a kill never
+/// leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let name = path.file_name().context("output path has no file name")?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
@@ -529,6 +621,64 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
             Ok(())
+        }
+        Cmd::Bench {
+            backend,
+            quick,
+            peer,
+            threads,
+            python,
+            pythonpath,
+            out,
+        } => bench::run(&bench::Options {
+            backend,
+            quick,
+            peer,
+            threads: threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
+            python,
+            pythonpath,
+            out: if out.is_absolute() {
+                out
+            } else {
+                root().join(out)
+            },
+        }),
+        Cmd::Results {
+            tasks,
+            seeds,
+            iterations,
+            batch_size,
+            max_length,
+            lr,
+            ablation_task,
+            threads,
+            glue,
+            runs,
+            report_only,
+        } => {
+            let abs = |p: PathBuf| if p.is_absolute() { p } else { root().join(p) };
+            let command = std::iter::once("cargo xtask".to_string())
+                .chain(std::env::args().skip(1))
+                .collect::<Vec<_>>()
+                .join(" ");
+            results::run(&results::Options {
+                tasks,
+                seeds,
+                iterations,
+                batch_size,
+                max_length,
+                lr,
+                ablation_task,
+                threads: threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
+                glue: abs(glue),
+                runs: abs(runs),
+                report_only,
+                command,
+            })
         }
         Cmd::Ci => {
             status(Command::new("cargo").args([

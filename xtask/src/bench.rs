@@ -1,0 +1,632 @@
+//! `cargo xtask bench`: runs the criterion benchmarks of `benches/` (each whole-model case in
+//! its own process, so its peak memory is its own), optionally the HF PEFT peer
+//! (`scripts/bench/peft_step.py`) on the same model, shapes and threads, and writes
+//! `docs/BENCHMARKS.md` with the machine, the versions and the ratios.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{default_assets_dir, fetch, root, ASSETS};
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    /// cpu, wgpu or cuda.
+    pub backend: String,
+    /// Shorter criterion warm-up and measurement (the whole-model cases still take 10 samples).
+    pub quick: bool,
+    /// Also run the PEFT peer.
+    pub peer: bool,
+    /// Threads for both sides.
+    pub threads: usize,
+    /// Python interpreter for the peer.
+    pub python: Option<PathBuf>,
+    /// Folder added to PYTHONPATH for the peer.
+    pub pythonpath: PathBuf,
+    /// Where the report goes.
+    pub out: PathBuf,
+}
+
+/// The whole-model cases, each run in its own process: (criterion id, label).
+const MODEL_CASES: &[(&str, &str)] = &[
+    ("minilm_step/lora", "LoRA step"),
+    ("minilm_step/dora", "DoRA step"),
+    ("minilm_step/bidora_darts", "BiDoRA iteration (DARTS)"),
+    ("minilm_step/full", "full fine-tuning step"),
+    ("minilm_inference/base", "inference, base model"),
+    ("minilm_inference/dora_adapted", "inference, DoRA unmerged"),
+    ("minilm_inference/merged", "inference, DoRA merged"),
+];
+
+/// The peer's mode for a whole-model case.
+fn peer_mode(id: &str) -> Option<&'static str> {
+    match id {
+        "minilm_step/lora" => Some("lora"),
+        "minilm_step/dora" => Some("dora"),
+        "minilm_step/full" => Some("full"),
+        "minilm_inference/base" => Some("inference"),
+        _ => None,
+    }
+}
+
+/// One criterion result: median and its 95% interval, in seconds.
+#[derive(Clone, Copy)]
+struct Timing {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+/// The peer's figures for one mode.
+struct Peer {
+    median: f64,
+    peak_kib: u64,
+}
+
+/// The peer's run: its package versions and its figures per mode.
+struct PeerRun {
+    /// `torch transformers peft`.
+    versions: String,
+    modes: BTreeMap<&'static str, Peer>,
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    let minilm = ASSETS
+        .iter()
+        .find(|a| a.name == "minilm")
+        .context("asset table incomplete")?;
+    let model_dir = fetch(minilm, &default_assets_dir())?;
+    let exes = build(&o.backend)?;
+    let home = root().join("target/bidora-bench/criterion");
+    // Fresh results only: a stale estimate must never reach the report.
+    if home.exists() {
+        std::fs::remove_dir_all(&home).with_context(|| format!("clearing {}", home.display()))?;
+    }
+    let timing_args: Vec<String> = if o.quick {
+        ["--warm-up-time", "0.5", "--measurement-time", "1"]
+    } else {
+        ["--warm-up-time", "2", "--measurement-time", "8"]
+    }
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = |cmd: &mut Command| {
+        cmd.env("CRITERION_HOME", &home)
+            .env("RAYON_NUM_THREADS", o.threads.to_string())
+            .current_dir(root());
+    };
+
+    // Layer-level benchmarks: one process each.
+    for name in ["adapter_layer", "regularizer", "bilevel_step"] {
+        let exe = exes
+            .get(name)
+            .with_context(|| format!("no bench `{name}`"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--bench").args(&timing_args);
+        env(&mut cmd);
+        eprintln!("$ {name} {}", timing_args.join(" "));
+        let st = cmd.status().with_context(|| format!("starting {name}"))?;
+        if !st.success() {
+            bail!("benchmark {name} failed with {st}");
+        }
+    }
+
+    // Whole-model cases: one process each, peak RSS read from the bench's own report.
+    let exe = exes.get("minilm").context("no bench `minilm`")?;
+    let mut peaks: BTreeMap<&str, u64> = BTreeMap::new();
+    for &(id, _) in MODEL_CASES {
+        let mut cmd = Command::new(exe);
+        cmd.args(["--bench", &format!("^{id}$")])
+            .args(&timing_args)
+            .env("BIDORA_BENCH_CASE", id)
+            .stdout(Stdio::piped());
+        env(&mut cmd);
+        eprintln!("$ minilm {id}");
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting minilm {id}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprint!("{text}");
+        if !out.status.success() {
+            bail!("benchmark {id} failed with {}", out.status);
+        }
+        if let Some(kib) = text.lines().find_map(|l| {
+            l.strip_prefix("bidora-bench peak-rss-kib ")
+                .and_then(|v| v.trim().parse().ok())
+        }) {
+            peaks.insert(id, kib);
+        }
+    }
+
+    let peers = if o.peer {
+        run_peer(o, &model_dir)?
+    } else {
+        None
+    };
+    let results = read_estimates(&home)?;
+    let report = render(o, &results, &peaks, peers.as_ref())?;
+    crate::write_atomic(&o.out, report.as_bytes())?;
+    eprintln!("wrote {}", o.out.display());
+    print_summary(&results, peers.as_ref());
+    Ok(())
+}
+
+/// Builds the bench executables and returns them by bench name.
+fn build(backend: &str) -> Result<BTreeMap<String, PathBuf>> {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "bench",
+        "-p",
+        "bidora-benches",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    match backend {
+        "cpu" => {}
+        "wgpu" | "cuda" => {
+            cmd.args(["--features", backend]);
+        }
+        other => bail!("unknown backend `{other}` (cpu, wgpu or cuda)"),
+    }
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting cargo")?;
+    if !out.status.success() {
+        bail!("building the benchmarks failed");
+    }
+    let mut exes = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let is_bench = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "bench"));
+        if let (true, Some(name), Some(exe)) = (
+            is_bench,
+            v["target"]["name"].as_str(),
+            v["executable"].as_str(),
+        ) {
+            exes.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    Ok(exes)
+}
+
+/// Every `group/function[/parameter]` criterion measured, from its `new/estimates.json`.
+fn read_estimates(home: &Path) -> Result<BTreeMap<String, Timing>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![home.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.is_dir() || p.file_name().is_some_and(|n| n == "report") {
+                continue;
+            }
+            // A benchmark's folder holds `new/` (this run) beside `base/` and `change/`; a
+            // benchmark may itself be called `base`, so recognise folders by their content.
+            let new = p.join("new");
+            if !new.join("benchmark.json").is_file() {
+                stack.push(p);
+                continue;
+            }
+            let bench: Value = read_json(&new.join("benchmark.json"))?;
+            let est: Value = read_json(&new.join("estimates.json"))?;
+            let id = bench["full_id"]
+                .as_str()
+                .context("benchmark.json without full_id")?
+                .to_string();
+            let m = &est["median"];
+            let ns = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 1e-9;
+            out.insert(
+                id,
+                Timing {
+                    median: ns(&m["point_estimate"]),
+                    low: ns(&m["confidence_interval"]["lower_bound"]),
+                    high: ns(&m["confidence_interval"]["upper_bound"]),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Finds a Python with torch, transformers and peft; `None` (with a hint) when there is none.
+fn find_python(o: &Options) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match &o.python {
+        Some(p) => vec![p.clone()],
+        None => vec!["/usr/bin/python3".into(), "python3".into()],
+    };
+    candidates.into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import torch, transformers, peft"])
+            .env("PYTHONPATH", &o.pythonpath)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+fn run_peer(o: &Options, model: &Path) -> Result<Option<PeerRun>> {
+    let Some(python) = find_python(o) else {
+        eprintln!(
+            "skipping the PEFT peer: no Python with torch, transformers and peft found.\n\
+             Install a CPU build without CUDA wheels: `scripts/golden/setup.sh {}` (Debian's\n\
+             python3-torch plus the pinned packages of scripts/golden/requirements.txt), or point\n\
+             --python / --pythonpath at an environment that has them.",
+            o.pythonpath.display()
+        );
+        return Ok(None);
+    };
+    let steps = if o.quick { "3" } else { "10" };
+    let mut out = BTreeMap::new();
+    for mode in ["lora", "dora", "full", "inference"] {
+        eprintln!("$ peft_step.py --mode {mode}");
+        let res = Command::new(&python)
+            .arg(root().join("scripts/bench/peft_step.py"))
+            .arg("--model")
+            .arg(model)
+            .args(["--mode", mode, "--threads", &o.threads.to_string()])
+            .args(["--steps", steps])
+            .env("PYTHONPATH", &o.pythonpath)
+            .env("OMP_NUM_THREADS", o.threads.to_string())
+            .stderr(Stdio::null())
+            .output()
+            .context("starting the peer")?;
+        if !res.status.success() {
+            bail!("the PEFT peer failed on {mode} with {}", res.status);
+        }
+        let text = String::from_utf8_lossy(&res.stdout);
+        let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+            .with_context(|| format!("the peer printed no JSON for {mode}: {text}"))?;
+        out.insert(
+            mode,
+            Peer {
+                median: v["median_s"].as_f64().unwrap_or(f64::NAN),
+                peak_kib: v["peak_rss_kib"].as_u64().unwrap_or(0),
+            },
+        );
+    }
+    // Versions, once, for the report.
+    let versions = Command::new(&python)
+        .args([
+            "-c",
+            "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)",
+        ])
+        .env("PYTHONPATH", &o.pythonpath)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Ok(Some(PeerRun {
+        versions,
+        modes: out,
+    }))
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// CPU model, logical cores, memory and OS, from /proc and /etc/os-release.
+pub(crate) fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::OS.into());
+    format!("{cpu}, {cores} logical cores, {mem_gib:.0} GiB RAM, {os}")
+}
+
+fn secs(t: f64) -> String {
+    if t >= 1.0 {
+        format!("{t:.3} s")
+    } else if t >= 1e-3 {
+        format!("{:.2} ms", t * 1e3)
+    } else {
+        format!("{:.1} µs", t * 1e6)
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.0} MiB", kib as f64 / 1024.0)
+}
+
+fn render(
+    o: &Options,
+    r: &BTreeMap<String, Timing>,
+    peaks: &BTreeMap<&str, u64>,
+    peer_run: Option<&PeerRun>,
+) -> Result<String> {
+    let peers = peer_run.map(|p| &p.modes);
+    let mut s = String::new();
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let rustc = command_output("rustc", &["--version"]);
+    let commit = command_output("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let backend = match o.backend.as_str() {
+        "cpu" => {
+            "ndarray (burn-ndarray with simd + multi-threads, matrixmultiply GEMM, no BLAS), f32"
+        }
+        "wgpu" => "WGPU, f32",
+        _ => "CUDA, f32",
+    };
+    writeln!(s, "# Benchmarks\n")?;
+    writeln!(
+        s,
+        "Written by `cargo xtask bench{}{}{}` — do not edit by hand; analysis and the history of\n\
+         optimisations are in [PERFORMANCE.md](PERFORMANCE.md). Criterion medians with their 95%\n\
+         interval; each whole-model case ran in its own process (peak RSS is that process's\n\
+         `VmHWM`). Compare ratios measured in one run: a shared machine drifts between runs.\n",
+        if o.backend != "cpu" {
+            format!(" --backend {}", o.backend)
+        } else {
+            String::new()
+        },
+        if o.quick { " --quick" } else { "" },
+        if o.peer { " --peer" } else { "" },
+    )?;
+    writeln!(s, "| | |\n|---|---|")?;
+    writeln!(s, "| machine | {} |", machine())?;
+    writeln!(s, "| date | {date} |")?;
+    writeln!(
+        s,
+        "| threads | {} (RAYON_NUM_THREADS; torch.set_num_threads for the peer) |",
+        o.threads
+    )?;
+    writeln!(s, "| backend | {backend} |")?;
+    writeln!(s, "| toolchain | {rustc}, burn 0.21.0, release profile |")?;
+    writeln!(
+        s,
+        "| commit | {commit}{} |",
+        if dirty { " (with local changes)" } else { "" }
+    )?;
+    if let Some(p) = peer_run {
+        let mut parts = p.versions.split_whitespace();
+        writeln!(
+            s,
+            "| peer | torch {}, transformers {}, peft {} (`scripts/bench/peft_step.py`) |",
+            parts.next().unwrap_or("?"),
+            parts.next().unwrap_or("?"),
+            parts.next().unwrap_or("?")
+        )?;
+    }
+    writeln!(s)?;
+
+    // Whole model.
+    writeln!(
+        s,
+        "## all-MiniLM-L6-v2, batch 16 × 128 tokens (`benches/benches/minilm.rs`)\n"
+    )?;
+    writeln!(
+        s,
+        "Training: one optimiser step (forward, backward, AdamW) with dropout on, r = 8, alpha 16,\n\
+         adapter dropout 0.1 on query and value, a 2-way classifier trained; DoRA with PEFT's\n\
+         detached norm, BiDoRA with the exact norm, γ = 1e-5 and the DARTS hypergradient (a lower\n\
+         step, the validation forward/backward and two finite-difference passes). Inference: one\n\
+         forward without gradients. The peer runs the same shapes, token ids and settings.\n"
+    )?;
+    let dora = r.get("minilm_step/dora").map(|t| t.median);
+    let mut header =
+        "| case | median [95% CI] | per second | ratio to the DoRA step | peak RSS |".to_string();
+    let mut rule = "|---|---|---|---|---|".to_string();
+    if peers.is_some() {
+        header.push_str(" PEFT median | bidora / PEFT | PEFT peak RSS |");
+        rule.push_str("---|---|---|");
+    }
+    writeln!(s, "{header}\n{rule}")?;
+    for &(id, label) in MODEL_CASES {
+        let Some(t) = r.get(id) else {
+            writeln!(s, "| {label} | not measured | | | |")?;
+            continue;
+        };
+        let ratio = match (dora, id.starts_with("minilm_step")) {
+            (Some(d), true) => format!("{:.2}", t.median / d),
+            _ => String::new(),
+        };
+        write!(
+            s,
+            "| {label} | {} [{}, {}] | {:.3} | {ratio} | {} |",
+            secs(t.median),
+            secs(t.low),
+            secs(t.high),
+            1.0 / t.median,
+            peaks.get(id).map_or(String::new(), |&k| mib(k)),
+        )?;
+        if let Some(p) = peers {
+            match peer_mode(id).and_then(|m| p.get(m)) {
+                Some(p) => write!(
+                    s,
+                    " {} | {:.2} | {} |",
+                    secs(p.median),
+                    t.median / p.median,
+                    mib(p.peak_kib)
+                )?,
+                None => write!(s, " | | |")?,
+            }
+        }
+        writeln!(s)?;
+    }
+    writeln!(s)?;
+
+    // Targets.
+    writeln!(s, "### Targets (issue 7)\n")?;
+    let get = |id: &str| r.get(id).map(|t| t.median);
+    let check = |ok: bool| if ok { "met" } else { "**not met**" };
+    if let (Some(b), Some(d)) = (get("minilm_step/bidora_darts"), dora) {
+        writeln!(
+            s,
+            "- BiDoRA iteration ≤ 3 × DoRA step: {:.2} × — {}",
+            b / d,
+            check(b / d <= 3.0)
+        )?;
+    }
+    if let (Some(m), Some(b)) = (get("minilm_inference/merged"), get("minilm_inference/base")) {
+        let gap = (m / b - 1.0) * 100.0;
+        writeln!(
+            s,
+            "- merged inference within 5% of the base model: {gap:+.1}% — {}",
+            check(gap <= 5.0)
+        )?;
+    }
+    match peers {
+        Some(p) => {
+            if let (Some(d), Some(pd)) = (dora, p.get("dora")) {
+                writeln!(
+                    s,
+                    "- DoRA step at least as fast as PEFT's: {:.2} × PEFT's time — {}",
+                    d / pd.median,
+                    check(d <= pd.median)
+                )?;
+            }
+            let worst = MODEL_CASES
+                .iter()
+                .filter_map(|&(id, _)| {
+                    let mode = peer_mode(id)?;
+                    Some((mode, *peaks.get(id)?, p.get(mode)?.peak_kib))
+                })
+                .collect::<Vec<_>>();
+            if !worst.is_empty() {
+                let all = worst.iter().all(|&(_, ours, theirs)| ours <= theirs);
+                let list = worst
+                    .iter()
+                    .map(|(m, ours, theirs)| format!("{m} {} vs {}", mib(*ours), mib(*theirs)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                writeln!(
+                    s,
+                    "- peak memory no higher than PEFT's: {list} — {}",
+                    check(all)
+                )?;
+            }
+        }
+        None => writeln!(
+            s,
+            "- DoRA step vs PEFT, memory vs PEFT: not measured in this run (`--peer`)"
+        )?,
+    }
+    writeln!(s)?;
+
+    // Layer level.
+    let table = |s: &mut String, group: &str, title: &str, note: &str| -> Result<()> {
+        let mut rows: Vec<_> = r
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{group}/")))
+            .collect();
+        // By shape, then variant (`variant/shape`).
+        rows.sort_by_key(|(k, _)| {
+            let (variant, shape) = k.rsplit_once('/').unwrap_or((k, ""));
+            let size: Vec<usize> = shape.split('x').filter_map(|d| d.parse().ok()).collect();
+            (size, variant.to_string())
+        });
+        if rows.is_empty() {
+            return Ok(());
+        }
+        writeln!(s, "## {title}\n\n{note}\n")?;
+        writeln!(s, "| benchmark | median [95% CI] |\n|---|---|")?;
+        for (k, t) in rows {
+            writeln!(
+                s,
+                "| {} | {} [{}, {}] |",
+                &k[group.len() + 1..],
+                secs(t.median),
+                secs(t.low),
+                secs(t.high)
+            )?;
+        }
+        writeln!(s)?;
+        Ok(())
+    };
+    table(
+        &mut s,
+        "layer_forward",
+        "Adapted layer, forward (`benches/benches/adapter_layer.rs`)",
+        "2048 tokens (16 × 128), rank 8, `variant/in x out`; `merged` is the plain layer after merging.",
+    )?;
+    table(
+        &mut s,
+        "layer_forward_backward",
+        "Adapted layer, forward + backward",
+        "Same shapes; gradients of the sum of the output.",
+    )?;
+    table(
+        &mut s,
+        "regularizer_forward_backward",
+        "Orthogonality regulariser of one layer, forward + backward (`benches/benches/regularizer.rs`)",
+        "Direct form (Gram of the normalised direction) vs low-rank form (cached `W0·W0ᵀ`).",
+    )?;
+    table(
+        &mut s,
+        "engine_iteration",
+        "Engine iteration on a small model (`benches/benches/bilevel_step.rs`)",
+        "Two adapted 384×384 layers and a 2-way head, 512 tokens, MSE: the engine's own overhead.",
+    )?;
+    writeln!(
+        s,
+        "Reproduce: `cargo xtask assets minilm && cargo xtask bench{}{}`.",
+        if o.quick { " --quick" } else { "" },
+        if o.peer { " --peer" } else { "" }
+    )?;
+    Ok(s)
+}
+
+fn print_summary(r: &BTreeMap<String, Timing>, peer_run: Option<&PeerRun>) {
+    let peers = peer_run.map(|p| &p.modes);
+    println!();
+    println!(
+        "{:<32} {:>12} {:>12} {:>10}",
+        "case", "bidora", "PEFT", "ratio"
+    );
+    for &(id, label) in MODEL_CASES {
+        let Some(t) = r.get(id) else { continue };
+        let peer = peers.and_then(|p| p.get(peer_mode(id)?));
+        println!(
+            "{:<32} {:>12} {:>12} {:>10}",
+            label,
+            secs(t.median),
+            peer.map_or("-".into(), |p| secs(p.median)),
+            peer.map_or("-".into(), |p| format!("{:.2}", t.median / p.median)),
+        );
+    }
+}

@@ -1,0 +1,709 @@
+//! `cargo xtask results`: trains LoRA, DoRA and BiDoRA with all-MiniLM-L6-v2 on several real
+//! tasks and seeds through the `bidora` CLI, plus two BiDoRA ablations (γ = 0, first-order
+//! hypergradient) on one task, and writes `docs/RESULTS.md` and `docs/results.svg`.
+//!
+//! Every run gets its own folder under `runs/results/`; a finished run (its `report.json`) is
+//! reused and an interrupted one resumed from its checkpoint, so the sweep can be stopped and
+//! continued, and `--report-only` rebuilds the report from what is there.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{default_assets_dir, fetch, root, write_atomic, ASSETS};
+
+/// What `cargo xtask results` was asked for.
+pub struct Options {
+    /// Tasks (names of [`TASKS`]).
+    pub tasks: Vec<String>,
+    /// Seeds of every cell.
+    pub seeds: Vec<u64>,
+    /// Lower-level steps per run (the same for every method).
+    pub iterations: usize,
+    /// Examples per batch.
+    pub batch_size: usize,
+    /// Longest input in tokens.
+    pub max_length: usize,
+    /// Peak learning rate (every method).
+    pub lr: f64,
+    /// The task of the ablations.
+    pub ablation_task: String,
+    /// CPU threads per run.
+    pub threads: usize,
+    /// GLUE folder (`MRPC/`, `STS-B/`, `CoLA/`, …).
+    pub glue: PathBuf,
+    /// Run folders.
+    pub runs: PathBuf,
+    /// Only rebuild the report from finished runs.
+    pub report_only: bool,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// Where a task's data comes from.
+enum Source {
+    /// A GLUE folder under `--glue`.
+    Glue(&'static str),
+    /// A registry asset of `cargo xtask assets`.
+    Asset(&'static str),
+}
+
+/// A task of the sweep: its CLI name, data, primary metric and how it reads in the report.
+struct TaskSpec {
+    name: &'static str,
+    source: Source,
+    metric: &'static str,
+    title: &'static str,
+}
+
+/// The tasks the sweep knows. RTE is left out on purpose: MiniLM stays near chance on it.
+const TASKS: &[TaskSpec] = &[
+    TaskSpec {
+        name: "movie-sentiment",
+        source: Source::Asset("vader"),
+        metric: "accuracy",
+        title: "movie-review sentiment (VADER, binary)",
+    },
+    TaskSpec {
+        name: "stsb",
+        source: Source::Glue("STS-B"),
+        metric: "pearson",
+        title: "GLUE STS-B (similarity, regression)",
+    },
+    TaskSpec {
+        name: "topic",
+        source: Source::Asset("bbc"),
+        metric: "accuracy",
+        title: "BBC News topic (5 classes)",
+    },
+    TaskSpec {
+        name: "mrpc",
+        source: Source::Glue("MRPC"),
+        metric: "accuracy",
+        title: "GLUE MRPC (paraphrase)",
+    },
+    TaskSpec {
+        name: "cola",
+        source: Source::Glue("CoLA"),
+        metric: "matthews_correlation",
+        title: "GLUE CoLA (acceptability)",
+    },
+    TaskSpec {
+        name: "wnut16",
+        source: Source::Asset("wnut16"),
+        metric: "entity_f1",
+        title: "WNUT-16 Twitter NER (entity F1)",
+    },
+];
+
+/// The compared methods, then the ablations (on `ablation_task` only): (label, method, extra).
+const VARIANTS: &[(&str, &str, &[&str])] = &[
+    ("LoRA", "lora", &[]),
+    ("DoRA", "dora", &[]),
+    ("BiDoRA", "bidora", &[]),
+];
+const ABLATIONS: &[(&str, &str, &[&str])] = &[
+    ("BiDoRA γ = 0", "bidora", &["--gamma", "0"]),
+    (
+        "BiDoRA first-order",
+        "bidora",
+        &["--hypergradient", "first_order"],
+    ),
+];
+
+/// One planned run.
+struct Run {
+    task: &'static TaskSpec,
+    variant: &'static str,
+    seed: u64,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+/// What a finished run reported.
+struct Outcome {
+    metric: f64,
+    untrained: f64,
+    majority: Option<f64>,
+    wall_s: f64,
+}
+
+fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+pub fn run(o: &Options) -> Result<()> {
+    let chosen: Vec<&'static TaskSpec> = o
+        .tasks
+        .iter()
+        .map(|n| {
+            TASKS.iter().find(|t| t.name == n).with_context(|| {
+                format!(
+                    "unknown task `{n}`; the sweep knows {}",
+                    TASKS.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    let ablation = TASKS
+        .iter()
+        .find(|t| t.name == o.ablation_task)
+        .with_context(|| format!("unknown ablation task `{}`", o.ablation_task))?;
+    let assets = default_assets_dir();
+    let asset = |name: &str| -> Result<PathBuf> {
+        let a = ASSETS
+            .iter()
+            .find(|a| a.name == name)
+            .context("asset table incomplete")?;
+        if o.report_only {
+            Ok(assets.join(a.name).join(a.inner))
+        } else {
+            fetch(a, &assets)
+        }
+    };
+    let model = asset("minilm")?;
+    let data_of = |t: &TaskSpec| -> Result<PathBuf> {
+        match t.source {
+            Source::Glue(folder) => {
+                let d = o.glue.join(folder);
+                if !o.report_only && !d.join("train.tsv").is_file() {
+                    bail!(
+                        "no {}/train.tsv (set --glue to the GLUE folder)",
+                        d.display()
+                    );
+                }
+                Ok(d)
+            }
+            Source::Asset(name) => asset(name),
+        }
+    };
+
+    let mut plan = Vec::new();
+    let mut cells: Vec<(&'static TaskSpec, &'static str)> = Vec::new();
+    for t in &chosen {
+        for (label, method, extra) in VARIANTS {
+            cells.push((t, label));
+            add_runs(&mut plan, o, t, label, method, extra, &model, &data_of(t)?);
+        }
+    }
+    for (label, method, extra) in ABLATIONS {
+        cells.push((ablation, label));
+        add_runs(
+            &mut plan,
+            o,
+            ablation,
+            label,
+            method,
+            extra,
+            &model,
+            &data_of(ablation)?,
+        );
+    }
+
+    let started = Instant::now();
+    if !o.report_only {
+        let exe = build_cli()?;
+        let todo = plan
+            .iter()
+            .filter(|r| !r.dir.join("report.json").is_file())
+            .count();
+        eprintln!(
+            "{} runs planned, {} already finished, {todo} to run",
+            plan.len(),
+            plan.len() - todo
+        );
+        for (i, r) in plan.iter().enumerate() {
+            if r.dir.join("report.json").is_file() {
+                continue;
+            }
+            eprintln!(
+                "[{}/{}] {} {} seed {}",
+                i + 1,
+                plan.len(),
+                r.task.name,
+                r.variant,
+                r.seed
+            );
+            train(&exe, r, o.threads)?;
+        }
+    }
+    let outcomes: BTreeMap<usize, Outcome> = plan
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| read_outcome(r).map(|out| (i, out)))
+        .collect();
+    let report = render(o, &plan, &cells, &outcomes, started.elapsed().as_secs_f64())?;
+    let svg = plot(&plan, &cells, &outcomes);
+    write_atomic(&root().join("docs/results.svg"), svg.as_bytes())?;
+    let path = root().join("docs/RESULTS.md");
+    let kept = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|old| old.find(NOTES_MARK).map(|i| old[i..].to_string()))
+        .unwrap_or_else(|| format!("{NOTES_MARK}\n\n## Reading\n\n(Hand-written notes go here; `cargo xtask results` keeps them.)\n"));
+    write_atomic(&path, format!("{report}{kept}").as_bytes())?;
+    eprintln!("wrote {} and docs/results.svg", path.display());
+    Ok(())
+}
+
+/// Everything after this line of `docs/RESULTS.md` is hand-written and kept across runs.
+const NOTES_MARK: &str = "<!-- notes below are hand-written; cargo xtask results keeps them -->";
+
+#[allow(clippy::too_many_arguments)]
+fn add_runs(
+    plan: &mut Vec<Run>,
+    o: &Options,
+    task: &'static TaskSpec,
+    variant: &'static str,
+    method: &'static str,
+    extra: &[&str],
+    model: &Path,
+    data: &Path,
+) {
+    for &seed in &o.seeds {
+        let dir = o
+            .runs
+            .join(task.name)
+            .join(slug(variant))
+            .join(format!("seed{seed}"));
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            "--task".into(),
+            task.name.into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--data".into(),
+            data.display().to_string(),
+            "--method".into(),
+            method.into(),
+            "--seed".into(),
+            seed.to_string(),
+            "--iterations".into(),
+            o.iterations.to_string(),
+            "--eval-every".into(),
+            o.iterations.to_string(),
+            "--batch-size".into(),
+            o.batch_size.to_string(),
+            "--max-length".into(),
+            o.max_length.to_string(),
+            "--lower-lr".into(),
+            o.lr.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        plan.push(Run {
+            task,
+            variant,
+            seed,
+            args,
+            dir,
+        });
+    }
+}
+
+/// Builds the CLI in release and returns its path.
+fn build_cli() -> Result<PathBuf> {
+    let out = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "bidora-cli",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting cargo")?;
+    if !out.status.success() {
+        bail!("building bidora-cli failed");
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|v| {
+            (v["target"]["name"] == "bidora")
+                .then(|| v["executable"].as_str().map(PathBuf::from))
+                .flatten()
+        })
+        .context("cargo did not report the bidora executable")
+}
+
+/// Runs one training (or resumes it), after checking that a folder left by an earlier sweep
+/// was made with the same arguments.
+fn train(exe: &Path, r: &Run, threads: usize) -> Result<()> {
+    let args_file = r.dir.with_extension("args.json");
+    let want = serde_json::to_string_pretty(&r.args)?;
+    if r.dir.exists() {
+        let had = std::fs::read_to_string(&args_file).unwrap_or_default();
+        if had != want {
+            bail!(
+                "{} was made with other settings than this sweep's (see {}); move it away or \
+                 choose another --runs folder",
+                r.dir.display(),
+                args_file.display()
+            );
+        }
+    }
+    let mut cmd = Command::new(exe);
+    if r.dir.join("checkpoint.bin").is_file() {
+        cmd.arg("train").arg("--resume").arg(&r.dir);
+    } else {
+        if r.dir.exists() {
+            // Stopped before its first checkpoint: nothing to keep but the resolved config.
+            let aside = r
+                .dir
+                .with_extension(format!("stale-{}", std::process::id()));
+            std::fs::rename(&r.dir, &aside)
+                .with_context(|| format!("moving {} aside", r.dir.display()))?;
+        }
+        write_atomic(&args_file, want.as_bytes())?;
+        // Threads change the speed, not the result: left out of the compared arguments.
+        cmd.args(&r.args)
+            .args(["--threads", &threads.to_string()])
+            .arg("--out")
+            .arg(&r.dir);
+    }
+    let st = cmd
+        .status()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    if !st.success() {
+        bail!(
+            "{} {} seed {} failed with {st}",
+            r.task.name,
+            r.variant,
+            r.seed
+        );
+    }
+    Ok(())
+}
+
+fn read_outcome(r: &Run) -> Option<Outcome> {
+    let text = std::fs::read_to_string(r.dir.join("report.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    Some(Outcome {
+        metric: v["final"][r.task.metric].as_f64()?,
+        untrained: v["untrained"][r.task.metric].as_f64().unwrap_or(f64::NAN),
+        majority: v["majority_class_accuracy"].as_f64(),
+        wall_s: v["wall_time_s"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// The finished outcomes of one cell.
+fn cell<'a>(
+    plan: &[Run],
+    outcomes: &'a BTreeMap<usize, Outcome>,
+    task: &str,
+    variant: &str,
+) -> Vec<&'a Outcome> {
+    plan.iter()
+        .enumerate()
+        .filter(|(_, r)| r.task.name == task && r.variant == variant)
+        .filter_map(|(i, _)| outcomes.get(&i))
+        .collect()
+}
+
+fn fmt_cell(xs: &[&Outcome], seeds: usize) -> String {
+    if xs.is_empty() {
+        return "—".into();
+    }
+    let v: Vec<f64> = xs.iter().map(|o| o.metric * 100.0).collect();
+    let (m, s) = mean_std(&v);
+    let partial = if xs.len() < seeds {
+        format!(" ({} of {seeds} seeds)", xs.len())
+    } else {
+        String::new()
+    };
+    format!("{m:.1} ± {s:.1}{partial}")
+}
+
+fn render(
+    o: &Options,
+    plan: &[Run],
+    cells: &[(&'static TaskSpec, &'static str)],
+    outcomes: &BTreeMap<usize, Outcome>,
+    elapsed: f64,
+) -> Result<String> {
+    let mut s = String::new();
+    let seeds = o.seeds.len();
+    let total_wall: f64 = outcomes.values().map(|x| x.wall_s).sum();
+    let machine = crate::bench::machine();
+    writeln!(s, "# Results\n")?;
+    writeln!(
+        s,
+        "Written by `cargo xtask results` from the run folders under `{}`; the hand-written\n\
+         reading is at the end. Metric × 100, mean ± sample standard deviation over seeds\n\
+         {:?}, on each task's dev set (held out from training; BiDoRA's upper level uses a\n\
+         split of the training set, never the dev set).\n",
+        o.runs.strip_prefix(root()).unwrap_or(&o.runs).display(),
+        o.seeds
+    )?;
+    writeln!(s, "![results](results.svg)\n")?;
+    writeln!(
+        s,
+        "| task (metric) | majority class | untrained | LoRA | DoRA | BiDoRA |"
+    )?;
+    writeln!(s, "|---|---|---|---|---|---|")?;
+    let tasks: Vec<&TaskSpec> = {
+        let mut v: Vec<&TaskSpec> = Vec::new();
+        for (t, variant) in cells {
+            if VARIANTS.iter().any(|(l, _, _)| l == variant) && !v.iter().any(|x| x.name == t.name)
+            {
+                v.push(t);
+            }
+        }
+        v
+    };
+    for t in &tasks {
+        let all: Vec<&Outcome> = VARIANTS
+            .iter()
+            .flat_map(|(l, _, _)| cell(plan, outcomes, t.name, l))
+            .collect();
+        let majority = all
+            .iter()
+            .find_map(|x| x.majority)
+            .filter(|_| t.metric == "accuracy")
+            .map_or("—".into(), |m| format!("{:.1}", m * 100.0));
+        let untrained = if all.is_empty() {
+            "—".into()
+        } else {
+            let v: Vec<f64> = all.iter().map(|x| x.untrained * 100.0).collect();
+            format!("{:.1}", mean_std(&v).0)
+        };
+        write!(
+            s,
+            "| {} ({}) | {majority} | {untrained} |",
+            t.title, t.metric
+        )?;
+        for (l, _, _) in VARIANTS {
+            write!(
+                s,
+                " {} |",
+                fmt_cell(&cell(plan, outcomes, t.name, l), seeds)
+            )?;
+        }
+        writeln!(s)?;
+    }
+    writeln!(s)?;
+    let ab = &o.ablation_task;
+    writeln!(s, "## Ablations on {ab}\n")?;
+    writeln!(s, "| variant | {ab} |\n|---|---|")?;
+    for (l, _, _) in VARIANTS
+        .iter()
+        .filter(|(_, m, _)| *m == "bidora")
+        .chain(ABLATIONS)
+    {
+        writeln!(
+            s,
+            "| {l} | {} |",
+            fmt_cell(&cell(plan, outcomes, ab, l), seeds)
+        )?;
+    }
+    writeln!(
+        s,
+        "\nγ = 0 drops the orthogonality regulariser; first-order replaces the DARTS hypergradient\n\
+         by the plain gradient of the validation loss with respect to the magnitudes.\n"
+    )?;
+    writeln!(s, "## Settings\n")?;
+    writeln!(s, "| | |\n|---|---|")?;
+    writeln!(
+        s,
+        "| model | all-MiniLM-L6-v2 (`cargo xtask assets minilm`) |"
+    )?;
+    writeln!(
+        s,
+        "| budget | {} lower-level steps per run for every method, batch {}, max length {} tokens |",
+        o.iterations, o.batch_size, o.max_length
+    )?;
+    writeln!(
+        s,
+        "| optimiser | AdamW, peak lr {} (both levels), weight decay 0.01, 6% warm-up then linear decay |",
+        o.lr
+    )?;
+    writeln!(
+        s,
+        "| adapters | r = 8, alpha 16, dropout 0.1 on query and value; the classifier head trained |"
+    )?;
+    writeln!(
+        s,
+        "| DoRA | PEFT's detached norm; BiDoRA: exact norm, magnitudes on a 20% validation split, DARTS hypergradient, γ = 1e-5 |"
+    )?;
+    writeln!(
+        s,
+        "| evaluation | once, after the last step, on the dev set |"
+    )?;
+    writeln!(s, "| machine | {machine}, {} threads per run |", o.threads)?;
+    writeln!(
+        s,
+        "| wall time | {:.1} min of training runs ({} of {} runs finished){} |",
+        total_wall / 60.0,
+        outcomes.len(),
+        plan.len(),
+        if o.report_only {
+            String::new()
+        } else {
+            format!("; this invocation took {:.1} min", elapsed / 60.0)
+        }
+    )?;
+    writeln!(s, "| command | `{}` |", o.command)?;
+    writeln!(s)?;
+    writeln!(
+        s,
+        "Each run's folder holds its `config.toml`, `metrics.jsonl`, curves and `report.json`.\n"
+    )?;
+    Ok(s)
+}
+
+/// One panel per task: a bar per method with its seed standard deviation, the untrained model
+/// as a dashed line.
+fn plot(
+    plan: &[Run],
+    cells: &[(&'static TaskSpec, &'static str)],
+    outcomes: &BTreeMap<usize, Outcome>,
+) -> String {
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"];
+    let mut tasks: Vec<(&TaskSpec, Vec<&str>)> = Vec::new();
+    for (t, v) in cells {
+        match tasks.iter_mut().find(|(x, _)| x.name == t.name) {
+            Some((_, vs)) => vs.push(v),
+            None => tasks.push((t, vec![v])),
+        }
+    }
+    let (pw, ph, pad) = (240.0, 220.0, 40.0);
+    let width = pad + tasks.len() as f64 * (pw + pad);
+    let height = ph + 2.0 * pad + 60.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (k, (t, variants)) in tasks.iter().enumerate() {
+        let x0 = pad + k as f64 * (pw + pad);
+        let y0 = pad;
+        let stats: Vec<Option<(f64, f64)>> = variants
+            .iter()
+            .map(|v| {
+                let xs = cell(plan, outcomes, t.name, v);
+                (!xs.is_empty())
+                    .then(|| mean_std(&xs.iter().map(|o| o.metric * 100.0).collect::<Vec<_>>()))
+            })
+            .collect();
+        let untrained: Vec<f64> = variants
+            .iter()
+            .flat_map(|v| cell(plan, outcomes, t.name, v))
+            .map(|o| o.untrained * 100.0)
+            .filter(|x| x.is_finite())
+            .collect();
+        let base = (!untrained.is_empty()).then(|| mean_std(&untrained).0);
+        let top = stats
+            .iter()
+            .flatten()
+            .map(|(m, s)| m + s)
+            .chain(base)
+            .fold(0.0_f64, f64::max);
+        let bottom = stats
+            .iter()
+            .flatten()
+            .map(|(m, s)| m - s)
+            .chain(base)
+            .fold(0.0_f64, f64::min);
+        let top = if top <= bottom {
+            bottom + 1.0
+        } else {
+            top * 1.05
+        };
+        let y = |v: f64| y0 + ph * (top - v) / (top - bottom);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}</text>"#,
+            x0 + pw / 2.0,
+            y0 - 12.0,
+            t.name
+        );
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{}" stroke="black"/>"#,
+            y(0.0),
+            x0 + pw,
+            y(0.0),
+            y0 + ph
+        );
+        for tick in [bottom, (bottom + top) / 2.0, top] {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{tick:.0}</text>"#,
+                x0 - 4.0,
+                y(tick) + 4.0
+            );
+        }
+        let bw = pw / (variants.len() as f64 + 1.0);
+        for (j, (v, st)) in variants.iter().zip(&stats).enumerate() {
+            let cx = x0 + bw * (j as f64 + 1.0);
+            let color = colors[j % colors.len()];
+            if let Some((m, sd)) = st {
+                let (ya, yb) = (y(m.max(0.0)), y(m.min(0.0)));
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{}" y="{ya}" width="{}" height="{}" fill="{color}"/>"#,
+                    cx - bw * 0.35,
+                    bw * 0.7,
+                    (yb - ya).max(0.5)
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{cx}" y1="{}" x2="{cx}" y2="{}" stroke="black"/><text x="{cx}" y="{}" text-anchor="middle">{m:.1}</text>"#,
+                    y(m + sd),
+                    y(m - sd),
+                    y(m + sd) - 3.0
+                );
+            }
+            let _ = writeln!(
+                s,
+                r#"<text transform="translate({cx},{}) rotate(35)" font-size="10">{}</text>"#,
+                y0 + ph + 12.0,
+                v.replace('γ', "gamma")
+            );
+        }
+        if let Some(b) = base {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" y1="{yb}" x2="{}" y2="{yb}" stroke="#888" stroke-dasharray="4 3"/><text x="{}" y="{}" text-anchor="end" fill="#666">untrained {b:.1}</text>"##,
+                x0 + pw,
+                x0 + pw,
+                y(b) - 3.0,
+                yb = y(b)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}

@@ -231,7 +231,10 @@ pub fn run(o: &Options) -> Result<()> {
     let started = Instant::now();
     if o.anchor && !o.report_only {
         let exe = build_cli()?;
-        for r in anchor.iter().filter(|r| !r.dir.join("report.json").is_file()) {
+        for r in anchor
+            .iter()
+            .filter(|r| !r.dir.join("report.json").is_file())
+        {
             eprintln!("anchor: mrpc {} seed 0 (PEFT's settings)", r.variant);
             train(&exe, r, o.threads)?;
         }
@@ -367,8 +370,11 @@ fn anchor_runs(o: &Options, mrpc: &'static TaskSpec, model: &Path, data: &Path) 
 
 /// The anchor's section: our LoRA and DoRA beside PEFT's figures.
 fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
-    writeln!(s, "## Sanity anchor: MRPC with PEFT's settings
-")?;
+    writeln!(
+        s,
+        "## Sanity anchor: MRPC with PEFT's settings
+"
+    )?;
     writeln!(
         s,
         "r = 8 on query/value, alpha 16, dropout 0.1, AdamW lr 5e-4, weight decay 0.01, 6% warm-up
@@ -376,8 +382,11 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
          on the same model and GLUE files: dev accuracy 80.1%, F1 86.0 for both LoRA and DoRA.
 "
     )?;
-    writeln!(s, "| method | accuracy | F1 | PEFT accuracy / F1 | wall time |
-|---|---|---|---|---|")?;
+    writeln!(
+        s,
+        "| method | accuracy | F1 | PEFT accuracy / F1 | wall time |
+|---|---|---|---|---|"
+    )?;
     for r in anchor {
         let report = std::fs::read_to_string(r.dir.join("report.json"))
             .ok()

@@ -255,7 +255,7 @@ mod tests {
         let dy: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
         let y: Vec<f32> = y.into_data().to_vec().unwrap();
         // Φ(x) and φ(x) from scipy.stats.norm (cdf, pdf), to 9 digits.
-        let cdf = [
+        let cdf: [f64; 7] = [
             0.001349898,
             0.158655254,
             0.401293674,
@@ -264,7 +264,7 @@ mod tests {
             0.841344746,
             0.993790335,
         ];
-        let pdf = [
+        let pdf: [f64; 7] = [
             0.004431848,
             0.241970725,
             0.386668117,
@@ -274,19 +274,11 @@ mod tests {
             0.017528300,
         ];
         for i in 0..xs.len() {
-            let (v, d) = (xs[i] * cdf[i], cdf[i] + xs[i] * pdf[i]);
-            assert!(
-                (y[i] - v).abs() < 1e-6,
-                "gelu({}) = {} not {v}",
-                xs[i],
-                y[i]
-            );
-            assert!(
-                (dy[i] - d).abs() < 1e-5,
-                "gelu'({}) = {} not {d}",
-                xs[i],
-                dy[i]
-            );
+            let x = f64::from(xs[i]);
+            let (v, d) = (x * cdf[i], cdf[i] + x * pdf[i]);
+            let (got, dgot) = (f64::from(y[i]), f64::from(dy[i]));
+            assert!((got - v).abs() < 1e-6, "gelu({x}) = {got} not {v}");
+            assert!((dgot - d).abs() < 1e-5, "gelu'({x}) = {dgot} not {d}");
         }
     }
 }

@@ -7,8 +7,7 @@ use bidora_adapters::{
     join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod, ParamPartition,
 };
 use bidora_bilevel::{
-    BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
-    Trainer,
+    BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig, Trainer,
 };
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -16,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use bidora_benches::AD;
+use bidora_benches::{Fixed, AD};
 
 const D: usize = 384;
 const TOKENS: usize = 512;
@@ -52,20 +51,6 @@ impl BilevelProblem<AD> for Problem {
     fn regularizer(&self, net: &Net<AD>) -> Option<Tensor<AD, 1>> {
         bidora_adapters::regularizer::orthogonality(net, Default::default())
     }
-}
-
-/// The same batch forever (the data pipeline is not what is measured).
-struct Fixed(Batch);
-
-impl BatchStream for Fixed {
-    type Batch = Batch;
-    fn next_batch(&mut self) -> Batch {
-        self.0.clone()
-    }
-    fn position(&self) -> u64 {
-        0
-    }
-    fn seek(&mut self, _: u64) {}
 }
 
 fn net(

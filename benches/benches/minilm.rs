@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode, ParamPartition};
-use bidora_benches::{print_peak_rss, selected, AD};
+use bidora_benches::{print_peak_rss, selected, Fixed, AD};
 use bidora_bilevel::{
     BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
     Trainer,
@@ -75,20 +75,6 @@ impl BilevelProblem<AD> for Classification {
             .then(|| bidora_adapters::regularizer::orthogonality(m, OrthoOptions::default()))
             .flatten()
     }
-}
-
-/// The same batch forever (the data pipeline is not what is measured).
-struct Fixed(Batch);
-
-impl BatchStream for Fixed {
-    type Batch = Batch;
-    fn next_batch(&mut self) -> Batch {
-        self.0.clone()
-    }
-    fn position(&self) -> u64 {
-        0
-    }
-    fn seek(&mut self, _: u64) {}
 }
 
 /// PEFT's settings: r = 8, alpha 16, dropout 0.1 on query and value; DoRA with PEFT's detached

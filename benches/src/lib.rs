@@ -4,6 +4,7 @@
 //! for the GPU backends (the benchmarks call the backend's `sync` inside the timed region).
 
 use bidora_adapters::{AdaptedLinear, LayerSettings, NormMode};
+use bidora_bilevel::BatchStream;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
@@ -78,4 +79,19 @@ pub fn print_peak_rss() {
     if let Some(kib) = kib {
         println!("bidora-bench peak-rss-kib {kib}");
     }
+}
+
+/// A batch stream that yields the same batch forever: the engine benchmarks measure training
+/// steps, not the data pipeline.
+pub struct Fixed<T>(pub T);
+
+impl<T: Clone> BatchStream for Fixed<T> {
+    type Batch = T;
+    fn next_batch(&mut self) -> T {
+        self.0.clone()
+    }
+    fn position(&self) -> u64 {
+        0
+    }
+    fn seek(&mut self, _: u64) {}
 }

@@ -14,21 +14,36 @@ use serde_json::Value;
 use crate::{default_assets_dir, fetch, root, ASSETS};
 
 /// What `cargo xtask bench` was asked for.
+#[derive(clap::Args)]
 pub struct Options {
-    /// cpu, wgpu or cuda.
+    /// Backend: cpu (ndarray), wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
     pub backend: String,
-    /// Shorter criterion warm-up and measurement (the whole-model cases still take 10 samples).
+    /// Shorter warm-up and measurement times for the layer benchmarks.
+    #[arg(long)]
     pub quick: bool,
-    /// Also run the PEFT peer.
+    /// Also run the HF PEFT peer on the same model, shapes and threads.
+    #[arg(long)]
     pub peer: bool,
-    /// Threads for both sides.
-    pub threads: usize,
-    /// Python interpreter for the peer.
+    /// Threads for both sides (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Python with torch, transformers and peft (default: /usr/bin/python3, then python3).
+    #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Folder added to PYTHONPATH for the peer.
+    /// Folder added to the peer's PYTHONPATH (where scripts/golden/setup.sh installs).
+    #[arg(long, default_value = "/opt/bidora-py", env = "BIDORA_PYTHONPATH")]
     pub pythonpath: PathBuf,
-    /// Where the report goes.
+    /// Report to write.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
     pub out: PathBuf,
+}
+
+impl Options {
+    /// The thread count for both sides.
+    fn threads(&self) -> usize {
+        crate::threads_or_all(self.threads)
+    }
 }
 
 /// The whole-model cases, each run in its own process: (criterion id, label).
@@ -96,7 +111,7 @@ pub fn run(o: &Options) -> Result<()> {
     .collect();
     let env = |cmd: &mut Command| {
         cmd.env("CRITERION_HOME", &home)
-            .env("RAYON_NUM_THREADS", o.threads.to_string())
+            .env("RAYON_NUM_THREADS", o.threads().to_string())
             .current_dir(root());
     };
 
@@ -149,8 +164,9 @@ pub fn run(o: &Options) -> Result<()> {
     };
     let results = read_estimates(&home)?;
     let report = render(o, &results, &peaks, peers.as_ref())?;
-    crate::write_atomic(&o.out, report.as_bytes())?;
-    eprintln!("wrote {}", o.out.display());
+    let out = crate::in_root(&o.out);
+    crate::write_atomic(&out, report.as_bytes())?;
+    eprintln!("wrote {}", out.display());
     print_summary(&results, peers.as_ref());
     Ok(())
 }
@@ -283,10 +299,10 @@ fn run_peer(o: &Options, model: &Path) -> Result<Option<PeerRun>> {
             .arg(root().join("scripts/bench/peft_step.py"))
             .arg("--model")
             .arg(model)
-            .args(["--mode", mode, "--threads", &o.threads.to_string()])
+            .args(["--mode", mode, "--threads", &o.threads().to_string()])
             .args(["--steps", steps])
             .env("PYTHONPATH", &o.pythonpath)
-            .env("OMP_NUM_THREADS", o.threads.to_string())
+            .env("OMP_NUM_THREADS", o.threads().to_string())
             .stderr(Stdio::null())
             .output()
             .context("starting the peer")?;
@@ -413,7 +429,7 @@ fn render(
     writeln!(
         s,
         "| threads | {} (RAYON_NUM_THREADS; torch.set_num_threads for the peer) |",
-        o.threads
+        o.threads()
     )?;
     writeln!(s, "| backend | {backend} |")?;
     writeln!(s, "| toolchain | {rustc}, burn 0.21.0, release profile |")?;

@@ -61,29 +61,7 @@ enum Cmd {
     /// `--peer`, HF PEFT runs the same steps (scripts/bench/peft_step.py) and the report gives
     /// bidora / PEFT per mode; without torch installed the peer is skipped with a hint. Takes
     /// about 15 minutes on 2 cores (the MiniLM cases need 10 samples of up to ~15 s each).
-    Bench {
-        /// Backend: cpu (ndarray), wgpu or cuda.
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-        /// Shorter warm-up and measurement times for the layer benchmarks.
-        #[arg(long)]
-        quick: bool,
-        /// Also run the HF PEFT peer on the same model, shapes and threads.
-        #[arg(long)]
-        peer: bool,
-        /// Threads for both sides (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Python with torch, transformers and peft (default: /usr/bin/python3, then python3).
-        #[arg(long)]
-        python: Option<PathBuf>,
-        /// Folder added to the peer's PYTHONPATH (where scripts/golden/setup.sh installs).
-        #[arg(long, default_value = "/opt/bidora-py", env = "BIDORA_PYTHONPATH")]
-        pythonpath: PathBuf,
-        /// Report to write.
-        #[arg(long, default_value = "docs/BENCHMARKS.md")]
-        out: PathBuf,
-    },
+    Bench(bench::Options),
     /// Train LoRA, DoRA and BiDoRA with all-MiniLM-L6-v2 on several real tasks × seeds (same
     /// budget per method), plus BiDoRA's γ = 0 and first-order ablations on one task, and write
     /// docs/RESULTS.md and docs/results.svg.
@@ -92,49 +70,7 @@ enum Cmd {
     /// 48 tokens: the demo's budget, which 40 steps of 16 did not match) take about 2.5 hours
     /// on 2 CPU cores. Finished runs under --runs are reused and
     /// interrupted ones resumed, so the sweep can be stopped and continued.
-    Results {
-        /// Tasks: movie-sentiment, stsb, topic, mrpc, cola, wnut16.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "movie-sentiment,stsb,topic,mrpc"
-        )]
-        tasks: Vec<String>,
-        /// Seeds of every cell.
-        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
-        seeds: Vec<u64>,
-        /// Lower-level steps per run (every method gets the same).
-        #[arg(long, default_value_t = 80)]
-        iterations: usize,
-        /// Examples per batch.
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Longest input in tokens.
-        #[arg(long, default_value_t = 48)]
-        max_length: usize,
-        /// Peak learning rate of every method (short budgets want a high one).
-        #[arg(long, default_value_t = 2e-3)]
-        lr: f64,
-        /// Task of the γ = 0 and first-order ablations.
-        #[arg(long, default_value = "movie-sentiment")]
-        ablation_task: String,
-        /// CPU threads per run (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// GLUE folder (MRPC/, STS-B/, CoLA/ with train.tsv and dev.tsv).
-        #[arg(long, env = "BIDORA_GLUE_DIR", default_value = "../shared/data/glue")]
-        glue: PathBuf,
-        /// Run folders.
-        #[arg(long, default_value = "runs/results")]
-        runs: PathBuf,
-        /// Rebuild the report from the finished runs without training.
-        #[arg(long)]
-        report_only: bool,
-        /// Run the MRPC sanity anchor instead: LoRA and DoRA with HF PEFT's measured settings
-        /// (5 epochs, batch 16, 128 tokens, lr 5e-4, seed 0; about 80 minutes on 2 cores).
-        #[arg(long)]
-        anchor: bool,
-    },
+    Results(results::Options),
     /// Run what CI runs: type-check the CUDA backend, then the README's test command
     /// (tests on ndarray and on WGPU).
     Ci,
@@ -167,6 +103,22 @@ fn root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// All cores, when no thread count is given.
+fn threads_or_all(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    })
+}
+
+/// `p` under the workspace root unless it is absolute.
+fn in_root(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root().join(p)
+    }
 }
 
 /// Writes `path` through a temporary file in the same folder and a rename, so a kill never
@@ -627,66 +579,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Bench {
-            backend,
-            quick,
-            peer,
-            threads,
-            python,
-            pythonpath,
-            out,
-        } => bench::run(&bench::Options {
-            backend,
-            quick,
-            peer,
-            threads: threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            }),
-            python,
-            pythonpath,
-            out: if out.is_absolute() {
-                out
-            } else {
-                root().join(out)
-            },
-        }),
-        Cmd::Results {
-            tasks,
-            seeds,
-            iterations,
-            batch_size,
-            max_length,
-            lr,
-            ablation_task,
-            threads,
-            glue,
-            runs,
-            report_only,
-            anchor,
-        } => {
-            let abs = |p: PathBuf| if p.is_absolute() { p } else { root().join(p) };
-            let command = std::iter::once("cargo xtask".to_string())
-                .chain(std::env::args().skip(1))
-                .collect::<Vec<_>>()
-                .join(" ");
-            results::run(&results::Options {
-                tasks,
-                seeds,
-                iterations,
-                batch_size,
-                max_length,
-                lr,
-                ablation_task,
-                threads: threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-                }),
-                glue: abs(glue),
-                runs: abs(runs),
-                report_only,
-                anchor,
-                command,
-            })
-        }
+        Cmd::Bench(o) => bench::run(&o),
+        Cmd::Results(o) => results::run(&o),
         Cmd::Ci => {
             status(Command::new("cargo").args([
                 "check",

@@ -20,11 +20,11 @@ use crate::{default_assets_dir, fetch, root, write_atomic, ASSETS};
 /// What `cargo xtask results` was asked for.
 #[derive(clap::Args)]
 pub struct Options {
-    /// Tasks: movie-sentiment, stsb, topic, mrpc, cola, wnut16.
+    /// Tasks: movie-sentiment, tweet-sentiment, topic, mrpc, stsb, cola, wnut16.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "movie-sentiment,stsb,topic,mrpc"
+        default_value = "movie-sentiment,tweet-sentiment,topic,mrpc"
     )]
     pub tasks: Vec<String>,
     /// Seeds of every cell.
@@ -91,13 +91,20 @@ struct TaskSpec {
     title: &'static str,
 }
 
-/// The tasks the sweep knows. RTE is left out on purpose: MiniLM stays near chance on it.
+/// The tasks the sweep knows. RTE is left out on purpose: MiniLM stays near chance on it; STS-B
+/// only learns the mean score within the default budget (Pearson ≈ 0 after 80 steps of 8).
 const TASKS: &[TaskSpec] = &[
     TaskSpec {
         name: "movie-sentiment",
         source: Source::Asset("vader"),
         metric: "accuracy",
         title: "movie-review sentiment (VADER, binary)",
+    },
+    TaskSpec {
+        name: "tweet-sentiment",
+        source: Source::Asset("vader"),
+        metric: "accuracy",
+        title: "tweet sentiment (VADER, binary)",
     },
     TaskSpec {
         name: "stsb",

@@ -20,11 +20,12 @@ use crate::{default_assets_dir, fetch, root, write_atomic, ASSETS};
 /// What `cargo xtask results` was asked for.
 #[derive(clap::Args)]
 pub struct Options {
-    /// Tasks: movie-sentiment, tweet-sentiment, topic, mrpc, stsb, cola, wnut16.
+    /// Tasks: movie-sentiment, tweet-sentiment, topic, product-sentiment, mrpc, stsb, cola,
+    /// wnut16.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "movie-sentiment,tweet-sentiment,topic,mrpc"
+        default_value = "movie-sentiment,tweet-sentiment,topic,product-sentiment"
     )]
     pub tasks: Vec<String>,
     /// Seeds of every cell.
@@ -91,8 +92,9 @@ struct TaskSpec {
     title: &'static str,
 }
 
-/// The tasks the sweep knows. RTE is left out on purpose: MiniLM stays near chance on it; STS-B
-/// only learns the mean score within the default budget (Pearson ≈ 0 after 80 steps of 8).
+/// The tasks the sweep knows. RTE is left out on purpose: MiniLM stays near chance on it. Within
+/// the default budget (80 steps of 8) STS-B only learns the mean score (Pearson ≈ 0) and MRPC
+/// predicts the majority class, so the default tasks are the four that learn in it.
 const TASKS: &[TaskSpec] = &[
     TaskSpec {
         name: "movie-sentiment",
@@ -105,6 +107,12 @@ const TASKS: &[TaskSpec] = &[
         source: Source::Asset("vader"),
         metric: "accuracy",
         title: "tweet sentiment (VADER, binary)",
+    },
+    TaskSpec {
+        name: "product-sentiment",
+        source: Source::Asset("vader"),
+        metric: "accuracy",
+        title: "product-review sentiment (VADER, binary)",
     },
     TaskSpec {
         name: "stsb",

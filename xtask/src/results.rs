@@ -180,6 +180,7 @@ struct Outcome {
 
 fn slug(label: &str) -> String {
     label
+        .replace('γ', "gamma")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {

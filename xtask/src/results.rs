@@ -421,10 +421,9 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
     )?;
     writeln!(
         s,
-        "r = 8 on query/value, alpha 16, dropout 0.1, AdamW lr 5e-4, weight decay 0.01, 6% warm-up
-         then linear decay, batch 16, max length 128, 5 epochs, seed 0, classifier trained. HF PEFT
-         on the same model and GLUE files: dev accuracy 80.1%, F1 86.0 for both LoRA and DoRA.
-"
+        "r = 8 on query/value, alpha 16, dropout 0.1, AdamW lr 5e-4, weight decay 0.01, 6% warm-up\n\
+         then linear decay, batch 16, max length 128, 5 epochs, seed 0, classifier trained. HF PEFT\n\
+         on the same model and GLUE files: dev accuracy 80.1%, F1 86.0 for both LoRA and DoRA.\n"
     )?;
     writeln!(
         s,
@@ -575,12 +574,12 @@ fn fmt_cell(xs: &[&Outcome], seeds: usize) -> String {
     }
     let v: Vec<f64> = xs.iter().map(|o| o.metric * 100.0).collect();
     let (m, s) = mean_std(&v);
-    let partial = if xs.len() < seeds {
-        format!(" ({} of {seeds} seeds)", xs.len())
-    } else {
-        String::new()
-    };
-    format!("{m:.1} ± {s:.1}{partial}")
+    match xs.len() {
+        // One seed has no spread to show.
+        1 if seeds > 1 => format!("{m:.1} (1 of {seeds} seeds)"),
+        n if n < seeds => format!("{m:.1} ± {s:.1} ({n} of {seeds} seeds)"),
+        _ => format!("{m:.1} ± {s:.1}"),
+    }
 }
 
 fn render(
@@ -715,8 +714,9 @@ fn render(
             format!("; this invocation took {:.1} min", elapsed / 60.0)
         }
     )?;
+    // The sweep's command: what rebuilds only the report is left out.
     let command = std::iter::once("cargo xtask".to_string())
-        .chain(std::env::args().skip(1))
+        .chain(std::env::args().skip(1).filter(|a| a != "--report-only"))
         .collect::<Vec<_>>()
         .join(" ");
     writeln!(s, "| command | `{command}` |")?;

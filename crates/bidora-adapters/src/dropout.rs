@@ -19,7 +19,7 @@ pub fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tens
     if d.prob <= 0.0 || !B::ad_enabled(&device) {
         return x;
     }
-    if !B::name(&device).contains("ndarray") {
+    if !bidora_backend::tensors_in_host_memory::<B>(&device) {
         return d.forward(x);
     }
     let key = draw_key::<B>(&device);

@@ -174,13 +174,7 @@ pub fn run(o: &Options) -> Result<()> {
 /// Builds the bench executables and returns them by bench name.
 fn build(backend: &str) -> Result<BTreeMap<String, PathBuf>> {
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "bench",
-        "-p",
-        "bidora-benches",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ]);
+    cmd.args(["bench", "-p", "bidora-benches", "--no-run"]);
     match backend {
         "cpu" => {}
         "wgpu" | "cuda" => {
@@ -188,32 +182,7 @@ fn build(backend: &str) -> Result<BTreeMap<String, PathBuf>> {
         }
         other => bail!("unknown backend `{other}` (cpu, wgpu or cuda)"),
     }
-    eprintln!("$ {cmd:?}");
-    let out = cmd
-        .current_dir(root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo")?;
-    if !out.status.success() {
-        bail!("building the benchmarks failed");
-    }
-    let mut exes = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        let is_bench = v["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "bench"));
-        if let (true, Some(name), Some(exe)) = (
-            is_bench,
-            v["target"]["name"].as_str(),
-            v["executable"].as_str(),
-        ) {
-            exes.insert(name.to_string(), PathBuf::from(exe));
-        }
-    }
-    Ok(exes)
+    crate::cargo_executables(&mut cmd, "the benchmarks")
 }
 
 /// Every `group/function[/parameter]` criterion measured, from its `new/estimates.json`.

@@ -105,6 +105,32 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs a `cargo build`/`cargo bench --no-run` command (`what` names it in errors) and returns
+/// the executables it produced, by target name.
+fn cargo_executables(
+    cmd: &mut Command,
+    what: &str,
+) -> Result<std::collections::BTreeMap<String, PathBuf>> {
+    cmd.arg("--message-format=json-render-diagnostics");
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting cargo")?;
+    if !out.status.success() {
+        bail!("building {what} failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let name = v["target"]["name"].as_str()?.to_string();
+            Some((name, PathBuf::from(v["executable"].as_str()?)))
+        })
+        .collect())
+}
+
 /// All cores, when no thread count is given.
 fn threads_or_all(threads: Option<usize>) -> usize {
     threads.unwrap_or_else(|| {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -456,30 +456,12 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
 
 /// Builds the CLI in release and returns its path.
 fn build_cli() -> Result<PathBuf> {
-    let out = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "bidora-cli",
-            "--message-format=json-render-diagnostics",
-        ])
-        .current_dir(root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo")?;
-    if !out.status.success() {
-        bail!("building bidora-cli failed");
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find_map(|v| {
-            (v["target"]["name"] == "bidora")
-                .then(|| v["executable"].as_str().map(PathBuf::from))
-                .flatten()
-        })
-        .context("cargo did not report the bidora executable")
+    crate::cargo_executables(
+        Command::new("cargo").args(["build", "--release", "-p", "bidora-cli"]),
+        "bidora-cli",
+    )?
+    .remove("bidora")
+    .context("cargo did not report the bidora executable")
 }
 
 /// Runs one training (or resumes it), after checking that a folder left by an earlier sweep

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{default_assets_dir, fetch, root, ASSETS};
+use crate::{asset, default_assets_dir, fetch, root};
 
 /// What `cargo xtask bench` was asked for.
 #[derive(clap::Args)]
@@ -90,11 +90,7 @@ struct PeerRun {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    let minilm = ASSETS
-        .iter()
-        .find(|a| a.name == "minilm")
-        .context("asset table incomplete")?;
-    let model_dir = fetch(minilm, &default_assets_dir())?;
+    let model_dir = fetch(asset("minilm")?, &default_assets_dir())?;
     let exes = build(&o.backend)?;
     let home = root().join("target/bidora-bench/criterion");
     // Fresh results only: a stale estimate must never reach the report.

@@ -352,7 +352,13 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// The cache of `cargo xtask assets`: `$BIDORA_ASSETS_DIR`, else `$XDG_CACHE_HOME/bidora/assets`,
+/// else `~/.cache/bidora/assets` (the same rule as `bidora_models::assets_dir`, which the tests
+/// and benches read).
 fn default_assets_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
+        return d.into();
+    }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
@@ -361,6 +367,16 @@ fn default_assets_dir() -> PathBuf {
         .unwrap_or_else(|| home.join(".cache"))
         .join("bidora")
         .join("assets")
+}
+
+/// The registry asset called `name`, or an error listing the known ones.
+fn asset(name: &str) -> Result<&'static Asset> {
+    ASSETS.iter().find(|a| a.name == name).with_context(|| {
+        format!(
+            "unknown asset `{name}`; known: {}",
+            ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+        )
+    })
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
@@ -518,17 +534,7 @@ fn run(cli: Cli) -> Result<()> {
             let chosen: Vec<&Asset> = if names.is_empty() {
                 ASSETS.iter().collect()
             } else {
-                names
-                    .iter()
-                    .map(|n| {
-                        ASSETS.iter().find(|a| a.name == n).with_context(|| {
-                            format!(
-                                "unknown asset `{n}`; known: {}",
-                                ASSETS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
-                            )
-                        })
-                    })
-                    .collect::<Result<_>>()?
+                names.iter().map(|n| asset(n)).collect::<Result<_>>()?
             };
             for a in chosen {
                 let path = fetch(a, &dir)?;
@@ -542,12 +548,8 @@ fn run(cli: Cli) -> Result<()> {
             backend,
         } => {
             let dir = default_assets_dir();
-            let find = |n: &str| ASSETS.iter().find(|a| a.name == n);
-            let (Some(minilm), Some(vader)) = (find("minilm"), find("vader")) else {
-                bail!("asset table incomplete");
-            };
-            let model = fetch(minilm, &dir)?;
-            let data = fetch(vader, &dir)?;
+            let model = fetch(asset("minilm")?, &dir)?;
+            let data = fetch(asset("vader")?, &dir)?;
             let runs = root().join("runs");
             let out = (1..)
                 .map(|i| runs.join(format!("demo-{method}-{i}")))
@@ -630,11 +632,9 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let dir = default_assets_dir();
-            let minilm = fetch(&ASSETS[0], &dir)?;
+            let minilm = fetch(asset("minilm")?, &dir)?;
             for name in ["mpnet", "smollm2", "gpt2-bpe"] {
-                if let Some(a) = ASSETS.iter().find(|a| a.name == name) {
-                    fetch(a, &dir)?;
-                }
+                fetch(asset(name)?, &dir)?;
             }
             for (script, args) in [
                 ("scripts/golden/adapters.py", vec![]),

@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{default_assets_dir, fetch, root, write_atomic, ASSETS};
+use crate::{asset, default_assets_dir, fetch, root, write_atomic};
 
 /// What `cargo xtask results` was asked for.
 #[derive(clap::Args)]
@@ -215,10 +215,7 @@ pub fn run(o: &Options) -> Result<()> {
         .with_context(|| format!("unknown ablation task `{}`", o.ablation_task))?;
     let assets = default_assets_dir();
     let asset = |name: &str| -> Result<PathBuf> {
-        let a = ASSETS
-            .iter()
-            .find(|a| a.name == name)
-            .context("asset table incomplete")?;
+        let a = asset(name)?;
         if o.report_only {
             Ok(assets.join(a.name).join(a.inner))
         } else {

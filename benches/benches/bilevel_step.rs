@@ -3,19 +3,15 @@
 //! one DoRA step and one LoRA step, through the same engine, on the same small model: two
 //! adapted 384×384 layers and a 2-way head, 512 tokens per batch.
 
-use bidora_adapters::{
-    join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod, ParamPartition,
-};
-use bidora_bilevel::{
-    BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig, Trainer,
-};
+use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod};
+use bidora_bilevel::BilevelProblem;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use bidora_benches::{Fixed, AD};
+use bidora_benches::{bench_iteration, AD};
 
 const D: usize = 384;
 const TOKENS: usize = 512;
@@ -76,52 +72,16 @@ fn step(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine_iteration");
     group.sample_size(20);
     let cases = [
-        ("lora_step", AdapterMethod::Lora, Mode::SingleLevel),
-        ("dora_step", AdapterMethod::Dora, Mode::SingleLevel),
-        (
-            "bidora_iteration_darts",
-            AdapterMethod::Bidora,
-            Mode::Bilevel,
-        ),
+        ("lora_step", AdapterMethod::Lora),
+        ("dora_step", AdapterMethod::Dora),
+        ("bidora_iteration_darts", AdapterMethod::Bidora),
     ];
-    for (name, method, mode) in cases {
+    for (name, method) in cases {
         let module = net(method, &device);
-        let part = ParamPartition::of(&module);
-        let groups = match mode {
-            Mode::SingleLevel => ParamGroups::single_level(&part),
-            Mode::Bilevel => ParamGroups::bilevel(&part),
-        };
-        let config = TrainConfig {
-            mode,
-            iterations: 1,
-            hypergradient: Hypergradient::Darts {
-                alpha: 0.01,
-                xi: 1.0,
-            },
-            ..TrainConfig::default()
-        };
-        #[allow(clippy::clone_on_copy)] // not Copy on every backend
-        let trainer = Trainer::new(&Problem, groups, config, device.clone()).expect("trainer");
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut train = Fixed(batch.clone());
-                let mut val = Fixed(batch.clone());
-                let out = trainer
-                    .run(
-                        module.clone(),
-                        Data {
-                            train: &mut train,
-                            val: Some(&mut val),
-                            retrain: None,
-                        },
-                        Hooks::default(),
-                        None,
-                    )
-                    .expect("step");
-                AD::sync(&device).expect("sync");
-                out
-            })
-        });
+        let bilevel = method == AdapterMethod::Bidora;
+        bench_iteration(
+            &mut group, name, &Problem, &module, &batch, bilevel, &device,
+        );
     }
     group.finish();
 }

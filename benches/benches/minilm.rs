@@ -8,12 +8,9 @@
 use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
-use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode, ParamPartition};
-use bidora_benches::{print_peak_rss, selected, Fixed, AD};
-use bidora_bilevel::{
-    BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
-    Trainer,
-};
+use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
+use bidora_benches::{bench_iteration, print_peak_rss, selected, AD};
+use bidora_bilevel::BilevelProblem;
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -118,42 +115,9 @@ fn training(c: &mut Criterion) {
             Some(m) => model.with_adapters(&adapter(m)).expect("adapters"),
             None => model,
         };
-        let part = ParamPartition::of(&model);
         let bilevel = method == Some(AdapterMethod::Bidora);
-        let (groups, mode) = if bilevel {
-            (ParamGroups::bilevel(&part), Mode::Bilevel)
-        } else {
-            (ParamGroups::single_level(&part), Mode::SingleLevel)
-        };
-        let config = TrainConfig {
-            mode,
-            iterations: 1,
-            gamma: if bilevel { 1e-5 } else { 0.0 },
-            hypergradient: Hypergradient::Darts {
-                alpha: 0.01,
-                xi: 1.0,
-            },
-            ..TrainConfig::default()
-        };
         let problem = Classification { ortho: bilevel };
-        #[allow(clippy::clone_on_copy)] // not Copy on every backend
-        let trainer = Trainer::new(&problem, groups, config, device.clone()).expect("trainer");
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let mut train = Fixed(batch.clone());
-                let mut val = Fixed(batch.clone());
-                let data = Data {
-                    train: &mut train,
-                    val: bilevel.then_some(&mut val as &mut dyn BatchStream<Batch = Batch>),
-                    retrain: None,
-                };
-                let out = trainer
-                    .run(model.clone(), data, Hooks::default(), None)
-                    .expect("step");
-                AD::sync(&device).expect("sync");
-                out
-            })
-        });
+        bench_iteration(&mut group, name, &problem, &model, &batch, bilevel, &device);
     }
     group.finish();
 }

@@ -3,10 +3,15 @@
 //! Run `cargo bench -p bidora-benches` (ndarray); add `--features wgpu` or `--features cuda`
 //! for the GPU backends (the benchmarks call the backend's `sync` inside the timed region).
 
-use bidora_adapters::{AdaptedLinear, LayerSettings, NormMode};
-use bidora_bilevel::BatchStream;
+use bidora_adapters::{AdaptedLinear, AdapterHost, LayerSettings, NormMode, ParamPartition};
+use bidora_bilevel::{
+    BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
+    Trainer,
+};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use criterion::measurement::WallTime;
+use criterion::BenchmarkGroup;
 
 /// The benchmarked autodiff backend: CUDA, else WGPU, else ndarray, by cargo feature.
 #[cfg(feature = "cuda")]
@@ -94,4 +99,57 @@ impl<T: Clone> BatchStream for Fixed<T> {
         0
     }
     fn seek(&mut self, _: u64) {}
+}
+
+/// Benchmarks one training iteration of `module` through the engine as `name` in `group`: one
+/// single-level step (LoRA, DoRA or full fine-tuning: whatever `module` trains), or with
+/// `bilevel` one BiDoRA iteration (lower step + upper step with the DARTS hypergradient, the
+/// engine's default γ; `problem` decides whether a regulariser exists). The same `batch` feeds
+/// both levels; the backend's `sync` is inside the timed region.
+pub fn bench_iteration<P>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    problem: &P,
+    module: &P::Module,
+    batch: &P::Batch,
+    bilevel: bool,
+    device: &burn::tensor::Device<AD>,
+) where
+    P: BilevelProblem<AD>,
+    P::Module: AdapterHost<AD>,
+    P::Batch: Clone,
+{
+    let part = ParamPartition::of(module);
+    let (groups, mode) = if bilevel {
+        (ParamGroups::bilevel(&part), Mode::Bilevel)
+    } else {
+        (ParamGroups::single_level(&part), Mode::SingleLevel)
+    };
+    let config = TrainConfig {
+        mode,
+        iterations: 1,
+        hypergradient: Hypergradient::Darts {
+            alpha: 0.01,
+            xi: 1.0,
+        },
+        ..TrainConfig::default()
+    };
+    #[allow(clippy::clone_on_copy)] // not Copy on every backend
+    let trainer = Trainer::new(problem, groups, config, device.clone()).expect("trainer");
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let mut train = Fixed(batch.clone());
+            let mut val = Fixed(batch.clone());
+            let data = Data {
+                train: &mut train,
+                val: bilevel.then_some(&mut val as &mut dyn BatchStream<Batch = P::Batch>),
+                retrain: None,
+            };
+            let out = trainer
+                .run(module.clone(), data, Hooks::default(), None)
+                .expect("one iteration");
+            <AD as Backend>::sync(device).expect("sync");
+            out
+        })
+    });
 }

@@ -693,6 +693,24 @@ fn render(
             format!("; this invocation took {:.1} min", elapsed / 60.0)
         }
     )?;
+    let per_run: Vec<String> = VARIANTS
+        .iter()
+        .chain(ABLATIONS)
+        .filter_map(|(l, _, _)| {
+            let walls: Vec<f64> = plan
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.variant == *l)
+                .filter_map(|(i, _)| outcomes.get(&i).map(|x| x.wall_s))
+                .collect();
+            (!walls.is_empty()).then(|| format!("{l} {:.0} s", mean_std(&walls).0))
+        })
+        .collect();
+    writeln!(
+        s,
+        "| wall time per run | {} (mean over the finished runs: loading, the untrained evaluation, training, the final evaluation) |",
+        per_run.join(", ")
+    )?;
     // The sweep's command: what rebuilds only the report is left out.
     let command = std::iter::once("cargo xtask".to_string())
         .chain(std::env::args().skip(1).filter(|a| a != "--report-only"))

@@ -424,26 +424,36 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
     )?;
     writeln!(
         s,
-        "| method | accuracy | F1 | PEFT accuracy / F1 | wall time |
-|---|---|---|---|---|"
+        "| method | accuracy | F1 | PEFT accuracy / F1 | ours − PEFT (points) | wall time |
+|---|---|---|---|---|---|"
     )?;
+    const PEFT: (f64, f64) = (80.1, 86.0);
     for r in anchor {
+        let label = VARIANTS
+            .iter()
+            .find(|(_, m, _)| *m == r.variant)
+            .map_or(r.variant, |(l, _, _)| *l);
         let report = std::fs::read_to_string(r.dir.join("report.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Value>(&t).ok());
         match report {
-            Some(v) => writeln!(
-                s,
-                "| {} | {:.1} | {:.1} | 80.1 / 86.0 | {:.0} min |",
-                r.variant,
-                v["final"]["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                v["final"]["f1"].as_f64().unwrap_or(f64::NAN) * 100.0,
-                v["wall_time_s"].as_f64().unwrap_or(0.0) / 60.0
-            )?,
+            Some(v) => {
+                let get = |k: &str| v["final"][k].as_f64().unwrap_or(f64::NAN) * 100.0;
+                let (acc, f1) = (get("accuracy"), get("f1"));
+                writeln!(
+                    s,
+                    "| {label} | {acc:.1} | {f1:.1} | {:.1} / {:.1} | {:+.1} / {:+.1} | {:.0} min |",
+                    PEFT.0,
+                    PEFT.1,
+                    acc - PEFT.0,
+                    f1 - PEFT.1,
+                    v["wall_time_s"].as_f64().unwrap_or(0.0) / 60.0
+                )?
+            }
             None => writeln!(
                 s,
-                "| {} | not run yet (`cargo xtask results --anchor`) | | 80.1 / 86.0 | |",
-                r.variant
+                "| {label} | not run yet (`cargo xtask results --anchor`) | | {:.1} / {:.1} | | |",
+                PEFT.0, PEFT.1
             )?,
         }
     }

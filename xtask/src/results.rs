@@ -159,6 +159,13 @@ const ABLATIONS: &[(&str, &str, &[&str])] = &[
         "bidora",
         &["--hypergradient", "first_order"],
     ),
+    // Magnitudes left at their initial values: what BiDoRA's lower level does alone, on its
+    // 80% split. The hypergradient is irrelevant at lr 0, so the cheaper one is used.
+    (
+        "BiDoRA magnitudes fixed",
+        "bidora",
+        &["--hypergradient", "first_order", "--upper-lr", "0"],
+    ),
 ];
 
 /// One planned run.
@@ -656,7 +663,9 @@ fn render(
     writeln!(
         s,
         "\nγ = 0 drops the orthogonality regulariser; first-order replaces the DARTS hypergradient\n\
-         by the plain gradient of the validation loss with respect to the magnitudes.\n"
+         by the plain gradient of the validation loss with respect to the magnitudes; magnitudes\n\
+         fixed sets the upper level's learning rate to 0, so only the lower level trains (on the\n\
+         same 80% split as BiDoRA).\n"
     )?;
     writeln!(s, "## Settings\n")?;
     writeln!(s, "| | |\n|---|---|")?;

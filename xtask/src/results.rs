@@ -166,6 +166,21 @@ const ABLATIONS: &[(&str, &str, &[&str])] = &[
         "bidora",
         &["--hypergradient", "first_order", "--upper-lr", "0"],
     ),
+    // The two differences left between that run and DoRA, one at a time: the norm...
+    (
+        "BiDoRA magnitudes fixed, detached norm",
+        "bidora",
+        &[
+            "--hypergradient",
+            "first_order",
+            "--upper-lr",
+            "0",
+            "--norm",
+            "detached",
+        ],
+    ),
+    // ...and the data (DoRA sees the whole training set, BiDoRA's lower level 80% of it).
+    ("DoRA exact norm", "dora", &["--norm", "exact"]),
 ];
 
 /// One planned run.
@@ -665,7 +680,7 @@ fn render(
         "\nγ = 0 drops the orthogonality regulariser; first-order replaces the DARTS hypergradient\n\
          by the plain gradient of the validation loss with respect to the magnitudes; magnitudes\n\
          fixed sets the upper level's learning rate to 0, so only the lower level trains (on the\n\
-         same 80% split as BiDoRA).\n"
+         same 80% split as BiDoRA); detached norm and DoRA exact norm swap the norm mode.\n"
     )?;
     writeln!(s, "## Settings\n")?;
     writeln!(s, "| | |\n|---|---|")?;

@@ -236,7 +236,7 @@ pub fn run(o: &Options) -> Result<()> {
         .find(|t| t.name == o.ablation_task)
         .with_context(|| format!("unknown ablation task `{}`", o.ablation_task))?;
     let assets = default_assets_dir();
-    let asset = |name: &str| -> Result<PathBuf> {
+    let asset_path = |name: &str| -> Result<PathBuf> {
         let a = asset(name)?;
         if o.report_only {
             Ok(assets.join(a.name).join(a.inner))
@@ -244,7 +244,7 @@ pub fn run(o: &Options) -> Result<()> {
             fetch(a, &assets)
         }
     };
-    let model = asset("minilm")?;
+    let model = asset_path("minilm")?;
     let data_of = |t: &TaskSpec| -> Result<PathBuf> {
         match t.source {
             Source::Glue(folder) => {
@@ -257,7 +257,7 @@ pub fn run(o: &Options) -> Result<()> {
                 }
                 Ok(d)
             }
-            Source::Asset(name) => asset(name),
+            Source::Asset(name) => asset_path(name),
         }
     };
 

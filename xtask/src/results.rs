@@ -813,11 +813,14 @@ fn plot(
             .map(|(m, s)| m - s)
             .chain(base)
             .fold(0.0_f64, f64::min);
+        // Round axis ends and ticks: multiples of 10 (20 on tall ranges) of the metric × 100.
         let top = if top <= bottom {
-            bottom + 1.0
+            bottom + 10.0
         } else {
-            top * 1.05
+            (top / 10.0).ceil() * 10.0
         };
+        let bottom = (bottom / 10.0).floor() * 10.0;
+        let step = if top - bottom > 50.0 { 20.0 } else { 10.0 };
         let y = |v: f64| y0 + ph * (top - v) / (top - bottom);
         let _ = writeln!(
             s,
@@ -834,7 +837,18 @@ fn plot(
             y(0.0),
             y0 + ph
         );
-        for tick in [bottom, (bottom + top) / 2.0, top] {
+        let ticks = (0..)
+            .map(|k| bottom + step * k as f64)
+            .take_while(|t| *t <= top + 1e-9);
+        for tick in ticks {
+            if tick > bottom {
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0}" y1="{yt}" x2="{}" y2="{yt}" stroke="#ddd"/>"##,
+                    x0 + pw,
+                    yt = y(tick)
+                );
+            }
             let _ = writeln!(
                 s,
                 r#"<text x="{}" y="{}" text-anchor="end">{tick:.0}</text>"#,

@@ -760,13 +760,16 @@ fn render(
 }
 
 /// One panel per task: a bar per method with its seed standard deviation, the untrained model
-/// as a dashed line.
+/// as a dashed line (its value in the panel's title).
 fn plot(
     plan: &[Run],
     cells: &[(&'static TaskSpec, &'static str)],
     outcomes: &BTreeMap<usize, Outcome>,
 ) -> String {
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"];
+    let colors = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+        "#17becf", "#d62728",
+    ];
     let mut tasks: Vec<(&TaskSpec, Vec<&str>)> = Vec::new();
     for (t, v) in cells {
         match tasks.iter_mut().find(|(x, _)| x.name == t.name) {
@@ -774,17 +777,30 @@ fn plot(
             None => tasks.push((t, vec![v])),
         }
     }
-    let (pw, ph, pad) = (240.0, 220.0, 40.0);
-    let width = pad + tasks.len() as f64 * (pw + pad);
-    let height = ph + 2.0 * pad + 60.0;
+    // A panel is as wide as its bars need (the ablation task has more); the bottom margin
+    // holds the longest slanted label.
+    let (ph, pad) = (220.0, 40.0);
+    let panel_width = |n: usize| (45.0 * (n as f64 + 1.0)).max(200.0);
+    let longest = cells
+        .iter()
+        .map(|(_, v)| v.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let width = pad
+        + tasks
+            .iter()
+            .map(|(_, vs)| panel_width(vs.len()) + pad)
+            .sum::<f64>();
+    let height = ph + 2.0 * pad + 20.0 + longest * 6.0 * 0.6;
+    let mut x0 = pad;
     let mut s = String::new();
     let _ = writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    for (k, (t, variants)) in tasks.iter().enumerate() {
-        let x0 = pad + k as f64 * (pw + pad);
+    for (t, variants) in &tasks {
+        let pw = panel_width(variants.len());
         let y0 = pad;
         let stats: Vec<Option<(f64, f64)>> = variants
             .iter()
@@ -824,10 +840,13 @@ fn plot(
         let y = |v: f64| y0 + ph * (top - v) / (top - bottom);
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}</text>"#,
+            r##"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}<tspan fill="#666" font-size="10">{}</tspan></text>"##,
             x0 + pw / 2.0,
             y0 - 12.0,
-            t.name
+            t.name,
+            base.map_or(String::new(), |b| format!(
+                "\u{a0}\u{a0}(dashed: untrained {b:.1})"
+            ))
         );
         let _ = writeln!(
             s,
@@ -887,13 +906,12 @@ fn plot(
         if let Some(b) = base {
             let _ = writeln!(
                 s,
-                r##"<line x1="{x0}" y1="{yb}" x2="{}" y2="{yb}" stroke="#888" stroke-dasharray="4 3"/><text x="{}" y="{}" text-anchor="end" fill="#666">untrained {b:.1}</text>"##,
+                r##"<line x1="{x0}" y1="{yb}" x2="{}" y2="{yb}" stroke="#888" stroke-dasharray="4 3"/>"##,
                 x0 + pw,
-                x0 + pw,
-                y(b) - 3.0,
                 yb = y(b)
             );
         }
+        x0 += pw + pad;
     }
     s.push_str("</svg>\n");
     s

@@ -63,13 +63,14 @@ enum Cmd {
     /// about 15 minutes on 2 cores (the MiniLM cases need 10 samples of up to ~15 s each).
     Bench(bench::Options),
     /// Train LoRA, DoRA and BiDoRA with all-MiniLM-L6-v2 on several real tasks × seeds (same
-    /// budget per method), plus BiDoRA's γ = 0 and first-order ablations on one task, and write
-    /// docs/RESULTS.md and docs/results.svg.
+    /// budget per method), plus five ablations on one task (γ = 0, first-order hypergradient,
+    /// magnitudes fixed, magnitudes fixed with the detached norm, DoRA with the exact norm), and
+    /// write docs/RESULTS.md and docs/results.svg.
     ///
-    /// The defaults (4 tasks × 3 methods × 3 seeds + 6 ablation runs; 80 steps of 8 examples,
-    /// 48 tokens: the demo's budget, which 40 steps of 16 did not match) take about 2.5 hours
-    /// on 2 CPU cores. Finished runs under --runs are reused and
-    /// interrupted ones resumed, so the sweep can be stopped and continued.
+    /// The defaults (4 tasks × 3 methods × 3 seeds + 15 ablation runs; 80 steps of 8 examples,
+    /// 48 tokens: the demo's budget, which 40 steps of 16 did not match) take about 2 hours 20
+    /// minutes on 2 CPU cores. Finished runs under --runs are reused and interrupted ones
+    /// resumed, so the sweep can be stopped and continued.
     Results(results::Options),
     /// Run what CI runs: type-check the CUDA backend, then the README's test command
     /// (tests on ndarray and on WGPU).

@@ -622,7 +622,14 @@ fn run(cli: Cli) -> Result<()> {
                     .args(["xtask", "assets"])
                     .args(TEST_ASSETS),
             )?;
-            status(Command::new("cargo").args(TEST_ARGS))
+            // As `.ci/run`: the GLUE tests run where the files are beside the clone.
+            let mut test = Command::new("cargo");
+            test.args(TEST_ARGS);
+            let glue = root().join("../shared/data/glue");
+            if std::env::var_os("BIDORA_GLUE_DIR").is_none() && glue.join("MANIFEST.md").is_file() {
+                test.env("BIDORA_GLUE_DIR", glue);
+            }
+            status(&mut test)
         }
         Cmd::Golden { pythonpath, python } => {
             if !pythonpath.join("peft").is_dir() {

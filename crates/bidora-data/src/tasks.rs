@@ -238,11 +238,7 @@ impl TaskInfo {
     pub fn load(&self, dir: &Path) -> Result<TaskData, DataError> {
         match self.source {
             Source::Glue(t) => {
-                let folder = if dir.join(t.folder()).is_dir() {
-                    dir.join(t.folder())
-                } else {
-                    dir.to_path_buf()
-                };
+                let folder = glue_folder(dir, t);
                 let train = t.load(&folder.join("train.tsv"))?;
                 let mut eval = Vec::new();
                 for f in t.dev_files() {
@@ -367,13 +363,97 @@ impl TaskInfo {
         }
     }
 
+    /// Loads what evaluation needs and nothing more, for commands that do not train: where the
+    /// task has evaluation files of its own (GLUE's `dev.tsv`, `dev.txt`, `dev.jsonl`,
+    /// `test/`, `devset.csv`), only those are read, and `train` comes back empty. Tasks whose
+    /// dev set is held out of one file read that file (it is what they evaluate).
+    ///
+    /// `labels` are the class or tag names known from elsewhere (an adapter's `bidora.json`,
+    /// a model's `id2label`), in the model's order; `Some(&[])` means a regression head. GLUE
+    /// tasks know their labels; the other tasks, given `None`, take them from the training
+    /// file as [`TaskInfo::load`] does, since the model's output order follows it.
+    pub fn load_eval(&self, dir: &Path, labels: Option<&[String]>) -> Result<TaskData, DataError> {
+        let eval_only = |name: &str, examples: Vec<Example>, labels: Vec<String>| TaskData {
+            train: Vec::new(),
+            eval: vec![(name.to_string(), examples)],
+            labels,
+        };
+        match (self.source, labels) {
+            (Source::Glue(t), _) => {
+                let folder = glue_folder(dir, t);
+                let mut eval = Vec::new();
+                for f in t.dev_files() {
+                    eval.push((
+                        f.trim_end_matches(".tsv").to_string(),
+                        t.load(&folder.join(f))?,
+                    ));
+                }
+                Ok(TaskData {
+                    train: Vec::new(),
+                    eval,
+                    labels: t.labels().iter().map(|s| s.to_string()).collect(),
+                })
+            }
+            (Source::Generation, _) => {
+                let dev = [pick(dir, "devset", &["csv"]), pick(dir, "dev", &["jsonl"])]
+                    .into_iter()
+                    .find(|p| p.is_file());
+                match dev {
+                    Some(path) => Ok(eval_only(
+                        "dev",
+                        crate::generation::load(&path)?,
+                        Vec::new(),
+                    )),
+                    None => self.load(dir),
+                }
+            }
+            (Source::Conll, Some(tags)) if !tags.is_empty() => {
+                let dev = pick(dir, "dev", &["txt", "conll", "tsv"]);
+                if dir.is_dir() && dev.is_file() {
+                    let tagged = crate::conll::load(&dev, Some(tags))?;
+                    Ok(eval_only("dev", tagged.examples, tags.to_vec()))
+                } else {
+                    self.load(dir)
+                }
+            }
+            (Source::Jsonl, Some(names)) => {
+                let dev = pick(dir, "dev", &["jsonl"]);
+                if dir.is_dir() && dev.is_file() {
+                    let space = if names.is_empty() {
+                        crate::jsonl::LabelSpace::Regression
+                    } else {
+                        crate::jsonl::LabelSpace::Classes(names.to_vec())
+                    };
+                    Ok(eval_only(
+                        "dev",
+                        crate::jsonl::load(&dev, &space)?,
+                        names.to_vec(),
+                    ))
+                } else {
+                    self.load(dir)
+                }
+            }
+            (Source::Folders, Some(names)) if !names.is_empty() && dir.join("test").is_dir() => {
+                let test = crate::folders::load(
+                    &dir.join("test"),
+                    Some(names),
+                    crate::folders::Decoding::Latin1Fallback,
+                )?;
+                Ok(eval_only("test", test.examples, names.to_vec()))
+            }
+            _ => self.load(dir),
+        }
+    }
+
     /// The kind of a loaded task: generic JSONL tasks become regression when their labels are
     /// scores.
     pub fn kind_of(&self, data: &TaskData) -> TaskKind {
-        match (
-            self.source,
-            data.train.first().and_then(|e| e.label.as_ref()),
-        ) {
+        let first_label = data
+            .train
+            .iter()
+            .chain(data.eval.iter().flat_map(|(_, set)| set))
+            .find_map(|e| e.label.as_ref());
+        match (self.source, first_label) {
             (Source::Jsonl, Some(Label::Score(_))) => TaskKind::Regression,
             _ => self.kind,
         }
@@ -424,6 +504,15 @@ fn jsonl_label_space(path: &Path) -> Result<crate::jsonl::LabelSpace, DataError>
             "no `label` found in the training file",
         ));
     })
+}
+
+/// A GLUE task's folder: `dir/<Task>/` when it exists, else `dir` itself.
+fn glue_folder(dir: &Path, t: GlueTask) -> PathBuf {
+    if dir.join(t.folder()).is_dir() {
+        dir.join(t.folder())
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn pick(dir: &Path, stem: &str, exts: &[&str]) -> PathBuf {

@@ -113,6 +113,68 @@ fn small_files_in_each_layout() {
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
+/// Evaluation reads the evaluation files alone: each folder below holds no training file, and a
+/// training file that is present but broken is never opened.
+#[test]
+fn load_eval_reads_only_the_evaluation_files() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    write(
+        &root.join("sst2/dev.tsv"),
+        "sentence\tlabel\ngood .\t1\nbad .\t0\n",
+    );
+    let t = tasks::task("sst2").unwrap();
+    assert!(t.load(&root.join("sst2")).is_err(), "train.tsv is missing");
+    let data = t.load_eval(&root.join("sst2"), None).unwrap();
+    assert!(data.train.is_empty());
+    assert_eq!(data.eval[0].0, "dev");
+    assert_eq!(data.eval[0].1.len(), 2);
+    assert_eq!(data.eval[0].1[0].class(), Some(1));
+    assert_eq!(data.labels, vec!["0", "1"]);
+
+    // JSONL classes in the adapter's order (not the dev file's sorted order), and regression.
+    write(&root.join("mine/train.jsonl"), "not json at all\n");
+    write(
+        &root.join("mine/dev.jsonl"),
+        "{\"text\": \"c\", \"label\": \"pos\"}\n{\"text\": \"d\", \"label\": \"neg\"}\n",
+    );
+    let t = tasks::task("jsonl").unwrap();
+    let order = ["pos".to_string(), "neg".to_string()];
+    let data = t.load_eval(&root.join("mine"), Some(&order)).unwrap();
+    assert_eq!(data.labels, order);
+    let classes: Vec<_> = data.eval[0].1.iter().map(|e| e.class()).collect();
+    assert_eq!(classes, vec![Some(0), Some(1)]);
+    write(
+        &root.join("scores/dev.jsonl"),
+        "{\"text\": \"c\", \"label\": 0.25}\n",
+    );
+    let data = t.load_eval(&root.join("scores"), Some(&[])).unwrap();
+    assert_eq!(data.eval[0].1[0].label, Some(Label::Score(0.25)));
+    assert_eq!(t.kind_of(&data), TaskKind::Regression);
+    // Without known labels the training file decides them, as in training.
+    assert!(t.load_eval(&root.join("mine"), None).is_err());
+
+    // CoNLL dev file with the adapter's tags; a tag outside them is an error naming the file.
+    write(&root.join("ner/dev.txt"), "w\tB-loc\nx\tO\n\n");
+    let tags = ["O".to_string(), "B-loc".to_string()];
+    let t = tasks::task("conll").unwrap();
+    let data = t.load_eval(&root.join("ner"), Some(&tags)).unwrap();
+    assert_eq!(data.eval[0].1.len(), 1);
+    let err = t
+        .load_eval(&root.join("ner"), Some(&["O".to_string()]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dev.txt"), "{err}");
+
+    // E2E: the dev CSV alone.
+    write(&root.join("e2e/devset.csv"), "mr,ref\nname[C],C.\n");
+    let data = tasks::task("e2e")
+        .unwrap()
+        .load_eval(&root.join("e2e"), None)
+        .unwrap();
+    assert_eq!(data.eval[0].1.len(), 1);
+}
+
 /// The cache folder of `cargo xtask assets` (`$BIDORA_ASSETS_DIR`, else
 /// `~/.cache/bidora/assets`).
 fn assets_dir() -> std::path::PathBuf {

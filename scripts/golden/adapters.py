@@ -16,6 +16,10 @@ layers.json + layers.safetensors
     References are computed in float64 and stored as float32; inputs are float32 values.
     LoRA and detached-norm DoRA come from PEFT's own `lora.Linear`; exact-norm DoRA (PEFT
     always detaches) comes from the same formula written in plain torch autograd.
+    Cases with `"dropout": p > 0` run in training mode with the adapter's input dropped out
+    by a fixed keep mask (`mask` [2,3,in], 0/1; kept values scaled by 1/(1-p)), put in place of
+    PEFT's `lora_dropout` module, with non-zero lora_B and magnitudes away from the row norms:
+    they pin PEFT's dropout form `x W0^T + b + (m/n - 1)(x~ W0^T) + (m/n) s (x~ A^T) B^T`.
 
 peft_dora/, peft_lora/ (adapter_config.json + adapter_model.safetensors, written by PEFT's
 save_pretrained) + peft_io.safetensors
@@ -48,7 +52,18 @@ def f32(t):
     return t.float().double()
 
 
-def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias):
+class FixedMask(nn.Module):
+    """Dropout with a given keep mask, in place of PEFT's `lora_dropout` (an nn.Dropout)."""
+
+    def __init__(self, keep, p):
+        super().__init__()
+        self.keep, self.p = keep, p
+
+    def forward(self, x):
+        return x * self.keep / (1.0 - self.p)
+
+
+def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias, p=0.0):
     s = alpha / r
     w0 = f32(torch.randn(d_out, d_in, generator=gen) * 0.3)
     b0 = f32(torch.randn(d_out, generator=gen) * 0.1) if bias else None
@@ -58,8 +73,13 @@ def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias):
     m = f32(w0.norm(dim=1) * (1.0 + 0.3 * torch.rand(d_out, generator=gen)))
     x = f32(torch.randn(2, 3, d_in, generator=gen))
     c = f32(torch.randn(2, 3, d_out, generator=gen))
+    # Drawn only for dropout cases, so that the other cases keep their generator sequence.
+    keep = (torch.rand(2, 3, d_in, generator=gen, dtype=torch.float64) >= p).double() if p > 0 \
+        else torch.ones(2, 3, d_in, dtype=torch.float64)
 
     rec = {"W0": w0, "lora_A": a, "lora_B": b, "x": x, "C": c}
+    if p > 0:
+        rec["mask"] = keep
     if bias:
         rec["bias"] = b0
     if method == "dora":
@@ -71,10 +91,11 @@ def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias):
         B = b.clone().requires_grad_(True)
         M = m.clone().requires_grad_(True)
         X = x.clone().requires_grad_(True)
+        Xd = X * keep / (1.0 - p)
         v = w0 + s * (B @ A)
         n = v.norm(dim=1)
         base = X @ w0.T
-        y = base + (M / n - 1) * base + (M / n) * s * ((X @ A.T) @ B.T)
+        y = base + (M / n - 1) * (Xd @ w0.T) + (M / n) * s * ((Xd @ A.T) @ B.T)
         if bias:
             y = y + b0
         (y * c).sum().backward()
@@ -86,9 +107,12 @@ def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias):
             base_layer.weight.copy_(w0)
             if bias:
                 base_layer.bias.copy_(b0)
-        layer = PeftLinear(base_layer, "default", r=r, lora_alpha=alpha, lora_dropout=0.0,
+        layer = PeftLinear(base_layer, "default", r=r, lora_alpha=alpha, lora_dropout=p,
                            use_dora=(method == "dora"))
         layer = layer.double()
+        if p > 0:
+            layer.lora_dropout["default"] = FixedMask(keep, p)
+            layer.train()
         with torch.no_grad():
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
@@ -112,7 +136,7 @@ def layer_case(gen, method, d_in, d_out, r, alpha, norm, bias):
     rec["merged_weight"] = merged
     rec.update(grads)
     meta = {"method": method, "d_in": d_in, "d_out": d_out, "r": r, "alpha": alpha,
-            "bias": bias, "norm": norm,
+            "bias": bias, "norm": norm, "dropout": p,
             "source": "torch-autograd" if (method == "dora" and norm == "exact") else "peft"}
     return meta, rec
 
@@ -179,6 +203,17 @@ def main():
                     cases.append(meta)
                     for k, v in rec.items():
                         tensors[f"{name}/{k}"] = v.float().contiguous()
+    # Dropout cases draw from their own generator, so the cases above and the PEFT adapters
+    # below keep their values.
+    gen_dropout = torch.Generator().manual_seed(4321)
+    for method, norm in [("lora", "none"), ("dora", "detached"), ("dora", "exact")]:
+        for (d_in, d_out), (r, alpha) in [((16, 16), (4, 6.0)), ((24, 10), (8, 4.0))]:
+            meta, rec = layer_case(gen_dropout, method, d_in, d_out, r, alpha, norm, True, p=0.3)
+            name = f"{method}_{norm}_{d_in}x{d_out}_r{r}_dropout"
+            meta["name"] = name
+            cases.append(meta)
+            for k, v in rec.items():
+                tensors[f"{name}/{k}"] = v.float().contiguous()
     save_file(tensors, os.path.join(OUT, "layers.safetensors"))
     versions = {"torch": torch.__version__, "peft": peft.__version__}
     with open(os.path.join(OUT, "layers.json"), "w") as fh:

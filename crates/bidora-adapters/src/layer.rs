@@ -180,45 +180,65 @@ impl<B: Backend> AdaptedLinear<B> {
         self.magnitude.is_some()
     }
 
-    /// The forward pass; see the type's docs for the formula.
+    /// The forward pass; see the type's docs for the formula. Dropout of the adapter's input
+    /// is active when the backend records gradients (training) and `dropout > 0`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if D > 2 {
-            // One GEMM over all rows instead of one per leading index (which would also
-            // re-pack the weight for every batch element).
-            let dims = x.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let mut out = dims;
-            out[D - 1] = self.d_output();
-            return self
-                .forward::<2>(x.reshape([rows, dims[D - 1]]))
-                .reshape(out);
+        if self.dropout.prob > 0.0 && B::ad_enabled(&x.device()) {
+            let dropped = crate::dropout::dropout(&self.dropout, x.clone());
+            self.forward_rows(x, Some(dropped))
+        } else {
+            self.forward_rows(x, None)
         }
+    }
+
+    /// The training-mode forward pass with the adapter's input `x̃` given, dropout already
+    /// applied by the caller (with a mask of its own): PEFT's form,
+    /// `y = x·W0 + bias + (m/n − 1) ⊙ (x̃·W0) + (m/n) ⊙ s·(x̃·A)·B` for DoRA and
+    /// `y = x·W0 + bias + s·(x̃·A)·B` for LoRA. [`AdaptedLinear::forward`] is this with
+    /// `x̃ = dropout(x)`.
+    ///
+    /// # Shapes
+    /// `x` and `x_dropped`: `[..., in]`; output `[..., out]`.
+    pub fn forward_dropped<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        x_dropped: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        self.forward_rows(x, Some(x_dropped))
+    }
+
+    /// Flattens the leading dimensions, so that each product is one GEMM over all rows instead
+    /// of one per leading index (which would also re-pack the weight for every batch element).
+    fn forward_rows<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        x_dropped: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        let dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let flat = |t: Tensor<B, D>| t.reshape([rows, dims[D - 1]]);
+        let mut out = dims;
+        out[D - 1] = self.d_output();
+        self.forward_2d(flat(x), x_dropped.map(flat)).reshape(out)
+    }
+
+    fn forward_2d(&self, x: Tensor<B, 2>, x_dropped: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
         let w = self.weight.val();
         let s = self.settings.scaling;
-        let dropout_active = self.dropout.prob > 0.0 && B::ad_enabled(&x.device());
-        let base = x.clone().matmul(w.clone().unsqueeze());
-        let x_adapter = if dropout_active {
-            crate::dropout::dropout(&self.dropout, x)
-        } else {
-            x
-        };
-        let lora = x_adapter
-            .clone()
-            .matmul(self.lora_a.val().unsqueeze())
-            .matmul(self.lora_b.val().unsqueeze())
+        let base = x.clone().matmul(w.clone());
+        let lora_input = x_dropped.clone().unwrap_or(x);
+        let lora = lora_input
+            .matmul(self.lora_a.val())
+            .matmul(self.lora_b.val())
             .mul_scalar(s);
-
-        let out = match &self.magnitude {
-            None => base + lora,
-            Some(m) => {
-                let factor: Tensor<B, D> = (m.val() / self.weight_norm()).unsqueeze();
-                if dropout_active {
-                    let base_dropped = x_adapter.matmul(w.unsqueeze());
-                    base + factor.clone().sub_scalar(1.0) * base_dropped + factor * lora
-                } else {
-                    factor * (base + lora)
-                }
+        let out = match (&self.magnitude, x_dropped) {
+            (None, _) => base + lora,
+            (Some(m), Some(dropped)) => {
+                let factor = (m.val() / self.weight_norm()).unsqueeze::<2>();
+                let base_dropped = dropped.matmul(w);
+                base + factor.clone().sub_scalar(1.0) * base_dropped + factor * lora
             }
+            (Some(m), None) => (m.val() / self.weight_norm()).unsqueeze::<2>() * (base + lora),
         };
         match &self.bias {
             Some(bias) => out + bias.val().unsqueeze(),

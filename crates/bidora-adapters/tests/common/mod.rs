@@ -40,6 +40,10 @@ pub struct Case {
     pub bias: bool,
     pub norm: String,
     pub source: String,
+    /// Dropout probability of the adapter's input; cases with `dropout > 0` carry the keep
+    /// `mask` they were computed with.
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 #[derive(Debug, Deserialize)]

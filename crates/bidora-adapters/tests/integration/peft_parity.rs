@@ -13,6 +13,7 @@ fn build<B: AutodiffBackend>(
     g: &Golden,
     case: &Case,
     low_rank_norm: bool,
+    dropout: f64,
     device: &B::Device,
 ) -> AdaptedLinear<B> {
     let norm_mode = match case.norm.as_str() {
@@ -26,7 +27,7 @@ fn build<B: AutodiffBackend>(
         upload_t::<B>(g.get(case, "lora_B"), device),
         g.maybe(case, "magnitude")
             .map(|m| upload::<B, 1>(m, device)),
-        0.0,
+        dropout,
         LayerSettings {
             scaling: case.alpha / case.r as f64,
             norm_mode,
@@ -43,10 +44,17 @@ fn check_case<B: AutodiffBackend>(
     device: &B::Device,
 ) {
     let tag = format!("{} (low-rank norm: {low_rank_norm})", case.name);
-    let layer = build::<B>(g, case, low_rank_norm, device);
+    let layer = build::<B>(g, case, low_rank_norm, case.dropout, device);
     let x: Tensor<B, 3> = upload::<B, 3>(g.get(case, "x"), device).require_grad();
     let c: Tensor<B, 3> = upload::<B, 3>(g.get(case, "C"), device);
-    let y = layer.forward(x.clone());
+    let y = if case.dropout > 0.0 {
+        // Training mode with the fixture's mask in place of a random one.
+        let keep: Tensor<B, 3> = upload::<B, 3>(g.get(case, "mask"), device);
+        let dropped = x.clone() * keep.div_scalar(1.0 - case.dropout);
+        layer.forward_dropped(x.clone(), dropped)
+    } else {
+        layer.forward(x.clone())
+    };
     assert_close(
         &format!("{tag}: y"),
         &host(y.clone()),
@@ -98,6 +106,10 @@ fn check_case<B: AutodiffBackend>(
 bidora_backend::backend_tests! {
 
     fn run_cases(filter: impl Fn(&Case) -> bool, low_rank: bool) -> usize {
+        run_all_cases(|c| c.dropout == 0.0 && filter(c), low_rank)
+    }
+
+    fn run_all_cases(filter: impl Fn(&Case) -> bool, low_rank: bool) -> usize {
         let g = Golden::load();
         let mut n = 0;
         for case in g.cases.iter().filter(|c| filter(c)) {
@@ -127,9 +139,51 @@ bidora_backend::backend_tests! {
         assert_eq!(n, 9);
     }
 
+    /// Training mode, non-zero B, m away from ‖W0‖, a fixed mask: PEFT's dropout form (the
+    /// base output is not dropped, the DoRA correction and the low-rank update are), forward
+    /// and gradients, for LoRA, detached-norm DoRA (PEFT) and exact-norm DoRA (torch).
+    #[test]
+    fn dropout_path_matches_peft_with_a_fixed_mask() {
+        let n = run_all_cases(|c| c.dropout > 0.0, false);
+        assert_eq!(n, 6, "LoRA, DoRA detached, DoRA exact x 2 shapes");
+        let n = run_all_cases(|c| c.dropout > 0.0 && c.method == "dora", true);
+        assert_eq!(n, 4);
+    }
+
     #[test]
     fn low_rank_norm_matches_the_same_references() {
         let n = run_cases(|c| c.method == "dora", true);
         assert_eq!(n, 18);
     }
+}
+
+/// `forward` in training mode is `forward_dropped` with the mask `dropout` draws from the
+/// backend's seeded generator (the fixture test above pins `forward_dropped` itself).
+#[test]
+fn forward_draws_its_mask_from_the_seeded_dropout() {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::backend::Backend;
+    type B = Autodiff<NdArray<f32>>;
+    let device = Default::default();
+    let g = Golden::load();
+    let case = g
+        .cases
+        .iter()
+        .find(|c| c.dropout > 0.0 && c.method == "dora")
+        .expect("a DoRA dropout case");
+    let layer = build::<B>(&g, case, false, case.dropout, &device);
+    let x: Tensor<B, 3> = upload::<B, 3>(g.get(case, "x"), &device);
+    B::seed(&device, 11);
+    let y = host(layer.forward(x.clone()));
+    B::seed(&device, 11);
+    let dropped = bidora_adapters::dropout::dropout(&layer.dropout, x.clone());
+    let kept = host(dropped.clone())
+        .data
+        .iter()
+        .filter(|v| **v != 0.0)
+        .count();
+    assert!(kept > 0 && kept < x.shape().num_elements(), "a real mask");
+    assert_eq!(y.data, host(layer.forward_dropped(x.clone(), dropped)).data);
+    // ... and differs from the eval-mode output.
+    assert_ne!(y.data, host(layer.forward_dropped(x.clone(), x)).data);
 }

@@ -1,9 +1,24 @@
 //! Checkpoint files: one file per checkpoint, written atomically.
 //!
-//! Layout: the magic `BIDORA-CKPT\0`, a little-endian `u32` version, then length-prefixed
-//! (`u64`) sections: the JSON [`CheckpointState`], the module record, the lower and upper
-//! optimiser records (Burn's bincode records, full precision), and the direction's values from
-//! before the search (for the retraining phase).
+//! A checkpoint holds what training changes and nothing else: the values of the trained
+//! parameters (both levels' groups: for adapters the direction, magnitudes and head; for full
+//! fine-tuning every weight), both optimisers' states, the stream positions and step, and the
+//! direction from before the search (for the retraining phase). The frozen base weights are not
+//! in it: a resumed run rebuilds the module from the same base model and overwrites the trained
+//! values. `CheckpointState::base` records the caller's identity of that base model, so that a
+//! resume against another or a modified model is refused.
+//!
+//! Layout (version 2): the magic `BIDORA-CKPT\0`, a little-endian `u32` version, then
+//! length-prefixed (`u64`) sections:
+//!
+//! 1. the JSON [`CheckpointState`];
+//! 2. the id of every parameter of the module in visiting order (`u64` count, then `u64`s):
+//!    the optimiser states are keyed by these ids, and a resumed module takes them over;
+//! 3. the trained values: `u64` count, then per parameter its id, `u64` length and `f32`s;
+//! 4. the lower and 5. the upper optimiser records (Burn's bincode records, full precision);
+//! 6. the direction from before the search, in the layout of section 3.
+//!
+//! Values are stored as `f32`: exact for `f32`, `f16` and `bf16` modules.
 
 use std::path::Path;
 
@@ -13,7 +28,11 @@ use crate::trainer::{Evaluation, Phase};
 use crate::TrainError;
 
 const MAGIC: &[u8; 12] = b"BIDORA-CKPT\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+const SECTIONS: usize = 6;
+
+/// Parameter values by raw parameter id.
+pub type HostValues = Vec<(u64, Vec<f32>)>;
 
 /// Where a run stands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +49,11 @@ pub struct CheckpointState {
     pub last_eval: Option<Evaluation>,
     /// The training configuration, as JSON: a resume with another configuration is refused.
     pub config: serde_json::Value,
+    /// The identity of the frozen base model, as the caller gave it
+    /// ([`Hooks::base_identity`](crate::Hooks::base_identity)): a resume with another one is
+    /// refused.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// A checkpoint's contents.
@@ -37,14 +61,16 @@ pub struct CheckpointState {
 pub struct Checkpoint {
     /// Run state.
     pub state: CheckpointState,
-    /// Module record bytes.
-    pub module: Vec<u8>,
+    /// The raw id of every parameter of the module, in visiting order.
+    pub param_ids: Vec<u64>,
+    /// Values of the trained parameters (both levels' groups).
+    pub trained: HostValues,
     /// Lower (or retraining) optimiser record bytes.
     pub lower_optim: Vec<u8>,
-    /// Upper optimiser record bytes (empty in single-level runs).
+    /// Upper optimiser record bytes.
     pub upper_optim: Vec<u8>,
-    /// Direction values from before the search, as `(param id, values)`.
-    pub initial_direction: Vec<(u64, Vec<f32>)>,
+    /// Direction values from before the search.
+    pub initial_direction: HostValues,
 }
 
 impl Checkpoint {
@@ -54,21 +80,23 @@ impl Checkpoint {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         let state = serde_json::to_vec(&self.state).unwrap_or_default();
-        for section in [&state, &self.module, &self.lower_optim, &self.upper_optim] {
+        let mut ids = Vec::with_capacity(8 * (self.param_ids.len() + 1));
+        ids.extend_from_slice(&(self.param_ids.len() as u64).to_le_bytes());
+        for id in &self.param_ids {
+            ids.extend_from_slice(&id.to_le_bytes());
+        }
+        let sections = [
+            state,
+            ids,
+            encode_values(&self.trained),
+            self.lower_optim.clone(),
+            self.upper_optim.clone(),
+            encode_values(&self.initial_direction),
+        ];
+        for section in &sections {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }
-        let mut init = Vec::new();
-        init.extend_from_slice(&(self.initial_direction.len() as u64).to_le_bytes());
-        for (id, values) in &self.initial_direction {
-            init.extend_from_slice(&id.to_le_bytes());
-            init.extend_from_slice(&(values.len() as u64).to_le_bytes());
-            for v in values {
-                init.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        out.extend_from_slice(&(init.len() as u64).to_le_bytes());
-        out.extend_from_slice(&init);
         out
     }
 
@@ -84,44 +112,37 @@ impl Checkpoint {
         }
         let version = r.u32().ok_or_else(|| bad("truncated header"))?;
         if version != VERSION {
-            return Err(bad(&format!("unsupported checkpoint version {version}")));
+            return Err(bad(&format!(
+                "checkpoint format version {version}, this bidora reads version {VERSION}: \
+                 start the run again"
+            )));
         }
-        let mut sections = Vec::new();
-        for _ in 0..5 {
+        let mut sections = Vec::with_capacity(SECTIONS);
+        for _ in 0..SECTIONS {
             let len = r.u64().ok_or_else(|| bad("truncated section header"))? as usize;
-            sections.push(
-                r.take(len)
-                    .ok_or_else(|| bad("truncated section"))?
-                    .to_vec(),
-            );
+            sections.push(r.take(len).ok_or_else(|| bad("truncated section"))?);
         }
-        let state: CheckpointState = serde_json::from_slice(&sections[0])
+        if r.pos != bytes.len() {
+            return Err(bad("trailing bytes after the last section"));
+        }
+        let state: CheckpointState = serde_json::from_slice(sections[0])
             .map_err(|e| bad(&format!("bad state section: {e}")))?;
         let mut ir = Reader {
-            bytes: &sections[4],
+            bytes: sections[1],
             pos: 0,
         };
-        let count = ir.u64().ok_or_else(|| bad("truncated direction section"))?;
-        let mut initial_direction = Vec::new();
-        for _ in 0..count {
-            let id = ir.u64().ok_or_else(|| bad("truncated direction section"))?;
-            let n = ir.u64().ok_or_else(|| bad("truncated direction section"))? as usize;
-            let raw = ir
-                .take(n.checked_mul(4).ok_or_else(|| bad("bad length"))?)
-                .ok_or_else(|| bad("truncated direction section"))?;
-            let values = raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            initial_direction.push((id, values));
-        }
-        let mut it = sections.into_iter().skip(1);
+        let n = ir.u64().ok_or_else(|| bad("truncated id section"))?;
+        let param_ids = (0..n)
+            .map(|_| ir.u64().ok_or_else(|| bad("truncated id section")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Checkpoint {
             state,
-            module: it.next().unwrap_or_default(),
-            lower_optim: it.next().unwrap_or_default(),
-            upper_optim: it.next().unwrap_or_default(),
-            initial_direction,
+            param_ids,
+            trained: decode_values(sections[2]).ok_or_else(|| bad("truncated value section"))?,
+            lower_optim: sections[3].to_vec(),
+            upper_optim: sections[4].to_vec(),
+            initial_direction: decode_values(sections[5])
+                .ok_or_else(|| bad("truncated direction section"))?,
         })
     }
 
@@ -148,6 +169,37 @@ impl Checkpoint {
         })?;
         Self::from_bytes(&bytes, path)
     }
+}
+
+fn encode_values(values: &HostValues) -> Vec<u8> {
+    let floats: usize = values.iter().map(|(_, v)| v.len()).sum();
+    let mut out = Vec::with_capacity(8 + 16 * values.len() + 4 * floats);
+    out.extend_from_slice(&(values.len() as u64).to_le_bytes());
+    for (id, v) in values {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        for x in v {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_values(bytes: &[u8]) -> Option<HostValues> {
+    let mut r = Reader { bytes, pos: 0 };
+    let count = r.u64()?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let id = r.u64()?;
+        let n = usize::try_from(r.u64()?).ok()?;
+        let raw = r.take(n.checked_mul(4)?)?;
+        let values = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push((id, values));
+    }
+    (r.pos == bytes.len()).then_some(out)
 }
 
 struct Reader<'a> {

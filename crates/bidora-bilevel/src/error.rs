@@ -19,6 +19,16 @@ pub enum TrainError {
     /// The configuration is inconsistent.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A checkpoint was written against another base model than the one being resumed.
+    #[error("checkpoint `{path}` was written for another base model (saved identity {saved}, now {now}): resume with the run's own model")]
+    BaseChanged {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The identity saved in the checkpoint.
+        saved: String,
+        /// The identity given now.
+        now: String,
+    },
     /// A checkpoint could not be written or read.
     #[error("checkpoint `{path}`: {message}")]
     Checkpoint {

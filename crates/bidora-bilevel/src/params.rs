@@ -191,6 +191,40 @@ pub fn values<B: AutodiffBackend, M: AutodiffModule<B>>(
     ParamVec { entries: v.entries }
 }
 
+/// Every parameter id of `module`, in visiting order.
+pub fn param_ids<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<ParamId> {
+    struct V(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            self.0.push(p.id);
+        }
+    }
+    let mut v = V(Vec::new());
+    module.visit(&mut v);
+    v.0
+}
+
+/// `module` with its float parameters renamed, in visiting order, to `ids` (which must hold
+/// one id per parameter; values are untouched). A resumed run takes over the ids of the run
+/// that wrote the checkpoint, since optimiser states are keyed by them.
+pub fn with_ids<B: Backend, M: burn::module::Module<B>>(module: M, ids: &[ParamId]) -> M {
+    struct Rename<'a> {
+        ids: &'a [ParamId],
+        next: usize,
+    }
+    impl<B: Backend> ModuleMapper<B> for Rename<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let Some(&id) = self.ids.get(self.next) else {
+                return param;
+            };
+            self.next += 1;
+            let (_, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Rename { ids, next: 0 })
+}
+
 enum Edit<'a, B: Backend> {
     /// `θ_p ← θ_p + eps · d_p`
     Perturb(&'a ParamVec<B>, f64),

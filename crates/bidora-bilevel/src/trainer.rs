@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use burn::module::Module;
+use burn::module::ParamId;
 use burn::optim::Optimizer;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointState};
 use crate::hypergrad::{hypergradient, lower_objective_grads, Hypergradient};
-use crate::params::{gradients, to_gradients_params, values, with_values, ParamVec};
+use crate::params::{
+    gradients, param_ids, to_gradients_params, values, with_ids, with_values, ParamVec,
+};
 use crate::problem::{BilevelProblem, ParamGroups};
 use crate::schedule::{LevelConfig, Schedule};
 use crate::stream::{BatchStream, SplitMix64};
@@ -226,6 +228,8 @@ pub enum Event {
     },
     /// A checkpoint was written.
     Checkpoint {
+        /// The phase it was written in.
+        phase: Phase,
         /// Completed steps in the phase.
         step: usize,
         /// The file.
@@ -263,6 +267,10 @@ pub struct Hooks<'a, M> {
     pub evaluate: Option<EvalFn<'a, M>>,
     /// Where checkpoints are written (one file, replaced atomically).
     pub checkpoint: Option<PathBuf>,
+    /// The identity of the frozen part of the module (e.g. a fingerprint of the base model's
+    /// files). Checkpoints hold only the trained parameters, so a resume rebuilds the rest
+    /// from the base model: it is refused when the checkpoint names another identity.
+    pub base_identity: Option<String>,
 }
 
 impl<M> Default for Hooks<'_, M> {
@@ -271,6 +279,7 @@ impl<M> Default for Hooks<'_, M> {
             on_event: None,
             evaluate: None,
             checkpoint: None,
+            base_identity: None,
         }
     }
 }
@@ -371,6 +380,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             mut on_event,
             mut evaluate,
             checkpoint: checkpoint_path,
+            base_identity,
         } = hooks;
         let config_json = serde_json::to_value(&self.config).unwrap_or_default();
         let recorder = Rec::default();
@@ -387,6 +397,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             best: None,
             last_eval: None,
             config: config_json.clone(),
+            base: base_identity.clone(),
         };
         let mut groups = self.groups.clone();
         let mut lower_opt = self.config.lower.adamw().init::<B, P::Module>();
@@ -399,23 +410,35 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                     "the checkpoint was written with a different training configuration".into(),
                 ));
             }
-            let rec = recorder
-                .load(ck.module.clone(), &self.device)
-                .map_err(|e| ck_err(format!("module record: {e}")))?;
-            // The record carries the parameter ids of the run that wrote it (the optimiser
-            // states and the saved direction are keyed by them): translate the groups, which
-            // name the template's ids, by position.
-            let template_ids = param_ids(&module);
-            module = module.load_record(rec);
-            let loaded_ids = param_ids(&module);
-            if template_ids.len() != loaded_ids.len() {
-                return Err(ck_err(
-                    "the checkpoint's module has a different structure".into(),
-                ));
+            if let (Some(saved), Some(now)) = (&ck.state.base, &base_identity) {
+                if saved != now {
+                    return Err(TrainError::BaseChanged {
+                        path: checkpoint_path.clone().unwrap_or_default(),
+                        saved: saved.clone(),
+                        now: now.clone(),
+                    });
+                }
             }
+            // The optimiser states and the saved values are keyed by the parameter ids of the
+            // run that wrote the checkpoint: the module takes them over (by position), and the
+            // groups, which name the template's ids, are translated the same way.
+            let template_ids = param_ids(&module);
+            if template_ids.len() != ck.param_ids.len() {
+                return Err(ck_err(format!(
+                    "the checkpoint's module has {} parameters, this one {}",
+                    ck.param_ids.len(),
+                    template_ids.len()
+                )));
+            }
+            let saved_ids: Vec<ParamId> =
+                ck.param_ids.iter().map(|&id| ParamId::from(id)).collect();
+            module = with_ids(module, &saved_ids);
+            let trained = ParamVec::from_host(&ck.trained, &self.device);
+            check_shapes(&values::<B, _>(&module, &trained.ids()), &trained).map_err(ck_err)?;
+            module = with_values::<B, _>(module, &trained);
             let map: std::collections::HashMap<_, _> =
-                template_ids.into_iter().zip(loaded_ids).collect();
-            let translate = |ids: &[burn::module::ParamId]| -> Vec<burn::module::ParamId> {
+                template_ids.into_iter().zip(saved_ids).collect();
+            let translate = |ids: &[ParamId]| -> Vec<ParamId> {
                 ids.iter()
                     .map(|id| map.get(id).copied().unwrap_or(*id))
                     .collect()
@@ -447,9 +470,14 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             }
             initial_direction = ParamVec::from_host(&ck.initial_direction, &self.device);
             state = ck.state;
+            state.base = base_identity.clone();
         } else {
             initial_direction = values::<B, _>(&module, &groups.lower);
         }
+        let saved = Saved {
+            trained: [groups.lower.clone(), groups.upper.clone()].concat(),
+            initial_direction,
+        };
         let search_ids = match self.config.mode {
             Mode::SingleLevel => [groups.lower.clone(), groups.upper.clone()].concat(),
             Mode::Bilevel => groups.lower.clone(),
@@ -540,7 +568,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                     &checkpoint_path,
                     &module,
                     (&lower_opt, &upper_opt),
-                    &initial_direction,
+                    &saved,
                     &mut state,
                     &mut emit,
                 )?;
@@ -550,7 +578,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             }
             if let Some(r) = &self.config.retrain {
                 // Reset the direction to its pre-search values; freeze the magnitudes.
-                module = with_values::<B, _>(module, &initial_direction);
+                module = with_values::<B, _>(module, &saved.initial_direction);
                 lower_opt = r.level.adamw().init::<B, P::Module>();
                 state.phase = Phase::Retrain;
                 state.step = 0;
@@ -602,7 +630,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                     &checkpoint_path,
                     &module,
                     (&lower_opt, &upper_opt),
-                    &initial_direction,
+                    &saved,
                     &mut state,
                     &mut emit,
                 )?;
@@ -627,7 +655,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         checkpoint_path: &Option<PathBuf>,
         module: &P::Module,
         optimisers: (&O1, &O2),
-        initial_direction: &ParamVec<B::InnerBackend>,
+        saved: &Saved<B::InnerBackend>,
         state: &mut CheckpointState,
         emit: &mut dyn FnMut(Event) -> Control,
     ) -> Result<Control, TrainError> {
@@ -645,7 +673,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 module,
                 optimisers.0,
                 optimisers.1,
-                initial_direction,
+                saved,
                 state,
                 emit,
             )?;
@@ -722,7 +750,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         module: &P::Module,
         lower_opt: &O1,
         upper_opt: &O2,
-        initial_direction: &ParamVec<B::InnerBackend>,
+        saved: &Saved<B::InnerBackend>,
         state: &CheckpointState,
         emit: &mut dyn FnMut(Event) -> Control,
     ) -> Result<Control, TrainError> {
@@ -734,9 +762,6 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             message: m,
         };
         let recorder = Rec::default();
-        let module_bytes = recorder
-            .record(module.clone().into_record(), ())
-            .map_err(|e| err(format!("module record: {e}")))?;
         let lower_bytes = recorder
             .record(lower_opt.to_record(), ())
             .map_err(|e| err(format!("optimiser record: {e}")))?;
@@ -745,33 +770,52 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             .map_err(|e| err(format!("optimiser record: {e}")))?;
         let ck = Checkpoint {
             state: state.clone(),
-            module: module_bytes,
+            param_ids: param_ids(module).iter().map(|id| id.val()).collect(),
+            trained: values::<B, _>(module, &saved.trained).to_host(),
             lower_optim: lower_bytes,
             upper_optim: upper_bytes,
-            initial_direction: initial_direction.to_host(),
+            initial_direction: saved.initial_direction.to_host(),
         };
         ck.save(path)?;
         Ok(emit(Event::Checkpoint {
+            phase: state.phase,
             step: state.step,
             path: path.clone(),
         }))
     }
 }
 
-/// Every parameter id of `module`, in visiting order.
-fn param_ids<B: AutodiffBackend, M: Module<B>>(module: &M) -> Vec<burn::module::ParamId> {
-    struct V(Vec<burn::module::ParamId>);
-    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for V {
-        fn visit_float<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            self.0.push(p.id);
+/// What every checkpoint of a run saves besides the optimisers and the state.
+struct Saved<B: burn::tensor::backend::Backend> {
+    /// The trained parameters (both levels' groups), by the ids the module carries.
+    trained: Vec<ParamId>,
+    /// The direction from before the search, restored for the retraining phase.
+    initial_direction: ParamVec<B>,
+}
+
+/// Checks that saved values have the shapes (lengths) of the parameters they replace.
+fn check_shapes<B: burn::tensor::backend::Backend>(
+    current: &ParamVec<B>,
+    saved: &ParamVec<B>,
+) -> Result<(), String> {
+    if current.len() != saved.len() {
+        return Err(format!(
+            "the checkpoint trains {} parameters this module does not have",
+            saved.len() - current.len().min(saved.len())
+        ));
+    }
+    for id in saved.ids() {
+        let (a, b) = (current.get(id), saved.get(id));
+        let (a, b) = (a.map(|t| t.dims()[0]), b.map(|t| t.dims()[0]));
+        if a != b {
+            return Err(format!(
+                "a trained parameter has {} values in the checkpoint, {} in this module",
+                b.unwrap_or(0),
+                a.unwrap_or(0)
+            ));
         }
     }
-    let mut v = V(Vec::new());
-    module.visit(&mut v);
-    v.0
+    Ok(())
 }
 
 fn positions<T>(

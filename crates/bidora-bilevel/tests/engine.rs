@@ -242,6 +242,209 @@ fn hypergradient_leaves_the_module_bitwise_untouched() {
     }
 }
 
+// ---------------------------------------------------------------- non-quadratic problem
+
+/// `L_tr(θ, M; A) = Σ_j M_j·sin(θ·ã_j)` with `ã_j` row `j` of the training batch (times a
+/// dropout mask when `dropout`), `L_val(θ, M; B) = Σ_k softplus(θ·b_k) + ½c‖M − u‖²`.
+///
+/// The mixed term is `(∇²_{M,θ} L_tr · v)_j = cos(θ·ã_j)·(ã_j·v)`, and its central difference
+/// at step `ε` is exactly `(sin(θ·ã_j + ε ã_j·v) − sin(θ·ã_j − ε ã_j·v)) / 2ε`: not exact for
+/// any ε (unlike the quadratic above), so ε, the batch and the mask all show in the result.
+struct WaveProblem {
+    dropout: bool,
+}
+
+const WAVE_THETA: [f32; 3] = [0.7, -0.4, 1.1];
+const WAVE_M: [f32; 2] = [0.9, -0.6];
+const WAVE_U: [f32; 2] = [0.2, 0.4];
+const WAVE_C: f64 = 0.5;
+/// Training and validation batches (2 × 3 each), deliberately different.
+const WAVE_TRAIN: [f32; 6] = [1.0, -0.5, 1.2, 0.6, 0.8, 1.5];
+const WAVE_VAL: [f32; 6] = [0.4, -1.1, 0.6, 1.3, 0.2, 1.4];
+
+/// The keep mask a dropout pass draws after the engine's reseed (1 = kept).
+fn wave_mask() -> Tensor<AB, 2> {
+    Tensor::random([2, 3], burn::tensor::Distribution::Bernoulli(0.5), &dev())
+}
+
+impl BilevelProblem<AB> for WaveProblem {
+    type Module = Quad<AB>;
+    type Batch = Tensor<AB, 2>;
+    fn lower_loss(&self, q: &Quad<AB>, a: &Tensor<AB, 2>) -> Tensor<AB, 1> {
+        let a = if self.dropout {
+            a.clone() * wave_mask()
+        } else {
+            a.clone()
+        };
+        let z = a.matmul(q.theta.val().unsqueeze_dim(1)).reshape([2]);
+        (q.m.val() * z.sin()).sum()
+    }
+    fn upper_loss(&self, q: &Quad<AB>, b: &Tensor<AB, 2>) -> Tensor<AB, 1> {
+        let z = b.clone().matmul(q.theta.val().unsqueeze_dim(1));
+        let softplus = z.exp().add_scalar(1.0).log().sum();
+        softplus
+            + (q.m.val() - t1(&WAVE_U))
+                .square()
+                .sum()
+                .mul_scalar(0.5 * WAVE_C)
+    }
+}
+
+fn wave() -> (Quad<AB>, ParamGroups) {
+    let module = Quad {
+        theta: Param::from_tensor(t1(&WAVE_THETA)),
+        m: Param::from_tensor(t1(&WAVE_M)),
+    };
+    let groups = ParamGroups {
+        lower: vec![module.theta.id],
+        upper: vec![module.m.id],
+    };
+    (module, groups)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn rows(flat: &[f32]) -> Vec<Vec<f64>> {
+    flat.chunks(3)
+        .map(|r| r.iter().map(|&x| x as f64).collect())
+        .collect()
+}
+
+/// `v = ∇_θ L_val = Σ_k σ(θ·b_k)·b_k` on the validation batch.
+fn wave_v() -> Vec<f64> {
+    let theta: Vec<f64> = WAVE_THETA.iter().map(|&x| x as f64).collect();
+    let mut v = vec![0.0; 3];
+    for b in rows(&WAVE_VAL) {
+        let sigma = 1.0 / (1.0 + (-dot(&theta, &b)).exp());
+        for i in 0..3 {
+            v[i] += sigma * b[i];
+        }
+    }
+    v
+}
+
+/// `h = c(M − u) − ξ·mixed`, where `mixed` is the central difference at step `eps` over the
+/// batch rows `a` (or, with `eps = None`, its limit: the analytic mixed term).
+fn wave_h(a: &[Vec<f64>], eps: Option<f64>) -> Vec<f64> {
+    let theta: Vec<f64> = WAVE_THETA.iter().map(|&x| x as f64).collect();
+    let v = wave_v();
+    (0..2)
+        .map(|j| {
+            let (z, av) = (dot(&theta, &a[j]), dot(&a[j], &v));
+            let mixed = match eps {
+                None => z.cos() * av,
+                Some(e) => ((z + e * av).sin() - (z - e * av).sin()) / (2.0 * e),
+            };
+            WAVE_C * (WAVE_M[j] - WAVE_U[j]) as f64 - mixed
+        })
+        .collect()
+}
+
+fn wave_hyper(dropout: bool, alpha: f64, reseed: &mut dyn FnMut(u64)) -> Vec<f32> {
+    let (module, groups) = wave();
+    let r = hypergradient(
+        &WaveProblem { dropout },
+        &module,
+        &groups,
+        &t2(&WAVE_TRAIN, 2, 3),
+        &t2(&WAVE_VAL, 2, 3),
+        Hypergradient::Darts { alpha, xi: 1.0 },
+        0.0,
+        reseed,
+    )
+    .unwrap();
+    host(r.grad.get(groups.upper[0]).unwrap().clone())
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// DARTS on a non-quadratic lower loss with distinct training and validation batches: at a
+/// small α it equals the analytic IFT value with `H⁻¹ = I` to finite-difference accuracy; at a
+/// large α it equals the central difference at exactly `ε = α/‖v‖` on the *training* batch.
+/// A step of `α` (not divided by `‖v‖`), or the validation batch in the `±` passes, would give
+/// values that the asserted gaps show to be far outside the tolerance.
+#[test]
+fn darts_mixed_term_uses_eps_over_norm_v_and_the_training_batch() {
+    let _guard = serial();
+    let train = rows(&WAVE_TRAIN);
+    let got = |alpha| -> Vec<f64> {
+        wave_hyper(false, alpha, &mut |_| {})
+            .iter()
+            .map(|&x| x as f64)
+            .collect()
+    };
+    const TOL: f64 = 2e-5;
+    let analytic = wave_h(&train, None);
+    let small = got(0.01);
+    assert!(
+        max_diff(&small, &analytic) < 2e-4,
+        "{small:?} vs {analytic:?}"
+    );
+    let norm_v = dot(&wave_v(), &wave_v()).sqrt();
+    assert!(
+        (norm_v - 1.0).abs() > 0.3,
+        "‖v‖ = {norm_v} must not hide ε's rule"
+    );
+    let alpha = 0.8;
+    let big = got(alpha);
+    let want = wave_h(&train, Some(alpha / norm_v));
+    assert!(max_diff(&big, &want) < TOL, "{big:?} vs {want:?}");
+    // The alternatives the test must tell apart are far from it.
+    let wrong_eps = wave_h(&train, Some(alpha));
+    let wrong_batch = wave_h(&rows(&WAVE_VAL), Some(alpha / norm_v));
+    for (what, other) in [
+        ("the limit ε → 0", &analytic),
+        ("ε = α", &wrong_eps),
+        ("the validation batch", &wrong_batch),
+    ] {
+        assert!(
+            max_diff(&want, other) > 100.0 * TOL,
+            "{what} is too close to tell apart"
+        );
+    }
+}
+
+/// With dropout in the lower loss, the `+` and `−` passes must see the same mask: the engine
+/// reseeds both with the same value, and the result is the central difference over the masked
+/// training rows. Masks that differ between the passes (simulated here by a reseed that never
+/// repeats) give a difference dominated by O(1/ε) noise.
+#[test]
+fn darts_plus_and_minus_passes_share_their_dropout_mask() {
+    let _guard = serial();
+    let seed_of = |sub: u64| 1000 + sub;
+    // The mask of the `±` passes: what a draw after reseed(2) gives.
+    AB::seed(&dev(), seed_of(2));
+    let mask = host(wave_mask());
+    assert!(
+        mask.contains(&0.0) && mask.contains(&1.0),
+        "{mask:?}: pick a seed whose mask drops some entries and keeps others"
+    );
+    let masked: Vec<f32> = WAVE_TRAIN.iter().zip(&mask).map(|(a, k)| a * k).collect();
+    let norm_v = dot(&wave_v(), &wave_v()).sqrt();
+    let want = wave_h(&rows(&masked), Some(0.01 / norm_v));
+    let got: Vec<f64> = wave_hyper(true, 0.01, &mut |sub| AB::seed(&dev(), seed_of(sub)))
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    assert!(max_diff(&got, &want) < 2e-4, "{got:?} vs {want:?}");
+    let mut calls = 0;
+    let unshared: Vec<f64> = wave_hyper(true, 0.01, &mut |sub| {
+        calls += 1;
+        AB::seed(&dev(), seed_of(sub) + 7 * calls)
+    })
+    .iter()
+    .map(|&x| x as f64)
+    .collect();
+    assert!(max_diff(&unshared, &want) > 1.0, "{unshared:?} vs {want:?}");
+}
+
 // ---------------------------------------------------------------- tiny DoRA regression
 
 #[derive(Module, Debug)]
@@ -301,6 +504,11 @@ fn lcg(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn net(dropout: f64, seed: u64) -> Net<AB> {
+    net_init(dropout, seed, seed)
+}
+
+/// The base weights from `seed`; the adapter and head initialised from `init_seed`.
+fn net_init(dropout: f64, seed: u64, init_seed: u64) -> Net<AB> {
     let base = Linear {
         weight: Param::from_tensor(t2(&lcg(D * D, seed), D, D)),
         bias: Some(Param::from_tensor(t1(&lcg(D, seed + 1)).mul_scalar(0.1))),
@@ -308,7 +516,7 @@ fn net(dropout: f64, seed: u64) -> Net<AB> {
     let config = AdapterConfig::new(AdapterMethod::Bidora)
         .with_rank(2, 4.0)
         .with_dropout(dropout);
-    AB::seed(&dev(), seed);
+    AB::seed(&dev(), init_seed);
     let layer = AdaptedLinear::new(base, &config).unwrap();
     let head: Linear<AB> = LinearConfig::new(D, 2).init(&dev());
     // Burn initialises parameters lazily, on first use; force it now, while the seed holds.
@@ -510,12 +718,19 @@ fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
             .into_scalar()
             .elem::<f64>()
     };
-    for method in [
-        Hypergradient::FirstOrder,
-        Hypergradient::Darts {
-            alpha: 0.01,
-            xi: 1.0,
-        },
+    let row_norms =
+        |w: &Tensor<AB, 2>| -> Vec<f32> { host(w.clone().square().sum_dim(0).sqrt().reshape([D])) };
+    let teacher_norms = row_norms(&teacher);
+    let darts = Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    };
+    // (hypergradient, upper learning rate): the last is the control, magnitudes fixed.
+    let mut results = Vec::new();
+    for (method, upper_lr) in [
+        (Hypergradient::FirstOrder, 3e-2),
+        (darts, 3e-2),
+        (darts, 0.0),
     ] {
         let config = AdapterConfig::new(AdapterMethod::Bidora).with_rank(2, 2.0);
         AB::seed(&dev(), 1);
@@ -528,7 +743,8 @@ fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
         };
         let before = val_loss(&module);
         let groups = ParamGroups::bilevel(&ParamPartition::of(&module));
-        let cfg = config_lin(method);
+        let mut cfg = config_lin(method);
+        cfg.upper.lr = upper_lr;
         let trainer = Trainer::new(&LinProblem, groups, cfg, dev()).unwrap();
         let mut train = stream_d(make(64, 6, false), 1);
         let mut valid = stream_d(val.clone(), 2);
@@ -545,10 +761,26 @@ fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
             )
             .unwrap();
         let after = val_loss(&out.module);
-        assert!(
-            after < 0.5 * before,
-            "{method:?}: validation loss {before} -> {after}"
+        // Magnitude over the teacher's row norm, per output.
+        let m = host(out.module.layer.magnitude.as_ref().unwrap().val());
+        let ratio: Vec<f32> = m.iter().zip(&teacher_norms).map(|(a, b)| a / b).collect();
+        results.push((method, upper_lr, before, after, ratio));
+    }
+    for (method, upper_lr, before, after, ratio) in &results {
+        let tag = format!(
+            "{method:?}, upper lr {upper_lr}: val loss {before} -> {after}, m/‖teacher‖ {ratio:?}"
         );
+        if *upper_lr > 0.0 {
+            // The magnitude of the shifted output grows towards 1.8× its teacher norm; the
+            // others stay near 1×.
+            assert!(*after < 0.2 * before, "{tag}");
+            assert!(ratio[0] > 1.5, "{tag}");
+            assert!(ratio[1..].iter().all(|r| (r - 1.0).abs() < 0.25), "{tag}");
+        } else {
+            // Without upper steps the direction alone cannot absorb the shift.
+            assert!(*after > 0.5 * before, "{tag}");
+            assert!(ratio[0] < 1.1, "{tag}");
+        }
     }
 }
 
@@ -606,11 +838,12 @@ fn kill_and_resume_is_bitwise_identical() {
             on_event: Some(&mut on_event),
             evaluate: Some(&mut eval),
             checkpoint: Some(path.clone()),
+            base_identity: Some("base-5".into()),
         };
         // The first run starts like the uninterrupted one; resumed runs get a differently
         // initialised module, whose every value the checkpoint must overwrite.
         let template = if resume.is_some() {
-            net(0.1, 77)
+            net_init(0.1, 5, 77)
         } else {
             m0.clone()
         };
@@ -623,13 +856,38 @@ fn kill_and_resume_is_bitwise_identical() {
     let hooks = Hooks {
         evaluate: Some(&mut eval),
         checkpoint: Some(path.clone()),
+        base_identity: Some("base-5".into()),
         ..Default::default()
     };
-    let resumed = run(&cfg, net(0.1, 77), hooks, resume).unwrap();
+    let resumed = run(&cfg, net_init(0.1, 5, 77), hooks, resume).unwrap();
     assert!(resumed.completed);
     assert_eq!(snapshot(&resumed.module), snapshot(&uninterrupted.module));
     assert_eq!(resumed.final_eval, uninterrupted.final_eval);
     assert_eq!(resumed.best_eval, uninterrupted.best_eval);
+    // The checkpoint holds the trained values only: A [8×2], B [2×8], m [8] and the head
+    // [8×2 + 2], not the frozen weight [8×8] and bias [8].
+    let ck = Checkpoint::load(&path).unwrap();
+    let saved: usize = ck.trained.iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(saved, 16 + 16 + 8 + 18);
+    assert_eq!(ck.param_ids.len(), 7);
+    assert_eq!(ck.state.base.as_deref(), Some("base-5"));
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 8_000, "{size} bytes");
+    // Another base model is refused.
+    let err = run(
+        &cfg,
+        net_init(0.1, 5, 77),
+        Hooks {
+            base_identity: Some("base-6".into()),
+            ..Default::default()
+        },
+        Some(Checkpoint::load(&path).unwrap()),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::BaseChanged { saved, now, .. } if saved == "base-5" && now == "base-6"),
+        "{err}"
+    );
     // A different configuration is refused.
     let mut other = cfg.clone();
     other.gamma = 0.5;
@@ -667,6 +925,46 @@ fn retraining_resets_the_direction_and_freezes_magnitudes() {
     }
     // ...while the searched magnitudes are kept.
     assert_ne!(after[4], start[4]);
+}
+
+/// Retraining at a non-zero rate trains the direction (and head) from its reset values and
+/// leaves the searched magnitudes bitwise as the search left them.
+#[test]
+fn retraining_keeps_the_searched_magnitudes_bitwise() {
+    let _guard = serial();
+    let search_only = config(Mode::Bilevel, 5, Hypergradient::FirstOrder);
+    let mut with_retrain = search_only.clone();
+    with_retrain.retrain = Some(RetrainConfig {
+        iterations: 4,
+        level: LevelConfig {
+            weight_decay: 0.0,
+            ..LevelConfig::with_lr(3e-2)
+        },
+    });
+    let m0 = net(0.1, 5);
+    let start = snapshot(&m0);
+    let searched = snapshot(
+        &run(&search_only, m0.clone(), Hooks::default(), None)
+            .unwrap()
+            .module,
+    );
+    let retrained = snapshot(
+        &run(&with_retrain, m0, Hooks::default(), None)
+            .unwrap()
+            .module,
+    );
+    assert_ne!(searched[4], start[4], "the search moved the magnitudes");
+    assert_eq!(
+        retrained[4], searched[4],
+        "retraining changed the magnitudes"
+    );
+    for i in [2, 3, 5, 6] {
+        assert_ne!(retrained[i], searched[i], "tensor {i} not retrained");
+        assert_ne!(retrained[i], start[i], "tensor {i} not retrained");
+    }
+    for i in [0, 1] {
+        assert_eq!(retrained[i], start[i], "frozen tensor {i} changed");
+    }
 }
 
 struct Explodes;

@@ -3,8 +3,10 @@
 
 mod config;
 mod fail;
+mod fingerprint;
 mod plot;
 mod progress;
+mod records;
 mod session;
 mod tools;
 mod train;

@@ -73,6 +73,24 @@ fn adapter_info(model: &Path, dir: &Path) -> Result<AdapterInfo, Fail> {
     })
 }
 
+/// The label names evaluation can take without reading a training file: the adapter's (an
+/// empty list for a regression head), else a model folder's own `id2label` when it names its
+/// labels (not transformers' placeholder `LABEL_0`, `LABEL_1`, ...).
+fn known_labels(model: &Path, info: Option<&AdapterInfo>) -> Option<Vec<String>> {
+    match info {
+        Some(i) if i.kind == TaskKind::Regression => Some(Vec::new()),
+        Some(i) if !i.labels.is_empty() => Some(i.labels.clone()),
+        Some(_) => None,
+        None => model_labels(model).filter(|names| {
+            !names.is_empty()
+                && names
+                    .iter()
+                    .enumerate()
+                    .any(|(i, n)| *n != format!("LABEL_{i}"))
+        }),
+    }
+}
+
 /// `id2label` of a model folder's config.json, in id order.
 fn model_labels(model: &Path) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(model.join("config.json")).ok()?;
@@ -119,7 +137,13 @@ impl BackendTask for EvalJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
         let task = tasks::task(&a.task).usage()?;
-        let data = task.load(&a.data).input()?;
+        let info = match &a.adapter {
+            Some(dir) => Some(adapter_info(&a.model, dir)?),
+            None => None,
+        };
+        let data = task
+            .load_eval(&a.data, known_labels(&a.model, info.as_ref()).as_deref())
+            .input()?;
         let kind = task.kind_of(&data);
         let num_labels = match kind {
             TaskKind::Regression => 1,
@@ -127,9 +151,8 @@ impl BackendTask for EvalJob {
         };
         let tok = ModelTokenizer::load(&a.model)?;
         let model = TaskModel::<B::InnerBackend>::load(&a.model, kind, num_labels, &device)?;
-        let model = match &a.adapter {
-            Some(dir) => {
-                let info = adapter_info(&a.model, dir)?;
+        let model = match (&a.adapter, info) {
+            (Some(dir), Some(info)) => {
                 if info.num_labels != num_labels {
                     return Err(input(format!(
                         "the adapter `{}` predicts {} labels, task `{}` has {num_labels}",
@@ -140,7 +163,7 @@ impl BackendTask for EvalJob {
                 }
                 model.with_peft(&info.adapter)?
             }
-            None => model,
+            _ => model,
         };
         for (name, examples) in &data.eval {
             let m = evaluate(

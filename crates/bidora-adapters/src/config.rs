@@ -6,7 +6,7 @@ use crate::AdapterError;
 
 /// The fine-tuning method an adapter is trained with.
 ///
-/// DoRA and BiDoRA share one layer (METHOD.md §1); they differ only in how the layer is trained.
+/// DoRA and BiDoRA share one layer (docs/METHOD.md §1); they differ only in how the layer is trained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AdapterMethod {
@@ -76,7 +76,7 @@ pub enum NormMode {
 /// Everything that defines an adapter, serialisable to JSON or TOML.
 ///
 /// Defaults follow HF PEFT where the method is silent (`r = 8`, `alpha = 8`, no dropout,
-/// Kaiming init of `A`) and METHOD.md elsewhere (query/value targets, exact norm).
+/// Kaiming init of `A`) and docs/METHOD.md elsewhere (query/value targets, exact norm).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdapterConfig {

@@ -1,4 +1,4 @@
-//! The adapted linear layer: LoRA, and DoRA/BiDoRA's magnitude–direction form (METHOD.md §1).
+//! The adapted linear layer: LoRA, and DoRA/BiDoRA's magnitude–direction form (docs/METHOD.md §1).
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};

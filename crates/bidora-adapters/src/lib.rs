@@ -5,7 +5,7 @@
 //!
 //! - [`AdaptedLinear`]: a frozen linear layer plus a low-rank update `s·B·A` and, for DoRA and
 //!   BiDoRA, a magnitude vector `m`, computing `y = x·(m ⊘ ‖W0 + s·B·A‖) ⊙ (W0 + s·B·A) + b`
-//!   without ever forming the adapted weight (METHOD.md §1). Merge and unmerge.
+//!   without ever forming the adapted weight (docs/METHOD.md §1). Merge and unmerge.
 //! - [`AdapterConfig`]: method, rank, alpha, dropout, target modules, init, norm options.
 //! - [`AdapterHost`] and [`ParamPartition`]: find the adapted layers of a model and split its
 //!   parameters into direction (lower level), magnitude (upper level), head and frozen groups.

@@ -1,5 +1,5 @@
 //! Finding adapted layers inside a model, and splitting its parameters into the groups the
-//! bi-level optimiser trains at each level (METHOD.md §2).
+//! bi-level optimiser trains at each level (docs/METHOD.md §2).
 
 use std::collections::HashMap;
 

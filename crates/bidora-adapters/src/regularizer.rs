@@ -1,4 +1,4 @@
-//! The orthogonality regulariser on the normalised directions (METHOD.md §3).
+//! The orthogonality regulariser on the normalised directions (docs/METHOD.md §3).
 //!
 //! For an adapted matrix with normalised direction `D = V ⊘ n` (unit-norm output rows in
 //! PyTorch's `[out, in]` layout), the penalty is `‖D·Dᵀ − I‖_F`: it penalises the pairwise

@@ -1,4 +1,4 @@
-//! Hypergradients of the upper objective with respect to the upper parameters (METHOD.md §4).
+//! Hypergradients of the upper objective with respect to the upper parameters (docs/METHOD.md §4).
 //!
 //! With `v = ∇_θ L_val(θ, M)`, the implicit-function-theorem hypergradient is
 //! `∂L_val/∂M − ∇²_{M,θ} L_tr · H⁻¹ · v` (`H` the lower objective's Hessian in θ). Burn has

@@ -1,5 +1,5 @@
 //! The training engine of bidora: single-level training (LoRA, DoRA, full fine-tuning) and
-//! BiDoRA's bi-level optimisation (METHOD.md §3–5), for any Burn module.
+//! BiDoRA's bi-level optimisation (docs/METHOD.md §3–5), for any Burn module.
 //!
 //! The engine knows nothing about transformers. It is given
 //!

@@ -12,7 +12,7 @@ pub enum Schedule {
     /// Linear warm-up from 0 over the first `warmup_fraction` of the steps, then linear decay
     /// to 0 at the last step (HF transformers' `get_linear_schedule_with_warmup`).
     LinearWarmupDecay {
-        /// Fraction of the steps spent warming up (METHOD.md: 0.1).
+        /// Fraction of the steps spent warming up (docs/METHOD.md §4: 0.1).
         warmup_fraction: f64,
     },
 }
@@ -44,7 +44,7 @@ impl Schedule {
     }
 }
 
-/// AdamW settings of one level (METHOD.md §4: betas (0.9, 0.98), eps 1e-6, decoupled weight
+/// AdamW settings of one level (docs/METHOD.md §4: betas (0.9, 0.98), eps 1e-6, decoupled weight
 /// decay, bias correction).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -32,7 +32,7 @@ pub enum Mode {
     Bilevel,
 }
 
-/// Settings of the optional retraining phase (METHOD.md §5).
+/// Settings of the optional retraining phase (docs/METHOD.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrainConfig {
@@ -42,7 +42,7 @@ pub struct RetrainConfig {
     pub level: LevelConfig,
 }
 
-/// Everything that shapes a run. Defaults follow METHOD.md.
+/// Everything that shapes a run. Defaults follow docs/METHOD.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {

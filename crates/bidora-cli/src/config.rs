@@ -1,5 +1,5 @@
 //! The settings of `bidora train`: one flat set of keys shared by the flags and the TOML file
-//! (flags override the file), resolved with METHOD.md's defaults into [`Settings`].
+//! (flags override the file), resolved with docs/METHOD.md's defaults into [`Settings`].
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! The seeded train/validation split of METHOD.md §3: the task's train set is shuffled with the
+//! The seeded train/validation split of docs/METHOD.md §3: the task's train set is shuffled with the
 //! run's seed and split (80/20 by default) into D_tr and D_val, stratified by class where the
 //! examples have class labels. The task's own dev set is never touched.
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use bidora_records::Report;
 
 use crate::{asset, default_assets_dir, fetch, root, write_atomic};
 
@@ -458,12 +458,9 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
             .iter()
             .find(|(_, m, _)| *m == r.variant)
             .map_or(r.variant, |(l, _, _)| *l);
-        let report = std::fs::read_to_string(r.dir.join("report.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        match report {
+        match read_report(r) {
             Some(v) => {
-                let get = |k: &str| v["final"][k].as_f64().unwrap_or(f64::NAN) * 100.0;
+                let get = |k: &str| metric(v.final_metrics.as_ref(), k) * 100.0;
                 let (acc, f1) = (get("accuracy"), get("f1"));
                 writeln!(
                     s,
@@ -472,7 +469,7 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
                     PEFT.1,
                     acc - PEFT.0,
                     f1 - PEFT.1,
-                    v["wall_time_s"].as_f64().unwrap_or(0.0) / 60.0
+                    v.wall_time_s / 60.0
                 )?
             }
             None => writeln!(
@@ -545,14 +542,24 @@ fn train(exe: &Path, r: &Run, threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// A finished run's `report.json` (written by the CLI through the same type).
+fn read_report(r: &Run) -> Option<Report> {
+    bidora_records::read_json(&r.dir.join("report.json")).ok()
+}
+
+/// A metric of a report's metric map, NaN when absent.
+fn metric(m: Option<&bidora_records::Metrics>, name: &str) -> f64 {
+    m.and_then(|m| m.get(name)).copied().unwrap_or(f64::NAN)
+}
+
 fn read_outcome(r: &Run) -> Option<Outcome> {
-    let text = std::fs::read_to_string(r.dir.join("report.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    Some(Outcome {
-        metric: v["final"][r.task.metric].as_f64()?,
-        untrained: v["untrained"][r.task.metric].as_f64().unwrap_or(f64::NAN),
-        majority: v["majority_class_accuracy"].as_f64(),
-        wall_s: v["wall_time_s"].as_f64().unwrap_or(0.0),
+    let v = read_report(r)?;
+    let final_metric = metric(v.final_metrics.as_ref(), r.task.metric);
+    (!final_metric.is_nan()).then(|| Outcome {
+        metric: final_metric,
+        untrained: metric(v.untrained.as_ref(), r.task.metric),
+        majority: v.majority_class_accuracy,
+        wall_s: v.wall_time_s,
     })
 }
 

@@ -1,14 +1,17 @@
 //! `bidora`: fine-tune pretrained transformers with LoRA, DoRA, BiDoRA or full fine-tuning,
 //! and evaluate, merge, inspect and run the adapters. See `bidora --help`.
 
+mod adapter_folder;
 mod config;
+mod eval;
 mod fail;
 mod fingerprint;
+mod inspect;
+mod merge;
 mod plot;
+mod predict;
 mod progress;
-mod records;
 mod session;
-mod tools;
 mod train;
 
 use std::path::PathBuf;
@@ -70,10 +73,10 @@ enum Command {
         knobs: Knobs,
     },
     /// Evaluate a model with an adapter on a task's dev set.
-    Eval(tools::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Predict on JSONL inputs (`"text"`, optional `"text_pair"`) and write one JSONL line of
     /// `"logits"` (and `"label"` where the names are known) per input.
-    Predict(tools::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Merge an adapter into the base weights and write a plain HF model folder
     /// (config.json, model.safetensors, tokenizer files) that transformers loads as is.
     Merge {
@@ -132,17 +135,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
             config,
             knobs,
         } => train::train(resume, config, knobs),
-        Command::Eval(a) => tools::eval(a),
-        Command::Predict(a) => tools::predict(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Predict(a) => predict::predict(a),
         Command::Merge {
             model,
             adapter,
             out,
-        } => tools::merge(&model, &adapter, &out),
+        } => merge::merge(&model, &adapter, &out),
         Command::Inspect {
             model,
             adapter,
             json,
-        } => tools::inspect(&model, adapter.as_deref(), json),
+        } => inspect::inspect(&model, adapter.as_deref(), json),
     }
 }

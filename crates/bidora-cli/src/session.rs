@@ -151,6 +151,14 @@ pub enum Logits<B: Backend> {
     Tokens(Tensor<B, 3>),
 }
 
+/// Outputs of a task's head: one for regression, else one per class or tag.
+pub fn num_labels(kind: TaskKind, labels: &[String]) -> usize {
+    match kind {
+        TaskKind::Regression => 1,
+        _ => labels.len(),
+    }
+}
+
 /// The PEFT target names of the attention query and value for a family.
 pub fn default_targets(family: Family) -> Vec<String> {
     match family {

@@ -1,4 +1,13 @@
-//! `bidora train`: settings → data → model → engine → adapter, metrics, curves and report.
+//! `bidora train`, in four stages:
+//!
+//! 1. [`resolve`]: the settings (flags over a TOML file), or a run folder's saved ones on
+//!    `--resume`;
+//! 2. [`Prepared::new`]: task, data, model with adapters, tokenizer, parameter groups and the
+//!    BiDoRA split, all checked before anything is written;
+//! 3. [`train_model`]: the engine with its streams, evaluation, progress and log
+//!    ([`RunLog`]), from scratch or from the checkpoint;
+//! 4. [`save_model`] and [`write_report`]: the PEFT adapter (or the whole model) and
+//!    `report.json`.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -12,22 +21,23 @@ use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::tensor_io::atomic_write;
 use bidora_adapters::{ParamGroup, ParamPartition};
 use bidora_backend::BackendTask;
-use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Phase};
-use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainError, Trainer};
+use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
+use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
 use bidora_data::batch::collate;
-use bidora_data::tasks::{self, TaskKind};
+use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
+use bidora_records::{AdapterInfo, BestEval, ParameterCounts, Record, Report};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use serde_json::json;
 
 use crate::config::{Knobs, Method, Settings};
 use crate::fail::{input, usage, Classify, Fail};
 use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
 use crate::progress::Progress;
-use crate::records::{self, Record};
-use crate::session::{evaluate, to_device, ModelTokenizer, TaskModel, TaskProblem};
+use crate::session::{
+    evaluate, num_labels, to_device, Batch, ModelTokenizer, TaskModel, TaskProblem,
+};
 
 const CONFIG_FILE: &str = "config.toml";
 const CHECKPOINT_FILE: &str = "checkpoint.bin";
@@ -35,47 +45,7 @@ const METRICS_FILE: &str = "metrics.jsonl";
 
 /// Runs `bidora train`.
 pub fn train(resume: Option<PathBuf>, config: Option<PathBuf>, knobs: Knobs) -> Result<(), Fail> {
-    let (settings, checkpoint) = match resume {
-        Some(dir) => {
-            if knobs != Knobs::default() {
-                return Err(usage(
-                    "--resume continues a run with its saved settings: pass no other settings",
-                ));
-            }
-            let file = dir.join(CONFIG_FILE);
-            if !file.is_file() {
-                return Err(input(format!(
-                    "`{}` is not a run folder (no {CONFIG_FILE})",
-                    dir.display()
-                )));
-            }
-            let mut k = Knobs::from_file(&file)?;
-            k.out = Some(dir.clone());
-            let ck = dir.join(CHECKPOINT_FILE);
-            if !ck.is_file() {
-                return Err(input(format!(
-                    "`{}` has no checkpoint yet (the run stopped before its first one): start it again",
-                    dir.display()
-                )));
-            }
-            (Settings::resolve(k)?, Some(ck))
-        }
-        None => {
-            let base = match &config {
-                Some(p) => Knobs::from_file(p)?,
-                None => Knobs::default(),
-            };
-            let s = Settings::resolve(base.overlaid(&knobs)?)?;
-            if s.out.join(CONFIG_FILE).exists() {
-                return Err(usage(format!(
-                    "`{}` already holds a run: continue it with --resume {} or choose another --out",
-                    s.out.display(),
-                    s.out.display()
-                )));
-            }
-            (s, None)
-        }
-    };
+    let (settings, checkpoint) = resolve(resume, config, knobs)?;
     if let Some(t) = settings.knobs.threads {
         // Only fails when a pool exists already, which nothing here has made.
         let _ = rayon::ThreadPoolBuilder::new()
@@ -97,6 +67,51 @@ pub fn train(resume: Option<PathBuf>, config: Option<PathBuf>, knobs: Knobs) -> 
     .usage()?
 }
 
+/// Stage 1: the run's settings and, on `--resume`, its checkpoint file.
+fn resolve(
+    resume: Option<PathBuf>,
+    config: Option<PathBuf>,
+    knobs: Knobs,
+) -> Result<(Settings, Option<PathBuf>), Fail> {
+    let Some(dir) = resume else {
+        let base = match &config {
+            Some(p) => Knobs::from_file(p)?,
+            None => Knobs::default(),
+        };
+        let s = Settings::resolve(base.overlaid(&knobs)?)?;
+        if s.out.join(CONFIG_FILE).exists() {
+            return Err(usage(format!(
+                "`{}` already holds a run: continue it with --resume {} or choose another --out",
+                s.out.display(),
+                s.out.display()
+            )));
+        }
+        return Ok((s, None));
+    };
+    if knobs != Knobs::default() {
+        return Err(usage(
+            "--resume continues a run with its saved settings: pass no other settings",
+        ));
+    }
+    let file = dir.join(CONFIG_FILE);
+    if !file.is_file() {
+        return Err(input(format!(
+            "`{}` is not a run folder (no {CONFIG_FILE})",
+            dir.display()
+        )));
+    }
+    let mut k = Knobs::from_file(&file)?;
+    k.out = Some(dir.clone());
+    let ck = dir.join(CHECKPOINT_FILE);
+    if !ck.is_file() {
+        return Err(input(format!(
+            "`{}` has no checkpoint yet (the run stopped before its first one): start it again",
+            dir.display()
+        )));
+    }
+    Ok((Settings::resolve(k)?, Some(ck)))
+}
+
 struct Job {
     settings: Settings,
     checkpoint: Option<PathBuf>,
@@ -105,8 +120,162 @@ struct Job {
 impl BackendTask for Job {
     type Output = Result<(), Fail>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.settings, self.checkpoint, device)
+        let started = Instant::now();
+        let s = self.settings;
+        let (prep, model) = Prepared::new::<B>(&s, &device)?;
+        let resume = match &self.checkpoint {
+            Some(path) => Some(load_checkpoint(path, &s.model, &prep.identity)?),
+            None => None,
+        };
+        if resume.is_none() {
+            // Written once the inputs are known to be good, so a failed start leaves no run.
+            let text = toml::to_string(&s.knobs).map_err(anyhow::Error::from)?;
+            atomic_write(&s.out.join(CONFIG_FILE), text.as_bytes()).runtime()?;
+        }
+        let resumed = resume.is_some();
+        let (outcome, untrained) = train_model(&s, &prep, model, resume, &device)?;
+        let saved = save_model(&s, &prep, &outcome.module)?;
+        let report = write_report(&s, &prep, &outcome, untrained, resumed, &saved, started)?;
+        print_summary(&report, &saved);
+        Ok(())
     }
+}
+
+/// Stage 2: everything a run needs, loaded and checked.
+struct Prepared {
+    task: TaskInfo,
+    kind: TaskKind,
+    labels: Vec<String>,
+    eval_name: String,
+    dev: Vec<Example>,
+    /// D_tr (BiDoRA) or the whole training set.
+    train: Vec<Example>,
+    /// D_val (BiDoRA only).
+    val: Option<Vec<Example>>,
+    tok: ModelTokenizer,
+    groups: ParamGroups,
+    config: TrainConfig,
+    /// The base model's fingerprint, saved in checkpoints.
+    identity: Fingerprint,
+}
+
+impl Prepared {
+    /// Loads and checks everything; returns the model (with its adapters) beside.
+    fn new<B: AutodiffBackend>(
+        s: &Settings,
+        device: &B::Device,
+    ) -> Result<(Self, TaskModel<B>), Fail> {
+        let task = tasks::task(&s.task).usage()?;
+        let data = task.load(&s.data).input()?;
+        let kind = task.kind_of(&data);
+        let (eval_name, dev) = data
+            .eval
+            .first()
+            .cloned()
+            .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?;
+        let model = TaskModel::<B>::load(&s.model, kind, num_labels(kind, &data.labels), device)?;
+        let tok = ModelTokenizer::load(&s.model)?;
+        let model = match &s.adapter {
+            Some(c) => model.with_adapters(c, s.knobs.targets.is_none())?,
+            None => model,
+        };
+        let partition = ParamPartition::of(&model);
+        let bilevel = s.method == Method::Bidora;
+        let (groups, train, val) = if bilevel {
+            let (tr, val) =
+                bidora_data::split::train_val_split(data.train.clone(), s.val_fraction, s.seed)
+                    .input()?;
+            (ParamGroups::bilevel(&partition), tr, Some(val))
+        } else {
+            (
+                ParamGroups::single_level(&partition),
+                data.train.clone(),
+                None,
+            )
+        };
+        check_tokenization(&tok, &data.train, s.max_length)?;
+        check_tokenization(&tok, &dev, s.max_length)?;
+        let config = s.train_config(train.len().div_ceil(s.batch_size))?;
+        let prepared = Prepared {
+            task,
+            kind,
+            labels: data.labels,
+            eval_name,
+            dev,
+            train,
+            val,
+            tok,
+            groups,
+            config,
+            identity: Fingerprint::of(&s.model)?,
+        };
+        Ok((prepared, model))
+    }
+
+    fn primary(&self) -> String {
+        self.task.primary().name().to_string()
+    }
+
+    /// The dev metrics of `m`, as the engine's evaluation.
+    fn evaluate<B: AutodiffBackend>(
+        &self,
+        s: &Settings,
+        m: &TaskModel<B>,
+        device: &B::Device,
+    ) -> Result<Evaluation, Fail> {
+        let metrics = evaluate(
+            &m.valid(),
+            &self.task,
+            self.kind,
+            &self.labels,
+            &self.dev,
+            &self.tok,
+            s.batch_size.max(32),
+            s.max_length,
+            device,
+        )?;
+        Ok(Evaluation {
+            metrics,
+            primary: self.primary(),
+            higher_is_better: true,
+        })
+    }
+
+    /// Seeded streams over D_tr, D_val and (for retraining) D_tr ∪ D_val.
+    fn streams<'a, B: AutodiffBackend>(
+        &'a self,
+        s: &Settings,
+        make: &'a dyn Fn(&[&Example]) -> Batch<B>,
+    ) -> Result<Streams<'a, B>, Fail> {
+        let stream = |examples: Vec<Example>, seed: u64| {
+            ShuffledBatches::new(examples, s.batch_size, seed, make).input()
+        };
+        let train = stream(self.train.clone(), s.seed)?;
+        let val = match &self.val {
+            Some(v) => Some(stream(v.clone(), s.seed ^ 1)?),
+            None => None,
+        };
+        let retrain = match (&self.val, &self.config.retrain) {
+            (Some(v), Some(_)) => Some(stream(
+                self.train.iter().chain(v).cloned().collect(),
+                s.seed ^ 2,
+            )?),
+            _ => None,
+        };
+        Ok(Streams {
+            train,
+            val,
+            retrain,
+        })
+    }
+}
+
+type Stream<'a, B> = ShuffledBatches<Example, &'a dyn Fn(&[&Example]) -> Batch<B>>;
+
+struct Streams<'a, B: AutodiffBackend> {
+    train: Stream<'a, B>,
+    val: Option<Stream<'a, B>>,
+    retrain: Option<Stream<'a, B>>,
 }
 
 /// Fails on the first example the tokeniser cannot encode.
@@ -126,6 +295,397 @@ fn check_tokenization(
         })?;
     }
     Ok(())
+}
+
+/// Reads the checkpoint and refuses it when the base model's files changed since it was
+/// written (it holds the trained parameters only).
+fn load_checkpoint(path: &Path, model: &Path, identity: &Fingerprint) -> Result<Checkpoint, Fail> {
+    let ck = Checkpoint::load(path).input()?;
+    let saved = ck.state.base.as_deref().map(Fingerprint::decode);
+    if let Some(change) = saved.and_then(|saved| saved.difference(identity)) {
+        return Err(input(format!(
+            "cannot resume from `{}`: the base model `{}` changed since the checkpoint was written ({change})",
+            path.display(),
+            model.display()
+        )));
+    }
+    Ok(ck)
+}
+
+/// Stage 3: trains from scratch (after evaluating the untrained model) or from `resume`.
+/// Returns the outcome and the untrained model's metrics (read back from the log on resume).
+fn train_model<B: AutodiffBackend>(
+    s: &Settings,
+    prep: &Prepared,
+    model: TaskModel<B>,
+    resume: Option<Checkpoint>,
+    device: &B::Device,
+) -> Result<(Outcome<TaskModel<B>>, Option<Evaluation>), Fail> {
+    let baseline = match &resume {
+        None => {
+            let b = prep.evaluate(s, &model, device)?;
+            print_baseline(s, prep, &b);
+            Some(b)
+        }
+        Some(_) => None,
+    };
+    let (mut log, recovered) =
+        RunLog::open(&s.out, &prep.primary(), resume.as_ref(), baseline.as_ref())?;
+    let untrained = baseline.or(recovered);
+
+    let make =
+        |items: &[&Example]| to_device::<B>(&collate(items, &prep.tok, s.max_length), device);
+    let mut streams = prep.streams(s, &make)?;
+    let eval_error: RefCell<Option<Fail>> = RefCell::new(None);
+    let mut run_eval = |m: &TaskModel<B>| -> Evaluation {
+        prep.evaluate(s, m, device).unwrap_or_else(|e| {
+            eval_error.borrow_mut().get_or_insert(e);
+            Evaluation::single(&prep.primary(), f64::NAN, true)
+        })
+    };
+    let mut progress = Progress::new();
+    let retrain_offset = prep.config.iterations;
+    let mut on_event = |e: &Event| -> Control {
+        show_progress(&mut progress, e);
+        match record_of(e, retrain_offset) {
+            Some(r) => log.write(&r),
+            None => Control::Continue,
+        }
+    };
+    let problem = TaskProblem {
+        ortho: (s.method == Method::Bidora).then_some(OrthoOptions {
+            squared: s.squared_ortho,
+        }),
+    };
+    let trainer = Trainer::<B, TaskProblem>::new(
+        &problem,
+        prep.groups.clone(),
+        prep.config.clone(),
+        device.clone(),
+    )
+    .usage()?;
+    let outcome = trainer.run(
+        model,
+        Data {
+            train: &mut streams.train,
+            val: streams.val.as_mut().map(|v| v as _),
+            retrain: streams.retrain.as_mut().map(|v| v as _),
+        },
+        Hooks {
+            on_event: Some(&mut on_event),
+            evaluate: Some(&mut run_eval),
+            checkpoint: Some(s.out.join(CHECKPOINT_FILE)),
+            base_identity: Some(prep.identity.encode()),
+        },
+        resume,
+    );
+    progress.finish();
+    log.finish()?;
+    if let Some(e) = eval_error.borrow_mut().take() {
+        return Err(e);
+    }
+    match outcome {
+        Ok(o) => Ok((o, untrained)),
+        Err(e @ TrainError::Config(_)) => Err(usage(e)),
+        Err(e @ TrainError::BaseChanged { .. }) => Err(input(e)),
+        Err(e) => Err(anyhow::Error::from(e).into()),
+    }
+}
+
+fn print_baseline(s: &Settings, prep: &Prepared, b: &Evaluation) {
+    println!(
+        "{} on {} before training: {} {:.4}{}",
+        s.task,
+        prep.eval_name,
+        b.primary,
+        b.score(),
+        majority_accuracy(&prep.train, &prep.dev).map_or(String::new(), |m| format!(
+            " (majority class accuracy {m:.4})"
+        ))
+    );
+}
+
+fn show_progress(progress: &mut Progress, e: &Event) {
+    match e {
+        Event::PhaseStart { phase, total, from } => {
+            progress.phase(record_phase(*phase).name(), *total, *from)
+        }
+        Event::Step {
+            step,
+            lower_loss,
+            upper_loss,
+            ..
+        } => progress.step(*step, *lower_loss, *upper_loss),
+        Event::Eval {
+            step,
+            evaluation,
+            is_best,
+            ..
+        } => progress.eval(*step, &evaluation.primary, evaluation.score(), *is_best),
+        _ => {}
+    }
+}
+
+/// The engine's phase as the run's files name it.
+fn record_phase(p: Phase) -> bidora_records::Phase {
+    match p {
+        Phase::Search => bidora_records::Phase::Search,
+        Phase::Retrain => bidora_records::Phase::Retrain,
+    }
+}
+
+/// The `metrics.jsonl` record of an engine event.
+fn record_of(e: &Event, retrain_offset: usize) -> Option<Record> {
+    let global =
+        |phase: Phase, step: usize| (phase == Phase::Retrain).then_some(retrain_offset + step);
+    match e {
+        Event::Step {
+            phase,
+            step,
+            lower_loss,
+            upper_loss,
+            lr,
+            ..
+        } => Some(Record::Step {
+            phase: record_phase(*phase),
+            step: *step,
+            global_step: global(*phase, *step),
+            lower_loss: *lower_loss,
+            upper_loss: *upper_loss,
+            lr_lower: lr.0,
+            lr_upper: lr.1,
+        }),
+        Event::Eval {
+            phase,
+            step,
+            evaluation,
+            is_best,
+        } => Some(Record::Eval {
+            phase: record_phase(*phase),
+            step: *step,
+            global_step: global(*phase, *step),
+            metrics: evaluation.metrics.clone(),
+            is_best: *is_best,
+        }),
+        Event::Checkpoint { phase, step, .. } => Some(Record::Checkpoint {
+            phase: record_phase(*phase),
+            step: *step,
+        }),
+        _ => None,
+    }
+}
+
+/// `metrics.jsonl` and the curves drawn from it.
+struct RunLog {
+    path: PathBuf,
+    out: PathBuf,
+    file: std::fs::File,
+    curves: Curves,
+    error: Option<anyhow::Error>,
+}
+
+impl RunLog {
+    /// Opens the log: on resume, keeps exactly the lines an uninterrupted run had written by the
+    /// checkpoint (returning the untrained metrics recorded there); on a new run, starts it with
+    /// the baseline.
+    fn open(
+        out: &Path,
+        primary: &str,
+        resume: Option<&Checkpoint>,
+        baseline: Option<&Evaluation>,
+    ) -> Result<(Self, Option<Evaluation>), Fail> {
+        let path = out.join(METRICS_FILE);
+        let mut kept = match resume {
+            Some(ck) => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                bidora_records::kept_on_resume(&text, record_phase(ck.state.phase), ck.state.step)
+            }
+            None => Vec::new(),
+        };
+        if let Some(b) = baseline {
+            let r = Record::Baseline {
+                phase: bidora_records::Phase::Search,
+                step: 0,
+                metrics: b.metrics.clone(),
+            };
+            kept.push((r.to_line(), r));
+        }
+        let mut curves = Curves {
+            metric_name: primary.to_string(),
+            ..Curves::default()
+        };
+        let mut text = String::new();
+        let mut recovered = None;
+        for (line, r) in &kept {
+            curves.add(r);
+            text.push_str(line);
+            text.push('\n');
+            if let Record::Baseline { metrics, .. } = r {
+                recovered = Some(Evaluation {
+                    metrics: metrics.clone(),
+                    primary: primary.to_string(),
+                    higher_is_better: true,
+                });
+            }
+        }
+        atomic_write(&path, text.as_bytes()).runtime()?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open `{}`", path.display()))
+            .runtime()?;
+        let log = RunLog {
+            path,
+            out: out.to_path_buf(),
+            file,
+            curves,
+            error: None,
+        };
+        Ok((log, recovered))
+    }
+
+    /// Appends a record (and redraws the curves after an evaluation); a write error stops the
+    /// run and is reported by [`RunLog::finish`].
+    fn write(&mut self, r: &Record) -> Control {
+        self.curves.add(r);
+        let result = writeln!(self.file, "{}", r.to_line())
+            .map_err(anyhow::Error::from)
+            .and_then(|_| match r {
+                Record::Eval { .. } => self.curves.write(&self.out),
+                _ => Ok(()),
+            });
+        match result {
+            Ok(()) => Control::Continue,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                Control::Stop
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<(), Fail> {
+        if let Some(e) = self.error.take() {
+            return Err(e
+                .context(format!(
+                    "cannot write the run's log `{}`",
+                    self.path.display()
+                ))
+                .into());
+        }
+        self.curves.write(&self.out).runtime()
+    }
+}
+
+/// Stage 4a: the adapter (PEFT format, with `bidora.json`) or, for full fine-tuning, the whole
+/// model as a plain HF folder. Returns the folder.
+fn save_model<B: AutodiffBackend>(
+    s: &Settings,
+    prep: &Prepared,
+    module: &TaskModel<B>,
+) -> Result<PathBuf, Fail> {
+    let Some(c) = &s.adapter else {
+        let dir = s.out.join("model");
+        crate::merge::export(&module.valid(), &s.model, &prep.labels, &dir)?;
+        return Ok(dir);
+    };
+    let dir = s.out.join("adapter");
+    let task_type = match prep.kind {
+        TaskKind::TokenClassification => "TOKEN_CLS",
+        _ => "SEQ_CLS",
+    };
+    peft::save(
+        &dir,
+        module,
+        c,
+        &SaveOptions {
+            base_model_name_or_path: Some(s.model.display().to_string()),
+            task_type: Some(task_type.into()),
+            modules_to_save: vec!["classifier".into()],
+            extra_tensors: module.head_tensors()?,
+        },
+        &|p: &str| p.to_string(),
+    )
+    .runtime()?;
+    let info = AdapterInfo {
+        task: s.task.clone(),
+        labels: prep.labels.clone(),
+        max_length: s.max_length,
+        model: s.model.display().to_string(),
+    };
+    write_json(&dir.join("bidora.json"), &info)?;
+    Ok(dir)
+}
+
+/// Stage 4b: `report.json`.
+#[allow(clippy::too_many_arguments)]
+fn write_report<B: AutodiffBackend>(
+    s: &Settings,
+    prep: &Prepared,
+    outcome: &Outcome<TaskModel<B>>,
+    untrained: Option<Evaluation>,
+    resumed: bool,
+    saved: &Path,
+    started: Instant,
+) -> Result<Report, Fail> {
+    let partition = ParamPartition::of(&outcome.module);
+    let steps = prep.config.iterations + prep.config.retrain.map_or(0, |r| r.iterations);
+    let wall = started.elapsed().as_secs_f64();
+    let report = Report {
+        task: s.task.clone(),
+        eval_set: prep.eval_name.clone(),
+        method: s.method.name().to_string(),
+        model: s.model.display().to_string(),
+        primary_metric: prep.primary(),
+        final_metrics: outcome.final_eval.as_ref().map(|e| e.metrics.clone()),
+        best: outcome.best_eval.as_ref().map(|(phase, step, e)| BestEval {
+            phase: record_phase(*phase),
+            step: *step,
+            metrics: e.metrics.clone(),
+        }),
+        untrained: untrained.map(|e| e.metrics),
+        majority_class_accuracy: majority_accuracy(&prep.train, &prep.dev),
+        parameters: ParameterCounts {
+            direction: partition.count(ParamGroup::Direction),
+            magnitude: partition.count(ParamGroup::Magnitude),
+            head: partition.count(ParamGroup::Head),
+            frozen: partition.count(ParamGroup::Frozen),
+        },
+        train_examples: prep.train.len(),
+        validation_examples: prep.val.as_ref().map(Vec::len),
+        steps,
+        resumed,
+        wall_time_s: wall,
+        steps_per_s: steps as f64 / wall.max(1e-9),
+        saved: saved.display().to_string(),
+    };
+    write_json(&s.out.join("report.json"), &report)?;
+    Ok(report)
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Fail> {
+    let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
+    atomic_write(path, text.as_bytes()).runtime()
+}
+
+fn print_summary(r: &Report, saved: &Path) {
+    let primary = &r.primary_metric;
+    let score = |m: Option<&BTreeMap<String, f64>>| {
+        m.and_then(|m| m.get(primary)).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "{} {} on {}: final {primary} {:.4}, best {:.4}{}; {} in {:.0} s",
+        r.task,
+        r.method,
+        r.eval_set,
+        score(r.final_metrics.as_ref()),
+        score(r.best.as_ref().map(|b| &b.metrics)),
+        r.untrained.as_ref().map_or(String::new(), |u| format!(
+            " (untrained {:.4})",
+            score(Some(u))
+        )),
+        saved.display(),
+        r.wall_time_s
+    );
 }
 
 /// The majority-class accuracy of the dev set by the training set's most frequent class.
@@ -149,6 +709,29 @@ struct Curves {
 }
 
 impl Curves {
+    /// Adds a metrics.jsonl record.
+    fn add(&mut self, r: &Record) {
+        let step = r.plot_step();
+        match r {
+            Record::Step {
+                lower_loss,
+                upper_loss,
+                ..
+            } => {
+                self.lower.push((step, *lower_loss));
+                if let Some(u) = upper_loss {
+                    self.upper.push((step, *u));
+                }
+            }
+            Record::Eval { metrics, .. } | Record::Baseline { metrics, .. } => {
+                if let Some(m) = metrics.get(&self.metric_name) {
+                    self.metric.push((step, *m));
+                }
+            }
+            Record::Checkpoint { .. } => {}
+        }
+    }
+
     fn write(&self, out: &Path) -> anyhow::Result<()> {
         let panels = [
             Panel {
@@ -181,405 +764,5 @@ impl Curves {
         atomic_write(&out.join("curves.svg"), svg.as_bytes())?;
         atomic_write(&out.join("curves.png"), &plot::png(&svg)?)?;
         Ok(())
-    }
-}
-
-fn run<B: AutodiffBackend>(
-    s: Settings,
-    resume: Option<PathBuf>,
-    device: B::Device,
-) -> Result<(), Fail> {
-    let started = Instant::now();
-    let task = tasks::task(&s.task).usage()?;
-    let data = task.load(&s.data).input()?;
-    let kind = task.kind_of(&data);
-    let (eval_name, dev) = data
-        .eval
-        .first()
-        .cloned()
-        .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?;
-    let num_labels = match kind {
-        TaskKind::Regression => 1,
-        _ => data.labels.len(),
-    };
-    let model = TaskModel::<B>::load(&s.model, kind, num_labels, &device)?;
-    let tok = ModelTokenizer::load(&s.model)?;
-    let model = match &s.adapter {
-        Some(c) => model.with_adapters(c, s.knobs.targets.is_none())?,
-        None => model,
-    };
-    let partition = ParamPartition::of(&model);
-    let bilevel = s.method == Method::Bidora;
-    let groups = if bilevel {
-        ParamGroups::bilevel(&partition)
-    } else {
-        ParamGroups::single_level(&partition)
-    };
-    let (tr, val) = if bilevel {
-        let (tr, val) =
-            bidora_data::split::train_val_split(data.train.clone(), s.val_fraction, s.seed)
-                .input()?;
-        (tr, Some(val))
-    } else {
-        (data.train.clone(), None)
-    };
-    check_tokenization(&tok, &data.train, s.max_length)?;
-    check_tokenization(&tok, &dev, s.max_length)?;
-    if resume.is_none() {
-        // Written once the inputs are known to be good, so a failed start leaves no run.
-        let text = toml::to_string(&s.knobs).map_err(anyhow::Error::from)?;
-        atomic_write(&s.out.join(CONFIG_FILE), text.as_bytes()).runtime()?;
-    }
-    let steps_per_epoch = tr.len().div_ceil(s.batch_size);
-    let config = s.train_config(steps_per_epoch)?;
-    let primary = task.primary().name().to_string();
-
-    let make = |items: &[&Example]| to_device::<B>(&collate(items, &tok, s.max_length), &device);
-    let mut train_stream = ShuffledBatches::new(tr.clone(), s.batch_size, s.seed, make).input()?;
-    let mut val_stream = match &val {
-        Some(v) => Some(ShuffledBatches::new(v.clone(), s.batch_size, s.seed ^ 1, make).input()?),
-        None => None,
-    };
-    let mut retrain_stream = match (&val, &config.retrain) {
-        (Some(v), Some(_)) => {
-            let all: Vec<Example> = tr.iter().chain(v).cloned().collect();
-            Some(ShuffledBatches::new(all, s.batch_size, s.seed ^ 2, make).input()?)
-        }
-        _ => None,
-    };
-
-    // Before training: the untrained model and the majority class, as baselines.
-    let eval_error: RefCell<Option<Fail>> = RefCell::new(None);
-    let eval_batch = s.batch_size.max(32);
-    let mut run_eval = |m: &TaskModel<B>| -> Evaluation {
-        let inner = m.valid();
-        match evaluate(
-            &inner,
-            &task,
-            kind,
-            &data.labels,
-            &dev,
-            &tok,
-            eval_batch,
-            s.max_length,
-            &device,
-        ) {
-            Ok(metrics) => Evaluation {
-                metrics,
-                primary: primary.clone(),
-                higher_is_better: true,
-            },
-            Err(e) => {
-                eval_error.borrow_mut().get_or_insert(e);
-                Evaluation::single(&primary, f64::NAN, true)
-            }
-        }
-    };
-    let baseline = if resume.is_none() {
-        Some(run_eval(&model))
-    } else {
-        None
-    };
-    if let Some(e) = eval_error.borrow_mut().take() {
-        return Err(e);
-    }
-    let majority = majority_accuracy(&tr, &dev);
-    if let Some(b) = &baseline {
-        println!(
-            "{} on {eval_name} before training: {primary} {:.4}{}",
-            s.task,
-            b.score(),
-            majority.map_or(String::new(), |m| format!(
-                " (majority class accuracy {m:.4})"
-            ))
-        );
-    }
-
-    // Metrics log: on resume, keep exactly what the uninterrupted run had logged by the
-    // checkpoint. The checkpoint holds the trained values only: the base model must be the one
-    // it was written against.
-    let metrics_path = s.out.join(METRICS_FILE);
-    let identity = Fingerprint::of(&s.model)?;
-    let ck = match &resume {
-        Some(p) => Some(Checkpoint::load(p).input()?),
-        None => None,
-    };
-    if let (Some(ck), Some(path)) = (&ck, &resume) {
-        let saved = ck.state.base.as_deref().map(Fingerprint::decode);
-        if let Some(change) = saved.and_then(|saved| saved.difference(&identity)) {
-            return Err(input(format!(
-                "cannot resume from `{}`: the base model `{}` changed since the checkpoint was written ({change})",
-                path.display(),
-                s.model.display()
-            )));
-        }
-    }
-    let mut curves = Curves {
-        metric_name: primary.clone(),
-        ..Curves::default()
-    };
-    let mut kept = match &ck {
-        Some(ck) => {
-            let text = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-            records::kept_on_resume(&text, ck.state.phase, ck.state.step)
-        }
-        None => Vec::new(),
-    };
-    let baseline = baseline.or_else(|| {
-        kept.iter().find_map(|(_, r)| match r {
-            Record::Baseline { metrics, .. } => Some(Evaluation {
-                metrics: metrics.clone(),
-                primary: primary.clone(),
-                higher_is_better: true,
-            }),
-            _ => None,
-        })
-    });
-    if let (Some(b), None) = (&baseline, &ck) {
-        let r = Record::Baseline {
-            phase: Phase::Search,
-            step: 0,
-            metrics: b.metrics.clone(),
-        };
-        kept.push((r.to_line(), r));
-    }
-    let mut text = String::new();
-    for (line, r) in &kept {
-        curves.add(r);
-        text.push_str(line);
-        text.push('\n');
-    }
-    atomic_write(&metrics_path, text.as_bytes()).runtime()?;
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot open `{}`", metrics_path.display()))
-        .runtime()?;
-
-    let mut progress = Progress::new();
-    let write_error: RefCell<Option<anyhow::Error>> = RefCell::new(None);
-    let out = s.out.clone();
-    let retrain_offset = config.iterations;
-    let mut on_event = |e: &Event| -> Control {
-        let global = |phase: &Phase, step: &usize| {
-            (*phase == Phase::Retrain).then_some(retrain_offset + step)
-        };
-        let record = match e {
-            Event::PhaseStart { phase, total, from } => {
-                progress.phase(phase_name(*phase), *total, *from);
-                None
-            }
-            Event::Step {
-                phase,
-                step,
-                lower_loss,
-                upper_loss,
-                lr,
-                ..
-            } => {
-                progress.step(*step, *lower_loss, *upper_loss);
-                Some(Record::Step {
-                    phase: *phase,
-                    step: *step,
-                    global_step: global(phase, step),
-                    lower_loss: *lower_loss,
-                    upper_loss: *upper_loss,
-                    lr_lower: lr.0,
-                    lr_upper: lr.1,
-                })
-            }
-            Event::Eval {
-                phase,
-                step,
-                evaluation,
-                is_best,
-            } => {
-                progress.eval(*step, &evaluation.primary, evaluation.score(), *is_best);
-                Some(Record::Eval {
-                    phase: *phase,
-                    step: *step,
-                    global_step: global(phase, step),
-                    metrics: evaluation.metrics.clone(),
-                    is_best: *is_best,
-                })
-            }
-            Event::Checkpoint { phase, step, .. } => Some(Record::Checkpoint {
-                phase: *phase,
-                step: *step,
-            }),
-            _ => None,
-        };
-        if let Some(r) = record {
-            let is_eval = matches!(r, Record::Eval { .. });
-            curves.add(&r);
-            let result = writeln!(log, "{}", r.to_line())
-                .map_err(anyhow::Error::from)
-                .and_then(|_| if is_eval { curves.write(&out) } else { Ok(()) });
-            if let Err(err) = result {
-                write_error.borrow_mut().get_or_insert(err);
-                return Control::Stop;
-            }
-        }
-        Control::Continue
-    };
-
-    let ortho = bilevel.then_some(OrthoOptions {
-        squared: s.squared_ortho,
-    });
-    let problem = TaskProblem { ortho };
-    let trainer =
-        Trainer::<B, TaskProblem>::new(&problem, groups, config.clone(), device.clone()).usage()?;
-    let outcome = trainer.run(
-        model,
-        Data {
-            train: &mut train_stream,
-            val: val_stream.as_mut().map(|v| v as _),
-            retrain: retrain_stream.as_mut().map(|v| v as _),
-        },
-        Hooks {
-            on_event: Some(&mut on_event),
-            evaluate: Some(&mut run_eval),
-            checkpoint: Some(s.out.join(CHECKPOINT_FILE)),
-            base_identity: Some(identity.encode()),
-        },
-        ck,
-    );
-    progress.finish();
-    if let Some(e) = write_error.borrow_mut().take() {
-        return Err(e.context("cannot write the run's logs").into());
-    }
-    if let Some(e) = eval_error.borrow_mut().take() {
-        return Err(e);
-    }
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e @ TrainError::Config(_)) => return Err(usage(e)),
-        Err(e @ TrainError::BaseChanged { .. }) => return Err(input(e)),
-        Err(e) => return Err(anyhow::Error::from(e).into()),
-    };
-    curves.write(&s.out).runtime()?;
-
-    // The adapter (PEFT format) or, for full fine-tuning, the whole model.
-    let module = outcome.module;
-    let task_type = match kind {
-        TaskKind::TokenClassification => "TOKEN_CLS",
-        _ => "SEQ_CLS",
-    };
-    let saved = match &s.adapter {
-        Some(c) => {
-            let dir = s.out.join("adapter");
-            let head = module.head_tensors()?;
-            peft::save(
-                &dir,
-                &module,
-                c,
-                &SaveOptions {
-                    base_model_name_or_path: Some(s.model.display().to_string()),
-                    task_type: Some(task_type.into()),
-                    modules_to_save: vec!["classifier".into()],
-                    extra_tensors: head,
-                },
-                &|p: &str| p.to_string(),
-            )
-            .runtime()?;
-            let info = json!({"task": s.task, "labels": data.labels, "max_length": s.max_length,
-                "model": s.model.display().to_string()});
-            atomic_write(
-                &dir.join("bidora.json"),
-                serde_json::to_string_pretty(&info)
-                    .map_err(anyhow::Error::from)?
-                    .as_bytes(),
-            )
-            .runtime()?;
-            dir
-        }
-        None => {
-            let dir = s.out.join("model");
-            crate::tools::export(&module.valid(), &s.model, &data.labels, &dir)?;
-            dir
-        }
-    };
-
-    let partition = ParamPartition::of(&module);
-    let steps = config.iterations + config.retrain.map_or(0, |r| r.iterations);
-    let wall = started.elapsed().as_secs_f64();
-    let labelled = |e: &Option<Evaluation>| e.as_ref().map(|e| json!(e.metrics));
-    let report = json!({
-        "task": s.task,
-        "eval_set": eval_name,
-        "method": s.method.name(),
-        "model": s.model.display().to_string(),
-        "primary_metric": primary,
-        "final": labelled(&outcome.final_eval),
-        "best": outcome.best_eval.as_ref().map(|(phase, step, e)| json!({
-            "phase": phase_name(*phase), "step": step, "metrics": e.metrics})),
-        "untrained": labelled(&baseline),
-        "majority_class_accuracy": majority,
-        "parameters": {
-            "direction": partition.count(ParamGroup::Direction),
-            "magnitude": partition.count(ParamGroup::Magnitude),
-            "head": partition.count(ParamGroup::Head),
-            "frozen": partition.count(ParamGroup::Frozen),
-        },
-        "train_examples": tr.len(),
-        "validation_examples": val.as_ref().map(Vec::len),
-        "steps": steps,
-        "resumed": resume.is_some(),
-        "wall_time_s": wall,
-        "steps_per_s": steps as f64 / wall.max(1e-9),
-        "saved": saved.display().to_string(),
-    });
-    atomic_write(
-        &s.out.join("report.json"),
-        serde_json::to_string_pretty(&report)
-            .map_err(anyhow::Error::from)?
-            .as_bytes(),
-    )
-    .runtime()?;
-    let score = |e: &Option<Evaluation>| e.as_ref().map_or(f64::NAN, Evaluation::score);
-    println!(
-        "{} {} on {eval_name}: final {primary} {:.4}, best {:.4}{}; {} in {:.0} s",
-        s.task,
-        s.method.name(),
-        score(&outcome.final_eval),
-        outcome.best_eval.as_ref().map_or(f64::NAN, |b| b.2.score()),
-        baseline
-            .as_ref()
-            .map_or(String::new(), |b| format!(" (untrained {:.4})", b.score())),
-        saved.display(),
-        wall
-    );
-    Ok(())
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Search => "search",
-        Phase::Retrain => "retrain",
-    }
-}
-
-impl Curves {
-    /// Adds a metrics.jsonl record.
-    fn add(&mut self, r: &Record) {
-        let step = r.plot_step();
-        match r {
-            Record::Step {
-                lower_loss,
-                upper_loss,
-                ..
-            } => {
-                self.lower.push((step, *lower_loss));
-                if let Some(u) = upper_loss {
-                    self.upper.push((step, *u));
-                }
-            }
-            Record::Eval { metrics, .. } | Record::Baseline { metrics, .. } => {
-                if let Some(m) = metrics.get(&self.metric_name) {
-                    self.metric.push((step, *m));
-                }
-            }
-            Record::Checkpoint { .. } => {}
-        }
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use bidora_bilevel::Phase;
+use crate::Phase;
 use serde::{Deserialize, Serialize};
 
 /// One line of `metrics.jsonl`.

@@ -1,0 +1,96 @@
+//! `bidora eval`: the task's metrics of a model, with or without an adapter, on the task's
+//! evaluation files alone.
+
+use std::path::PathBuf;
+
+use bidora_backend::BackendTask;
+use bidora_data::tasks;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::adapter_folder::{adapter_info, known_labels};
+use crate::fail::{input, Classify, Fail};
+use crate::session::{evaluate, num_labels, ModelTokenizer, TaskModel};
+
+/// Arguments of `bidora eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// HF model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Adapter folder (PEFT format, from HF PEFT or `bidora train`); none: the base model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Task name (`bidora train --help` lists them).
+    #[arg(long)]
+    pub task: String,
+    /// The task's data folder or file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Longest input in tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_length: usize,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+struct EvalJob(EvalArgs);
+
+impl BackendTask for EvalJob {
+    type Output = Result<(), Fail>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let a = self.0;
+        let task = tasks::task(&a.task).usage()?;
+        let info = match &a.adapter {
+            Some(dir) => Some(adapter_info(&a.model, dir)?),
+            None => None,
+        };
+        let data = task
+            .load_eval(&a.data, known_labels(&a.model, info.as_ref()).as_deref())
+            .input()?;
+        let kind = task.kind_of(&data);
+        let num_labels = num_labels(kind, &data.labels);
+        let tok = ModelTokenizer::load(&a.model)?;
+        let model = TaskModel::<B::InnerBackend>::load(&a.model, kind, num_labels, &device)?;
+        let model = match (&a.adapter, info) {
+            (Some(dir), Some(info)) => {
+                if info.num_labels != num_labels {
+                    return Err(input(format!(
+                        "the adapter `{}` predicts {} labels, task `{}` has {num_labels}",
+                        dir.display(),
+                        info.num_labels,
+                        a.task
+                    )));
+                }
+                model.with_peft(&info.adapter)?
+            }
+            _ => model,
+        };
+        for (name, examples) in &data.eval {
+            let m = evaluate(
+                &model,
+                &task,
+                kind,
+                &data.labels,
+                examples,
+                &tok,
+                a.batch_size,
+                a.max_length,
+                &device,
+            )?;
+            for (k, v) in &m {
+                println!("{} {name} {k} {v:.4}", a.task);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `bidora eval`.
+pub fn eval(a: EvalArgs) -> Result<(), Fail> {
+    let device = a.backend.parse().usage()?;
+    bidora_backend::run(&device, Some(0), EvalJob(a)).usage()?
+}

@@ -121,9 +121,9 @@ pub fn bench_iteration<P>(
 {
     let part = ParamPartition::of(module);
     let (groups, mode) = if bilevel {
-        (ParamGroups::bilevel(&part), Mode::Bilevel)
+        (ParamGroups::new(part.lower(), part.upper()), Mode::Bilevel)
     } else {
-        (ParamGroups::single_level(&part), Mode::SingleLevel)
+        (ParamGroups::single(part.trainable()), Mode::SingleLevel)
     };
     let config = TrainConfig {
         mode,

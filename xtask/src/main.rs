@@ -148,17 +148,12 @@ fn in_root(p: &Path) -> PathBuf {
     }
 }
 
-/// Writes `path` through a temporary file in the same folder and a rename, so a kill never
-/// leaves half a file.
+/// Writes `path` atomically ([`bidora_util::atomic_write`]), creating its folder.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(d) = dir {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let name = path.file_name().context("output path has no file name")?;
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))
+    Ok(bidora_util::atomic_write(path, bytes)?)
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
@@ -353,21 +348,10 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-/// The cache of `cargo xtask assets`: `$BIDORA_ASSETS_DIR`, else `$XDG_CACHE_HOME/bidora/assets`,
-/// else `~/.cache/bidora/assets` (the same rule as `bidora_models::assets_dir`, which the tests
-/// and benches read).
+/// The cache of `cargo xtask assets` (the rule of [`bidora_util::assets_dir`], which the tests and
+/// benches read too).
 fn default_assets_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
-        return d.into();
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"))
-        .join("bidora")
-        .join("assets")
+    bidora_util::assets_dir()
 }
 
 /// The registry asset called `name`, or an error listing the known ones.

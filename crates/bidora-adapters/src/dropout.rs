@@ -43,15 +43,6 @@ fn draw_key<B: Backend>(device: &B::Device) -> u64 {
     ((hi as u64) << 32) ^ (lo as u64 & 0xffff_ffff)
 }
 
-/// SplitMix64's output function on `key + i·γ`: a counter-based stream (element `i` of the mask
-/// depends only on the key and `i`).
-fn splitmix(key: u64, i: u64) -> u64 {
-    let mut z = key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// `n` mask values: 0 with probability `prob` (to 1/65536), else `1 / (1 − prob)`.
 fn keep_mask(key: u64, n: usize, prob: f64) -> Vec<f32> {
     let keep = 1.0 - prob;
@@ -61,7 +52,8 @@ fn keep_mask(key: u64, n: usize, prob: f64) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
     let mut i = 0u64;
     while out.len() < n {
-        let bits = splitmix(key, i);
+        // Counter-based: element i of the mask depends only on the key and i.
+        let bits = bidora_util::SplitMix64::at(key, i);
         i += 1;
         for lane in 0..4 {
             if out.len() == n {

@@ -4,7 +4,6 @@
 //! renamed over the destination, so an interrupted write never leaves a partial file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -207,27 +206,11 @@ pub fn write_safetensors(
     atomic_write(path, &out)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
-/// crash leaves either the old file or the new one, never a partial one.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| AdapterError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(io("cannot create a temporary file for"))?;
-    tmp.write_all(bytes).map_err(io("cannot write"))?;
-    tmp.as_file().sync_all().map_err(io("cannot flush"))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .map_err(io("cannot rename into place"))?;
-    Ok(())
+/// Writes `bytes` to `path` atomically ([`bidora_util::atomic_write`]).
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), AdapterError> {
+    bidora_util::atomic_write(path, bytes).map_err(|e| AdapterError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }

@@ -148,16 +148,9 @@ impl Checkpoint {
 
     /// Writes atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        bidora_adapters::tensor_io::atomic_write(path, &self.to_bytes()).map_err(|e| {
-            TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default()
-                ),
-            }
+        bidora_util::atomic_write(path, &self.to_bytes()).map_err(|e| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("{e}: {}", e.source),
         })
     }
 

@@ -6,7 +6,7 @@
 //! - a [`BilevelProblem`]: the module type, a batch type, the lower and upper losses and an
 //!   optional regulariser;
 //! - [`ParamGroups`]: which `ParamId`s each level optimises (for adapters,
-//!   [`ParamGroups::bilevel`] from a `bidora_adapters::ParamPartition`);
+//!   `ParamGroups::new(partition.lower(), partition.upper())` from a `bidora_adapters::ParamPartition`);
 //! - a [`TrainConfig`]: iterations, unroll, γ, the [`Hypergradient`] method, AdamW per level,
 //!   schedule, evaluation and checkpoint cadence, seed, optional retraining;
 //! - [`Data`] streams ([`BatchStream`], e.g. [`ShuffledBatches`]) and [`Hooks`] (events,

@@ -41,19 +41,18 @@ pub struct ParamGroups {
 }
 
 impl ParamGroups {
-    /// The groups of BiDoRA from an adapter partition: lower = direction ∪ head, upper =
-    /// magnitude.
-    pub fn bilevel(partition: &bidora_adapters::ParamPartition) -> Self {
-        ParamGroups {
-            lower: partition.lower(),
-            upper: partition.upper(),
-        }
+    /// The groups of a bi-level problem: `lower` trained on the training stream, `upper` on
+    /// the validation stream. For BiDoRA, with an adapter partition `p`:
+    /// `ParamGroups::new(p.lower(), p.upper())` (direction ∪ head, magnitudes).
+    pub fn new(lower: Vec<ParamId>, upper: Vec<ParamId>) -> Self {
+        ParamGroups { lower, upper }
     }
 
-    /// One group holding every trainable parameter (LoRA, DoRA, full fine-tuning).
-    pub fn single_level(partition: &bidora_adapters::ParamPartition) -> Self {
+    /// One group holding every trained parameter (single-level training: LoRA, DoRA, full
+    /// fine-tuning; with an adapter partition `p`, `ParamGroups::single(p.trainable())`).
+    pub fn single(trained: Vec<ParamId>) -> Self {
         ParamGroups {
-            lower: partition.trainable(),
+            lower: trained,
             upper: Vec::new(),
         }
     }

@@ -588,7 +588,10 @@ fn run(
     resume: Option<Checkpoint>,
 ) -> Result<bidora_bilevel::Outcome<Net<AB>>, TrainError> {
     let problem = Regression { gamma_reg: true };
-    let groups = ParamGroups::bilevel(&ParamPartition::of(&module));
+    let groups = {
+        let p = ParamPartition::of(&module);
+        ParamGroups::new(p.lower(), p.upper())
+    };
     let trainer = Trainer::new(&problem, groups, cfg.clone(), dev())?;
     let mut train = stream(examples(48, 1, false), 11);
     let mut val = stream(examples(16, 2, true), 12);
@@ -742,7 +745,10 @@ fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
             layer: AdaptedLinear::new(base, &config).unwrap(),
         };
         let before = val_loss(&module);
-        let groups = ParamGroups::bilevel(&ParamPartition::of(&module));
+        let groups = {
+            let p = ParamPartition::of(&module);
+            ParamGroups::new(p.lower(), p.upper())
+        };
         let mut cfg = config_lin(method);
         cfg.upper.lr = upper_lr;
         let trainer = Trainer::new(&LinProblem, groups, cfg, dev()).unwrap();
@@ -992,7 +998,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.bin");
     let module = net(0.0, 5);
-    let groups = ParamGroups::single_level(&ParamPartition::of(&module));
+    let groups = ParamGroups::single(ParamPartition::of(&module).trainable());
     let mut cfg = config(Mode::SingleLevel, 40, Hypergradient::FirstOrder);
     cfg.checkpoint_every = Some(1);
     let trainer = Trainer::new(&Explodes, groups, cfg, dev()).unwrap();
@@ -1042,7 +1048,13 @@ fn bad_configurations_are_refused() {
         unroll: 0,
         ..TrainConfig::default()
     };
-    assert!(Trainer::new(&problem, ParamGroups::bilevel(&part), cfg, dev()).is_err());
+    assert!(Trainer::new(
+        &problem,
+        ParamGroups::new(part.lower(), part.upper()),
+        cfg,
+        dev()
+    )
+    .is_err());
     // Bi-level with no magnitudes (a LoRA model) is refused with advice.
     let groups = ParamGroups {
         lower: part.lower(),

@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use bidora_adapters::tensor_io::{atomic_write, write_safetensors};
+use bidora_adapters::tensor_io::write_safetensors;
 use bidora_models::bert::Family;
+use bidora_util::atomic_write;
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use serde_json::{json, Value};

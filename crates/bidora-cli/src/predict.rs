@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use bidora_adapters::tensor_io::atomic_write;
 use bidora_backend::BackendTask;
 use bidora_data::jsonl::{self, LabelSpace};
 use bidora_data::tasks::TaskKind;
+use bidora_util::atomic_write;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 

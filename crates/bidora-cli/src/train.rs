@@ -18,7 +18,6 @@ use std::time::Instant;
 use anyhow::Context;
 use bidora_adapters::peft::{self, SaveOptions};
 use bidora_adapters::regularizer::OrthoOptions;
-use bidora_adapters::tensor_io::atomic_write;
 use bidora_adapters::{ParamGroup, ParamPartition};
 use bidora_backend::BackendTask;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
@@ -27,6 +26,7 @@ use bidora_data::batch::collate;
 use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
 use bidora_records::{AdapterInfo, BestEval, ParameterCounts, Record, Report};
+use bidora_util::atomic_write;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -185,10 +185,14 @@ impl Prepared {
             let (tr, val) =
                 bidora_data::split::train_val_split(data.train.clone(), s.val_fraction, s.seed)
                     .input()?;
-            (ParamGroups::bilevel(&partition), tr, Some(val))
+            (
+                ParamGroups::new(partition.lower(), partition.upper()),
+                tr,
+                Some(val),
+            )
         } else {
             (
-                ParamGroups::single_level(&partition),
+                ParamGroups::single(partition.trainable()),
                 data.train.clone(),
                 None,
             )

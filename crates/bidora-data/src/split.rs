@@ -5,20 +5,11 @@
 use crate::example::Example;
 use crate::DataError;
 
-/// SplitMix64, the split's generator (the same on every platform).
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Shuffles `items` in place (Fisher–Yates) with a seeded generator.
 pub fn shuffle<T>(items: &mut [T], seed: u64) {
-    let mut state = seed;
+    let mut rng = bidora_util::SplitMix64(seed);
     for i in (1..items.len()).rev() {
-        let j = (next(&mut state) % (i as u64 + 1)) as usize;
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         items.swap(i, j);
     }
 }

@@ -175,19 +175,7 @@ fn load_eval_reads_only_the_evaluation_files() {
     assert_eq!(data.eval[0].1.len(), 1);
 }
 
-/// The cache folder of `cargo xtask assets` (`$BIDORA_ASSETS_DIR`, else
-/// `~/.cache/bidora/assets`).
-fn assets_dir() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
-        return d.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        });
-    cache.join("bidora/assets")
-}
+use bidora_util::assets_dir;
 
 /// The real data sets, where `cargo xtask assets vader wnut16 bbc` has fetched them (each one
 /// is skipped, with a message, when absent).

@@ -49,18 +49,5 @@ pub mod weights;
 
 pub use config::Architecture;
 
-/// Where `cargo xtask assets` unpacks the registry-shipped weights and data:
-/// `$BIDORA_ASSETS_DIR`, else `$XDG_CACHE_HOME/bidora/assets`, else `~/.cache/bidora/assets`.
-pub fn assets_dir() -> std::path::PathBuf {
-    use std::path::PathBuf;
-    if let Some(d) = std::env::var_os("BIDORA_ASSETS_DIR") {
-        return d.into();
-    }
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-        })
-        .join("bidora/assets")
-}
+pub use bidora_util::assets_dir;
 pub use error::ModelError;

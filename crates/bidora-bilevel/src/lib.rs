@@ -22,10 +22,13 @@
 //! run is bit-identical to an uninterrupted one on a deterministic backend.
 
 pub mod checkpoint;
+mod config;
 mod error;
+mod events;
 pub mod hypergrad;
 pub mod params;
 pub mod problem;
+mod resume;
 pub mod schedule;
 pub mod stream;
 pub mod trainer;

@@ -21,6 +21,66 @@
 //! step; the random state is re-derived from `(seed, phase, step)` at every step, so a resumed
 //! run is bit-identical to an uninterrupted one on a deterministic backend.
 
+//!
+//! # Example: a bi-level problem in a few lines
+//!
+//! The lower level fits `θ` to the upper parameter `M` (`L_tr = (θ − M)²`); the upper level
+//! wants `θ*(M) = 3` (`L_val = (θ − 3)²`). `L_val` does not depend on `M` directly, so only the
+//! DARTS mixed term moves `M`, to 3. `examples/hyperparameters.rs` learns a ridge penalty per
+//! feature the same way.
+//!
+//! ```
+//! use bidora_bilevel::{BilevelProblem, Data, Hooks, LevelConfig, ParamGroups, Schedule};
+//! use bidora_bilevel::{ShuffledBatches, TrainConfig, Trainer};
+//! use burn::backend::{Autodiff, NdArray};
+//! use burn::module::{Module, Param};
+//! use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+//!
+//! type AB = Autodiff<NdArray<f32>>;
+//!
+//! #[derive(Module, Debug)]
+//! struct Pair<B: Backend> {
+//!     theta: Param<Tensor<B, 1>>,
+//!     m: Param<Tensor<B, 1>>,
+//! }
+//!
+//! struct Fit;
+//! impl BilevelProblem<AB> for Fit {
+//!     type Module = Pair<AB>;
+//!     type Batch = ();
+//!     fn lower_loss(&self, p: &Pair<AB>, _: &()) -> Tensor<AB, 1> {
+//!         (p.theta.val() - p.m.val()).square().sum()
+//!     }
+//!     fn upper_loss(&self, p: &Pair<AB>, _: &()) -> Tensor<AB, 1> {
+//!         p.theta.val().sub_scalar(3.0).square().sum()
+//!     }
+//! }
+//!
+//! let device = Default::default();
+//! let pair = Pair::<AB> {
+//!     theta: Param::from_tensor(Tensor::zeros([1], &device)),
+//!     m: Param::from_tensor(Tensor::zeros([1], &device)),
+//! };
+//! let groups = ParamGroups::new(vec![pair.theta.id], vec![pair.m.id]);
+//! let config = TrainConfig {
+//!     iterations: 400,
+//!     gamma: 0.0,
+//!     lower: LevelConfig { weight_decay: 0.0, ..LevelConfig::with_lr(0.05) },
+//!     upper: LevelConfig { weight_decay: 0.0, ..LevelConfig::with_lr(0.05) },
+//!     schedule: Schedule::Constant,
+//!     ..TrainConfig::default() // bi-level, DARTS hypergradient
+//! };
+//! let trainer = Trainer::new(&Fit, groups, config, device).unwrap();
+//! let (mut train, mut val) = (
+//!     ShuffledBatches::new(vec![()], 1, 0, |_: &[&()]| ()).unwrap(),
+//!     ShuffledBatches::new(vec![()], 1, 1, |_: &[&()]| ()).unwrap(),
+//! );
+//! let data = Data { train: &mut train, val: Some(&mut val), retrain: None };
+//! let out = trainer.run(pair, data, Hooks::default(), None).unwrap();
+//! let m: f32 = out.module.m.val().into_scalar().elem();
+//! assert!((m - 3.0).abs() < 0.1, "M = {m}");
+//! ```
+
 pub mod checkpoint;
 mod config;
 mod error;

@@ -53,6 +53,7 @@ impl std::str::FromStr for AdapterMethod {
 
 /// How the down-projection `A` is initialised (`B` always starts at zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum InitA {
     /// Kaiming-uniform with `a = √5`, i.e. `U(−1/√in, 1/√in)`: HF PEFT's default.
@@ -64,6 +65,7 @@ pub enum InitA {
 
 /// How the per-row norm `n = ‖W0 + s·B·A‖` enters the gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum NormMode {
     /// The norm is differentiated through (the BiDoRA reference code).

@@ -8,6 +8,9 @@ use crate::hypergrad::Hypergradient;
 use crate::schedule::{LevelConfig, Schedule};
 use crate::TrainError;
 
+/// Weight γ of the orthogonality regulariser (docs/METHOD.md §3).
+pub const DEFAULT_GAMMA: f64 = 1e-5;
+
 /// One level or two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -68,7 +71,7 @@ impl Default for TrainConfig {
             mode: Mode::Bilevel,
             iterations: 1000,
             unroll: 1,
-            gamma: 1e-5,
+            gamma: DEFAULT_GAMMA,
             hypergradient: Hypergradient::default(),
             lower: LevelConfig::default(),
             upper: LevelConfig::default(),

@@ -44,11 +44,33 @@ pub enum Hypergradient {
     },
 }
 
+/// The hypergradient methods by name, without their parameters (for command lines and files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "snake_case")]
+pub enum HypergradientMethod {
+    /// [`Hypergradient::FirstOrder`].
+    #[cfg_attr(feature = "clap", value(name = "first_order"))]
+    FirstOrder,
+    /// [`Hypergradient::Darts`].
+    #[default]
+    Darts,
+    /// [`Hypergradient::Neumann`].
+    Neumann,
+}
+
+/// The DARTS mixed term's weight ξ (1 in the reference code).
+pub const DEFAULT_XI: f64 = 1.0;
+/// Neumann: series terms after the first.
+pub const DEFAULT_NEUMANN_ITERATIONS: usize = 3;
+/// Neumann: series step α.
+pub const DEFAULT_NEUMANN_ALPHA: f64 = 0.1;
+
 impl Default for Hypergradient {
     fn default() -> Self {
         Hypergradient::Darts {
             alpha: DEFAULT_FD_ALPHA,
-            xi: 1.0,
+            xi: DEFAULT_XI,
         }
     }
 }

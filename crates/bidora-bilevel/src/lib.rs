@@ -94,11 +94,15 @@ pub mod stream;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointState};
+pub use config::DEFAULT_GAMMA;
 pub use error::TrainError;
-pub use hypergrad::{hypergradient, Hypergradient};
+pub use hypergrad::{
+    hypergradient, Hypergradient, HypergradientMethod, DEFAULT_FD_ALPHA, DEFAULT_NEUMANN_ALPHA,
+    DEFAULT_NEUMANN_ITERATIONS, DEFAULT_XI,
+};
 pub use params::ParamVec;
 pub use problem::{BilevelProblem, ParamGroups};
-pub use schedule::{LevelConfig, Schedule};
+pub use schedule::{LevelConfig, Schedule, DEFAULT_WARMUP};
 pub use stream::{BatchStream, ShuffledBatches};
 pub use trainer::{
     Control, Data, Evaluation, Event, Hooks, Mode, Outcome, Phase, RetrainConfig, TrainConfig,

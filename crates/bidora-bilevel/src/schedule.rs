@@ -17,10 +17,13 @@ pub enum Schedule {
     },
 }
 
+/// Fraction of each phase spent warming up (docs/METHOD.md §4).
+pub const DEFAULT_WARMUP: f64 = 0.1;
+
 impl Default for Schedule {
     fn default() -> Self {
         Schedule::LinearWarmupDecay {
-            warmup_fraction: 0.1,
+            warmup_fraction: DEFAULT_WARMUP,
         }
     }
 }

@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use bidora_adapters::{AdapterConfig, AdapterMethod, InitA, NormMode};
-use bidora_bilevel::{Hypergradient, LevelConfig, Mode, RetrainConfig, Schedule, TrainConfig};
+use bidora_bilevel::{
+    Hypergradient, HypergradientMethod, LevelConfig, Mode, RetrainConfig, Schedule, TrainConfig,
+};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::defaults;
 use crate::fail::{usage, Classify, Fail};
 
 /// Printed after `bidora train --help`.
@@ -53,20 +56,20 @@ pub struct Knobs {
     #[arg(long, value_name = "DIR", help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    /// lora, dora, bidora or full [default: bidora].
-    #[arg(long, help_heading = "Run")]
+    /// Training method.
+    #[arg(long, help_heading = "Run", help = defaults::help("lora, dora, bidora or full", defaults::METHOD.name()))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// cpu, wgpu or cuda[:INDEX] [default: cpu].
-    #[arg(long, help_heading = "Run")]
+    pub method: Option<Method>,
+    /// Backend.
+    #[arg(long, help_heading = "Run", help = defaults::help("cpu, wgpu or cuda[:INDEX]", defaults::BACKEND))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// Run folder [default: runs/TASK-METHOD].
     #[arg(long, value_name = "DIR", help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
-    /// Seed of the split, the initialisation, the batch order and dropout [default: 0].
-    #[arg(long, help_heading = "Run")]
+    /// Seed of the split, the initialisation, the batch order and dropout.
+    #[arg(long, help_heading = "Run", help = defaults::help("Seed of the split, the initialisation, the batch order and dropout", defaults::SEED))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// CPU threads [default: all cores].
@@ -74,16 +77,16 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
 
-    /// Adapter rank r [default: 8].
-    #[arg(long, help_heading = "Adapter")]
+    /// Adapter rank r.
+    #[arg(long, help_heading = "Adapter", help = defaults::help("Adapter rank r", defaults::RANK))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rank: Option<usize>,
-    /// Adapter alpha; the update is scaled by alpha / r [default: 2 × rank].
-    #[arg(long, help_heading = "Adapter")]
+    /// Adapter alpha; the update is scaled by alpha / r.
+    #[arg(long, help_heading = "Adapter", help = defaults::help("Adapter alpha; the update is scaled by alpha / r", format!("{} × rank", defaults::ALPHA_PER_RANK)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
-    /// Dropout on the adapter's input [default: 0.1].
-    #[arg(long, help_heading = "Adapter")]
+    /// Dropout on the adapter's input.
+    #[arg(long, help_heading = "Adapter", help = defaults::help("Dropout on the adapter's input", defaults::DROPOUT))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
     /// Target modules, comma separated: names (`query,value`), dotted paths, or `re:REGEX`
@@ -91,15 +94,14 @@ pub struct Knobs {
     #[arg(long, value_delimiter = ',', help_heading = "Adapter")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
-    /// Initialisation of A: kaiming (PEFT's default) or gaussian [default: kaiming].
-    #[arg(long, help_heading = "Adapter")]
+    /// Initialisation of A.
+    #[arg(long, help_heading = "Adapter", help = defaults::help("Initialisation of A: kaiming (PEFT's) or gaussian (the BiDoRA code's)", "kaiming"))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub init: Option<String>,
-    /// DoRA norm: exact (gradients through ‖W‖, the BiDoRA code) or detached (PEFT)
-    /// [default: exact for bidora, detached for dora].
-    #[arg(long, help_heading = "Adapter")]
+    pub init: Option<InitA>,
+    /// DoRA norm: exact (gradients through ‖W‖) or detached (PEFT).
+    #[arg(long, help_heading = "Adapter", help = defaults::help("DoRA norm: exact (gradients through ‖W‖, the BiDoRA code) or detached (PEFT)", "exact for bidora, detached for dora"))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub norm: Option<String>,
+    pub norm: Option<NormMode>,
     /// Take the DoRA norm through the low-rank form (same value, cheaper for large layers).
     #[arg(long, help_heading = "Adapter")]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -113,61 +115,60 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iterations: Option<usize>,
-    /// Passes over the (lower-level) training data [default: 3].
-    #[arg(long, help_heading = "Training")]
+    /// Passes over the (lower-level) training data.
+    #[arg(long, help_heading = "Training", help = defaults::help("Passes over the (lower-level) training data", defaults::EPOCHS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<f64>,
-    /// Examples per batch [default: 16].
-    #[arg(long, help_heading = "Training")]
+    /// Examples per batch.
+    #[arg(long, help_heading = "Training", help = defaults::help("Examples per batch", defaults::BATCH_SIZE))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
-    /// Longest input in tokens [default: 128].
-    #[arg(long, help_heading = "Training")]
+    /// Longest input in tokens.
+    #[arg(long, help_heading = "Training", help = defaults::help("Longest input in tokens", defaults::MAX_LENGTH))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
-    /// BiDoRA: fraction of the training set held out for the upper level [default: 0.2].
-    #[arg(long, help_heading = "Training")]
+    /// BiDoRA: fraction of the training set held out for the upper level.
+    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: fraction of the training set held out for the upper level", defaults::VAL_FRACTION))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_fraction: Option<f64>,
-    /// BiDoRA: weight γ of the orthogonality regulariser [default: 1e-5].
-    #[arg(long, help_heading = "Training")]
+    /// BiDoRA: weight γ of the orthogonality regulariser.
+    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: weight γ of the orthogonality regulariser", defaults::GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
     /// BiDoRA: square the regulariser's Frobenius norms.
     #[arg(long, help_heading = "Training")]
     #[serde(default, skip_serializing_if = "is_false")]
     pub squared_ortho: bool,
-    /// BiDoRA: an upper step after every this many lower steps [default: 1].
-    #[arg(long, help_heading = "Training")]
+    /// BiDoRA: an upper step after every this many lower steps.
+    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: an upper step after every this many lower steps", defaults::UNROLL))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unroll: Option<usize>,
-    /// BiDoRA: first_order, darts or neumann [default: darts].
-    #[arg(long, help_heading = "Training")]
+    /// BiDoRA: the hypergradient.
+    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: first_order, darts or neumann", "darts"))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub hypergradient: Option<String>,
-    /// DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖ [default: 0.01].
-    #[arg(long, help_heading = "Training")]
+    pub hypergradient: Option<HypergradientMethod>,
+    /// DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖.
+    #[arg(long, help_heading = "Training", help = defaults::help("DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖", defaults::FD_ALPHA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd_alpha: Option<f64>,
-    /// DARTS: weight ξ of the mixed term [default: 1].
-    #[arg(long, help_heading = "Training")]
+    /// DARTS: weight ξ of the mixed term.
+    #[arg(long, help_heading = "Training", help = defaults::help("DARTS: weight ξ of the mixed term", defaults::XI))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xi: Option<f64>,
-    /// Neumann: series terms [default: 3].
-    #[arg(long, help_heading = "Training")]
+    /// Neumann: series terms.
+    #[arg(long, help_heading = "Training", help = defaults::help("Neumann: series terms", defaults::NEUMANN_ITERATIONS))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neumann_iterations: Option<usize>,
-    /// Neumann: series step α [default: 0.1].
-    #[arg(long, help_heading = "Training")]
+    /// Neumann: series step α.
+    #[arg(long, help_heading = "Training", help = defaults::help("Neumann: series step α", defaults::NEUMANN_ALPHA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neumann_alpha: Option<f64>,
-    /// Peak learning rate of the lower level (the only one for lora/dora/full)
-    /// [default: 5e-4; 2e-5 for full].
-    #[arg(long, help_heading = "Training")]
+    /// Peak learning rate of the lower level (the only one for lora/dora/full).
+    #[arg(long, help_heading = "Training", help = defaults::help("Peak learning rate of the lower level (the only one for lora/dora/full)", format!("{}; {} for full", defaults::LR, defaults::LR_FULL)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lower_lr: Option<f64>,
-    /// Weight decay of the lower level [default: 0.01].
-    #[arg(long, help_heading = "Training")]
+    /// Weight decay of the lower level.
+    #[arg(long, help_heading = "Training", help = defaults::help("Weight decay of the lower level", defaults::WEIGHT_DECAY))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lower_weight_decay: Option<f64>,
     /// Peak learning rate of the upper level (magnitudes) [default: the lower lr].
@@ -178,12 +179,12 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upper_weight_decay: Option<f64>,
-    /// Schedule: linear (warm-up then linear decay to 0) or constant [default: linear].
-    #[arg(long, help_heading = "Training")]
+    /// Schedule: warm-up then linear decay to 0, or constant.
+    #[arg(long, help_heading = "Training", help = defaults::help("Schedule: linear (warm-up then linear decay to 0) or constant", "linear"))]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// Fraction of the steps spent warming up [default: 0.06].
-    #[arg(long, help_heading = "Training")]
+    pub schedule: Option<ScheduleKind>,
+    /// Fraction of the steps spent warming up.
+    #[arg(long, help_heading = "Training", help = defaults::help("Fraction of each phase spent warming up", defaults::WARMUP))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup: Option<f64>,
     /// Clip each level's gradient to this global norm.
@@ -244,7 +245,7 @@ impl Knobs {
 }
 
 /// The method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// LoRA.
@@ -258,20 +259,6 @@ pub enum Method {
 }
 
 impl Method {
-    fn parse(s: &str) -> Result<Self, Fail> {
-        Ok(match s {
-            "lora" => Method::Lora,
-            "dora" => Method::Dora,
-            "bidora" => Method::Bidora,
-            "full" => Method::Full,
-            other => {
-                return Err(usage(format!(
-                    "unknown method `{other}`: expected lora, dora, bidora or full"
-                )))
-            }
-        })
-    }
-
     /// Its name.
     pub fn name(self) -> &'static str {
         match self {
@@ -281,6 +268,16 @@ impl Method {
             Method::Full => "full",
         }
     }
+}
+
+/// The learning-rate schedule's shape (its warm-up is the `warmup` knob).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Linear warm-up, then linear decay to 0.
+    Linear,
+    /// The peak rate throughout.
+    Constant,
 }
 
 /// Resolved settings of a run.
@@ -351,8 +348,123 @@ fn non_negative(name: &str, v: f64) -> Result<f64, Fail> {
     }
 }
 
+/// The adapter of `method` (none for full fine-tuning); the targets are filled in once the
+/// architecture is known.
+fn adapter_config(k: &Knobs, method: Method) -> Result<Option<AdapterConfig>, Fail> {
+    let am = match method {
+        Method::Full => return Ok(None),
+        Method::Lora => AdapterMethod::Lora,
+        Method::Dora => AdapterMethod::Dora,
+        Method::Bidora => AdapterMethod::Bidora,
+    };
+    let rank = pick(&k.rank, defaults::RANK);
+    let alpha = pick(&k.alpha, defaults::ALPHA_PER_RANK * rank as f64);
+    let dropout = pick(&k.dropout, defaults::DROPOUT);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(usage(format!("`dropout` must be in [0, 1), got {dropout}")));
+    }
+    let default_norm = match method {
+        Method::Bidora => defaults::NORM_BIDORA,
+        _ => defaults::NORM_DORA,
+    };
+    let mut c = AdapterConfig::new(am).with_rank(rank, alpha);
+    c.dropout = dropout;
+    c.init_a = k.init.unwrap_or(defaults::INIT);
+    c.norm_mode = k.norm.unwrap_or(default_norm);
+    c.low_rank_norm = k.low_rank_norm;
+    c.use_scaling = !k.no_scaling;
+    if let Some(t) = &k.targets {
+        c = c.with_targets(t.clone());
+    }
+    c.validate().usage()?;
+    Ok(Some(c))
+}
+
+/// The engine's settings but for the run length (filled in by [`Settings::train_config`]).
+fn train_config(k: &Knobs, method: Method, seed: u64) -> Result<TrainConfig, Fail> {
+    let bilevel = method == Method::Bidora;
+    if k.retrain && !bilevel {
+        return Err(usage(
+            "`retrain` is a BiDoRA phase: use it with --method bidora",
+        ));
+    }
+    let default_lr = if method == Method::Full {
+        defaults::LR_FULL
+    } else {
+        defaults::LR
+    };
+    let lower_lr = non_negative("lower_lr", pick(&k.lower_lr, default_lr))?;
+    let lower_wd = non_negative(
+        "lower_weight_decay",
+        pick(&k.lower_weight_decay, defaults::WEIGHT_DECAY),
+    )?;
+    let level = |lr: f64, wd: f64| LevelConfig {
+        lr,
+        weight_decay: wd,
+        ..LevelConfig::default()
+    };
+    let upper = level(
+        non_negative("upper_lr", pick(&k.upper_lr, lower_lr))?,
+        non_negative("upper_weight_decay", pick(&k.upper_weight_decay, lower_wd))?,
+    );
+    Ok(TrainConfig {
+        mode: if bilevel {
+            Mode::Bilevel
+        } else {
+            Mode::SingleLevel
+        },
+        iterations: 1,
+        unroll: pick(&k.unroll, defaults::UNROLL),
+        gamma: if bilevel {
+            non_negative("gamma", pick(&k.gamma, defaults::GAMMA))?
+        } else {
+            0.0
+        },
+        hypergradient: hypergradient(k)?,
+        lower: level(lower_lr, lower_wd),
+        upper,
+        schedule: schedule(k)?,
+        clip_grad_norm: k.clip_grad_norm,
+        eval_every: k.eval_every,
+        checkpoint_every: k.checkpoint_every.or(k.eval_every),
+        seed,
+        retrain: None,
+    })
+}
+
+fn schedule(k: &Knobs) -> Result<Schedule, Fail> {
+    Ok(match k.schedule.unwrap_or(defaults::SCHEDULE) {
+        ScheduleKind::Constant => Schedule::Constant,
+        ScheduleKind::Linear => {
+            let w = pick(&k.warmup, defaults::WARMUP);
+            if !(0.0..1.0).contains(&w) {
+                return Err(usage(format!("`warmup` must be in [0, 1), got {w}")));
+            }
+            Schedule::LinearWarmupDecay { warmup_fraction: w }
+        }
+    })
+}
+
+fn hypergradient(k: &Knobs) -> Result<Hypergradient, Fail> {
+    let fd_alpha = positive("fd_alpha", pick(&k.fd_alpha, defaults::FD_ALPHA))?;
+    Ok(match k.hypergradient.unwrap_or(defaults::HYPERGRADIENT) {
+        HypergradientMethod::FirstOrder => Hypergradient::FirstOrder,
+        HypergradientMethod::Darts => Hypergradient::Darts {
+            alpha: fd_alpha,
+            xi: pick(&k.xi, defaults::XI),
+        },
+        HypergradientMethod::Neumann => Hypergradient::Neumann {
+            iterations: pick(&k.neumann_iterations, defaults::NEUMANN_ITERATIONS),
+            alpha: positive(
+                "neumann_alpha",
+                pick(&k.neumann_alpha, defaults::NEUMANN_ALPHA),
+            )?,
+        },
+    })
+}
+
 impl Settings {
-    /// Fills the defaults and checks every value.
+    /// Fills the defaults ([`crate::defaults`]) and checks every value.
     pub fn resolve(k: Knobs) -> Result<Self, Fail> {
         let task = k
             .task
@@ -367,20 +479,23 @@ impl Settings {
             .data
             .clone()
             .ok_or_else(|| usage("no data: pass --data DIR (the task's data folder)"))?;
-        let method = Method::parse(k.method.as_deref().unwrap_or("bidora"))?;
-        let backend = k.backend.clone().unwrap_or_else(|| "cpu".into());
+        let method = k.method.unwrap_or(defaults::METHOD);
+        let backend = k
+            .backend
+            .clone()
+            .unwrap_or_else(|| defaults::BACKEND.into());
         let device: bidora_backend::Device = backend.parse().usage()?;
         let out = k
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("runs/{task}-{}", method.name())));
-        let seed = pick(&k.seed, 0);
-        let batch_size = pick(&k.batch_size, 16);
-        let max_length = pick(&k.max_length, 128);
+        let seed = pick(&k.seed, defaults::SEED);
+        let batch_size = pick(&k.batch_size, defaults::BATCH_SIZE);
+        let max_length = pick(&k.max_length, defaults::MAX_LENGTH);
         if batch_size == 0 || max_length < 2 {
             return Err(usage("`batch_size` must be ≥ 1 and `max_length` ≥ 2"));
         }
-        let val_fraction = pick(&k.val_fraction, 0.2);
+        let val_fraction = pick(&k.val_fraction, defaults::VAL_FRACTION);
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
             return Err(usage(format!(
                 "`val_fraction` must be in (0, 1), got {val_fraction}"
@@ -389,140 +504,16 @@ impl Settings {
         let length = match (k.iterations, k.epochs) {
             (Some(0), _) => return Err(usage("`iterations` must be at least 1")),
             (Some(n), _) => Length::Iterations(n),
-            (None, e) => Length::Epochs(positive("epochs", e.unwrap_or(3.0))?),
+            (None, e) => Length::Epochs(positive("epochs", e.unwrap_or(defaults::EPOCHS))?),
         };
-
-        let rank = pick(&k.rank, 8);
-        let alpha = pick(&k.alpha, 2.0 * rank as f64);
-        let dropout = pick(&k.dropout, 0.1);
-        if !(0.0..1.0).contains(&dropout) {
-            return Err(usage(format!("`dropout` must be in [0, 1), got {dropout}")));
+        if k.threads == Some(0) {
+            return Err(usage("`threads` must be at least 1"));
         }
-        let init = match k.init.as_deref().unwrap_or("kaiming") {
-            "kaiming" => InitA::Kaiming,
-            "gaussian" => InitA::Gaussian,
-            other => {
-                return Err(usage(format!(
-                    "unknown init `{other}`: expected kaiming or gaussian"
-                )))
-            }
-        };
-        let norm = match k.norm.as_deref() {
-            None if method == Method::Bidora => NormMode::Exact,
-            None => NormMode::Detached,
-            Some("exact") => NormMode::Exact,
-            Some("detached") => NormMode::Detached,
-            Some(other) => {
-                return Err(usage(format!(
-                    "unknown norm `{other}`: expected exact or detached"
-                )))
-            }
-        };
-        let adapter = match method {
-            Method::Full => None,
-            m => {
-                let am = match m {
-                    Method::Lora => AdapterMethod::Lora,
-                    Method::Dora => AdapterMethod::Dora,
-                    _ => AdapterMethod::Bidora,
-                };
-                let mut c = AdapterConfig::new(am).with_rank(rank, alpha);
-                c.dropout = dropout;
-                c.init_a = init;
-                c.norm_mode = norm;
-                c.low_rank_norm = k.low_rank_norm;
-                c.use_scaling = !k.no_scaling;
-                if let Some(t) = &k.targets {
-                    c = c.with_targets(t.clone());
-                }
-                c.validate().usage()?;
-                Some(c)
-            }
-        };
-
-        let default_lr = if method == Method::Full { 2e-5 } else { 5e-4 };
-        let lower_lr = non_negative("lower_lr", pick(&k.lower_lr, default_lr))?;
-        let lower_wd = non_negative("lower_weight_decay", pick(&k.lower_weight_decay, 0.01))?;
-        let level = |lr: f64, wd: f64| LevelConfig {
-            lr,
-            weight_decay: wd,
-            ..LevelConfig::default()
-        };
-        let upper = level(
-            non_negative("upper_lr", pick(&k.upper_lr, lower_lr))?,
-            non_negative("upper_weight_decay", pick(&k.upper_weight_decay, lower_wd))?,
-        );
-        let schedule = match k.schedule.as_deref().unwrap_or("linear") {
-            "linear" => Schedule::LinearWarmupDecay {
-                warmup_fraction: {
-                    let w = pick(&k.warmup, 0.06);
-                    if !(0.0..1.0).contains(&w) {
-                        return Err(usage(format!("`warmup` must be in [0, 1), got {w}")));
-                    }
-                    w
-                },
-            },
-            "constant" => Schedule::Constant,
-            other => {
-                return Err(usage(format!(
-                    "unknown schedule `{other}`: expected linear or constant"
-                )))
-            }
-        };
-        let fd_alpha = positive("fd_alpha", pick(&k.fd_alpha, 0.01))?;
-        let hypergradient = match k.hypergradient.as_deref().unwrap_or("darts") {
-            "first_order" => Hypergradient::FirstOrder,
-            "darts" => Hypergradient::Darts {
-                alpha: fd_alpha,
-                xi: pick(&k.xi, 1.0),
-            },
-            "neumann" => Hypergradient::Neumann {
-                iterations: pick(&k.neumann_iterations, 3),
-                alpha: positive("neumann_alpha", pick(&k.neumann_alpha, 0.1))?,
-            },
-            other => {
-                return Err(usage(format!(
-                    "unknown hypergradient `{other}`: expected first_order, darts or neumann"
-                )))
-            }
-        };
-        let bilevel = method == Method::Bidora;
-        if k.retrain && !bilevel {
-            return Err(usage(
-                "`retrain` is a BiDoRA phase: use it with --method bidora",
-            ));
-        }
-        let train = TrainConfig {
-            mode: if bilevel {
-                Mode::Bilevel
-            } else {
-                Mode::SingleLevel
-            },
-            iterations: 1,
-            unroll: pick(&k.unroll, 1),
-            gamma: if bilevel {
-                non_negative("gamma", pick(&k.gamma, 1e-5))?
-            } else {
-                0.0
-            },
-            hypergradient,
-            lower: level(lower_lr, lower_wd),
-            upper,
-            schedule,
-            clip_grad_norm: k.clip_grad_norm,
-            eval_every: k.eval_every,
-            checkpoint_every: k.checkpoint_every.or(k.eval_every),
-            seed,
-            retrain: None,
-        };
-        if let Some(t) = k.threads {
-            if t == 0 {
-                return Err(usage("`threads` must be at least 1"));
-            }
-        }
+        let adapter = adapter_config(&k, method)?;
+        let train = train_config(&k, method, seed)?;
         let mut filled = k.clone();
         filled.task = Some(task.clone());
-        filled.method = Some(method.name().into());
+        filled.method = Some(method);
         filled.backend = Some(backend);
         filled.out = Some(out.clone());
         filled.seed = Some(seed);
@@ -606,6 +597,12 @@ mod tests {
         assert_eq!(a.alpha, 8.0);
         assert_eq!(a.norm_mode, NormMode::Exact);
         assert_eq!(s.train.gamma, 1e-5);
+        assert_eq!(
+            s.train.schedule,
+            Schedule::LinearWarmupDecay {
+                warmup_fraction: 0.1
+            }
+        );
         assert_eq!(s.out, PathBuf::from("runs/mrpc-bidora"));
         // 2 epochs of 10 batches; evaluation and checkpoints once per epoch.
         let c = s.train_config(10).unwrap();
@@ -636,7 +633,6 @@ mod tests {
         let base = "task = \"rte\"\nmodel = \"m\"\ndata = \"d\"\n";
         for (extra, needle) in [
             ("val_fraction = 1.5", "val_fraction"),
-            ("hypergradient = \"cg\"", "unknown hypergradient `cg`"),
             ("method = \"lora\"\nretrain = true", "retrain"),
             ("dropout = 1.0", "dropout"),
             ("iterations = 0", "iterations"),
@@ -649,9 +645,15 @@ mod tests {
                 err.error
             );
         }
-        let err = toml::from_str::<Knobs>("rnak = 4\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("rnak"), "{err}");
+        // Unknown keys and unknown names of the typed options are errors naming them.
+        for (text, needle) in [
+            ("rnak = 4\n", "rnak"),
+            ("hypergradient = \"cg\"\n", "cg"),
+            ("method = \"qlora\"\n", "qlora"),
+            ("norm = \"approx\"\n", "approx"),
+        ] {
+            let err = toml::from_str::<Knobs>(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

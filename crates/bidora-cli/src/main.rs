@@ -3,6 +3,7 @@
 
 mod adapter_folder;
 mod config;
+mod defaults;
 mod eval;
 mod fail;
 mod fingerprint;

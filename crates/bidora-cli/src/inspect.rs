@@ -2,152 +2,169 @@
 
 use std::path::Path;
 
-use bidora_adapters::{ParamGroup, ParamPartition};
+use bidora_adapters::ParamPartition;
 use bidora_models::bert::Bert;
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::llama::LlamaForCausalLM;
 use bidora_models::Architecture;
+use bidora_records::ParameterCounts;
 use burn::backend::NdArray;
-use burn::tensor::backend::Backend;
-use serde_json::{json, Value};
+use burn::module::Module;
+use serde::Serialize;
 
 use crate::adapter_folder::adapter_info;
 use crate::fail::{usage, Classify, Fail};
-use crate::session::TaskModel;
+use crate::session::{parameter_counts, TaskModel};
 
-/// Parameter count of a module.
-fn numel<B: Backend, M: burn::module::Module<B>>(m: &M) -> usize {
-    m.num_params()
+type B = NdArray<f32>;
+
+/// What `inspect` reports (`--json` prints it as is).
+#[derive(Serialize)]
+struct ModelSummary {
+    model: String,
+    architecture: &'static str,
+    layers: usize,
+    hidden_size: usize,
+    heads: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_heads: Option<usize>,
+    parameters: usize,
+    /// Module paths that `--targets` can name, with `N` for the layer index.
+    adaptable_linear_layers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adapter: Option<AdapterSummary>,
+}
+
+#[derive(Serialize)]
+struct AdapterSummary {
+    folder: String,
+    method: String,
+    rank: usize,
+    alpha: f64,
+    task_type: Option<String>,
+    labels: usize,
+    adapted_layers: Vec<String>,
+    parameters: ParameterCounts,
 }
 
 /// `bidora inspect`.
 pub fn inspect(model_dir: &Path, adapter: Option<&Path>, as_json: bool) -> Result<(), Fail> {
-    type B = NdArray<f32>;
-    let device = Default::default();
     let arch = Architecture::detect(model_dir).input()?;
-    let mut report = json!({
-        "model": model_dir.display().to_string(),
-        "architecture": arch.model_type(),
-    });
-    let (layers, params, linear_names): (usize, usize, Vec<String>) = match arch {
-        Architecture::Bert | Architecture::Roberta | Architecture::Mpnet => {
-            let (c, m) = Bert::<B>::load_base(model_dir, &device).input()?;
-            let names = m
-                .family
-                .projection_names()
-                .iter()
-                .map(|n| format!("encoder.layer.N.{n}"))
-                .collect();
-            report["hidden_size"] = json!(c.hidden_size);
-            report["heads"] = json!(c.num_attention_heads);
-            (c.num_hidden_layers, numel(&m), names)
-        }
-        Architecture::Gpt2 => {
-            let (c, m) = Gpt2LmHeadModel::<B>::load(model_dir, &device).input()?;
-            report["hidden_size"] = json!(c.n_embd);
-            report["heads"] = json!(c.n_head);
-            let names = bidora_models::gpt2::BLOCK_PROJECTIONS
-                .iter()
-                .map(|n| format!("transformer.h.N.{n}"))
-                .collect();
-            (c.n_layer, numel(&m), names)
-        }
-        Architecture::Llama => {
-            let (c, m) = LlamaForCausalLM::<B>::load(model_dir, &device).input()?;
-            report["hidden_size"] = json!(c.hidden_size);
-            report["heads"] = json!(c.num_attention_heads);
-            report["kv_heads"] = json!(c.kv_heads());
-            let names = bidora_models::llama::LAYER_PROJECTIONS
-                .iter()
-                .map(|n| format!("model.layers.N.{n}"))
-                .collect();
-            (c.num_hidden_layers, numel(&m), names)
-        }
-    };
-    report["layers"] = json!(layers);
-    report["parameters"] = json!(params);
-    report["adaptable_linear_layers"] = json!(linear_names);
+    let mut summary = summarize_model(model_dir, arch)?;
     if let Some(dir) = adapter {
-        if !matches!(
-            arch,
-            Architecture::Bert | Architecture::Roberta | Architecture::Mpnet
-        ) {
-            return Err(usage(
-                "`inspect --adapter` reads classification adapters of encoder models",
-            ));
-        }
-        let info = adapter_info(model_dir, dir)?;
-        // Trainability is only tracked on an autodiff backend.
-        let model = TaskModel::<burn::backend::Autodiff<B>>::load(
-            model_dir,
-            info.kind,
-            info.num_labels,
-            &device,
-        )?
-        .with_peft(&info.adapter)?;
-        let part = ParamPartition::of(&model);
-        let adapted: Vec<String> = bidora_adapters::AdapterHost::adapters(&model)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        report["adapter"] = json!({
-            "folder": dir.display().to_string(),
-            "method": format!("{:?}", info.adapter.config.to_adapter_config().method).to_lowercase(),
-            "rank": info.adapter.config.r,
-            "alpha": info.adapter.config.lora_alpha,
-            "task_type": info.adapter.config.task_type,
-            "labels": info.num_labels,
-            "adapted_layers": adapted,
-            "parameters": {
-                "direction": part.count(ParamGroup::Direction),
-                "magnitude": part.count(ParamGroup::Magnitude),
-                "head": part.count(ParamGroup::Head),
-                "frozen": part.count(ParamGroup::Frozen),
-            },
-        });
+        summary.adapter = Some(summarize_adapter(model_dir, arch, dir)?);
     }
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?
-        );
-        return Ok(());
+        let text = serde_json::to_string_pretty(&summary).map_err(anyhow::Error::from)?;
+        println!("{text}");
+    } else {
+        print_text(&summary);
     }
-    println!("model         {}", model_dir.display());
-    println!("architecture  {}", arch.model_type());
+    Ok(())
+}
+
+fn summarize_model(dir: &Path, arch: Architecture) -> Result<ModelSummary, Fail> {
+    let device = Default::default();
+    let paths = |prefix: &str, names: &[&str]| -> Vec<String> {
+        names.iter().map(|n| format!("{prefix}.N.{n}")).collect()
+    };
+    let summary = |layers, hidden_size, heads, parameters, names| ModelSummary {
+        model: dir.display().to_string(),
+        architecture: arch.model_type(),
+        layers,
+        hidden_size,
+        heads,
+        kv_heads: None,
+        parameters,
+        adaptable_linear_layers: names,
+        adapter: None,
+    };
+    Ok(match arch {
+        Architecture::Bert | Architecture::Roberta | Architecture::Mpnet => {
+            let (c, m) = Bert::<B>::load_base(dir, &device).input()?;
+            let names = paths("encoder.layer", &m.family.projection_names());
+            let (layers, hidden, heads) =
+                (c.num_hidden_layers, c.hidden_size, c.num_attention_heads);
+            summary(layers, hidden, heads, m.num_params(), names)
+        }
+        Architecture::Gpt2 => {
+            let (c, m) = Gpt2LmHeadModel::<B>::load(dir, &device).input()?;
+            let names = paths("transformer.h", &bidora_models::gpt2::BLOCK_PROJECTIONS);
+            summary(c.n_layer, c.n_embd, c.n_head, m.num_params(), names)
+        }
+        Architecture::Llama => {
+            let (c, m) = LlamaForCausalLM::<B>::load(dir, &device).input()?;
+            let names = paths("model.layers", &bidora_models::llama::LAYER_PROJECTIONS);
+            let (layers, hidden, heads) =
+                (c.num_hidden_layers, c.hidden_size, c.num_attention_heads);
+            ModelSummary {
+                kv_heads: Some(c.kv_heads()),
+                ..summary(layers, hidden, heads, m.num_params(), names)
+            }
+        }
+    })
+}
+
+fn summarize_adapter(
+    model_dir: &Path,
+    arch: Architecture,
+    dir: &Path,
+) -> Result<AdapterSummary, Fail> {
+    if !arch.is_encoder() {
+        return Err(usage(
+            "`inspect --adapter` reads classification adapters of encoder models",
+        ));
+    }
+    let info = adapter_info(model_dir, dir)?;
+    // Trainability is only tracked on an autodiff backend.
+    let model = TaskModel::<burn::backend::Autodiff<B>>::load(
+        model_dir,
+        info.kind,
+        info.num_labels,
+        &Default::default(),
+    )?
+    .with_peft(&info.adapter)?;
+    let config = &info.adapter.config;
+    Ok(AdapterSummary {
+        folder: dir.display().to_string(),
+        method: format!("{:?}", config.to_adapter_config().method).to_lowercase(),
+        rank: config.r,
+        alpha: config.lora_alpha,
+        task_type: config.task_type.clone(),
+        labels: info.num_labels,
+        adapted_layers: bidora_adapters::AdapterHost::adapters(&model)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+        parameters: parameter_counts(&ParamPartition::of(&model)),
+    })
+}
+
+fn print_text(s: &ModelSummary) {
+    println!("model         {}", s.model);
+    println!("architecture  {}", s.architecture);
     println!(
-        "size          {layers} layers, hidden {}, {} heads",
-        report["hidden_size"], report["heads"]
+        "size          {} layers, hidden {}, {} heads",
+        s.layers, s.hidden_size, s.heads
     );
-    println!("parameters    {}", group_digits(params));
-    println!(
-        "adaptable     {}",
-        report["adaptable_linear_layers"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
-    );
-    if let Some(a) = report.get("adapter") {
+    println!("parameters    {}", group_digits(s.parameters));
+    println!("adaptable     {}", s.adaptable_linear_layers.join(", "));
+    if let Some(a) = &s.adapter {
         println!(
             "adapter       {} ({}, r = {}, alpha = {}, {} labels)",
-            a["folder"].as_str().unwrap_or(""),
-            a["method"].as_str().unwrap_or(""),
-            a["rank"],
-            a["alpha"],
-            a["labels"]
+            a.folder, a.method, a.rank, a.alpha, a.labels
         );
-        let layers = a["adapted_layers"].as_array().map_or(0, Vec::len);
-        println!("adapted       {layers} layers");
-        for g in ["direction", "magnitude", "head", "frozen"] {
-            let n = a["parameters"][g].as_u64().unwrap_or(0) as usize;
+        println!("adapted       {} layers", a.adapted_layers.len());
+        let p = &a.parameters;
+        for (g, n) in [
+            ("direction", p.direction),
+            ("magnitude", p.magnitude),
+            ("head", p.head),
+            ("frozen", p.frozen),
+        ] {
             println!("  {g:<11} {:>14}", group_digits(n));
         }
     }
-    Ok(())
 }
 
 /// `1234567` → `1,234,567`.

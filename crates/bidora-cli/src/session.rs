@@ -151,6 +151,17 @@ pub enum Logits<B: Backend> {
     Tokens(Tensor<B, 3>),
 }
 
+/// Parameter counts per group, as the run's files report them.
+pub fn parameter_counts(part: &bidora_adapters::ParamPartition) -> bidora_records::ParameterCounts {
+    use bidora_adapters::ParamGroup;
+    bidora_records::ParameterCounts {
+        direction: part.count(ParamGroup::Direction),
+        magnitude: part.count(ParamGroup::Magnitude),
+        head: part.count(ParamGroup::Head),
+        frozen: part.count(ParamGroup::Frozen),
+    }
+}
+
 /// Outputs of a task's head: one for regression, else one per class or tag.
 pub fn num_labels(kind: TaskKind, labels: &[String]) -> usize {
     match kind {
@@ -192,10 +203,7 @@ impl<B: Backend> TaskModel<B> {
         device: &B::Device,
     ) -> Result<Self, Fail> {
         let arch = Architecture::detect(dir).input()?;
-        if !matches!(
-            arch,
-            Architecture::Bert | Architecture::Roberta | Architecture::Mpnet
-        ) {
+        if !arch.is_encoder() {
             return Err(input(format!(
                 "`{}` is a {} model; classification, regression and tagging tasks need an encoder (bert, roberta, mpnet)",
                 dir.display(),

@@ -18,14 +18,14 @@ use std::time::Instant;
 use anyhow::Context;
 use bidora_adapters::peft::{self, SaveOptions};
 use bidora_adapters::regularizer::OrthoOptions;
-use bidora_adapters::{ParamGroup, ParamPartition};
+use bidora_adapters::ParamPartition;
 use bidora_backend::BackendTask;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
 use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
 use bidora_data::batch::collate;
 use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
-use bidora_records::{AdapterInfo, BestEval, ParameterCounts, Record, Report};
+use bidora_records::{AdapterInfo, BestEval, Record, Report};
 use bidora_util::atomic_write;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -36,7 +36,8 @@ use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
 use crate::progress::Progress;
 use crate::session::{
-    evaluate, num_labels, to_device, Batch, ModelTokenizer, TaskModel, TaskProblem,
+    evaluate, num_labels, parameter_counts, to_device, Batch, ModelTokenizer, TaskModel,
+    TaskProblem,
 };
 
 const CONFIG_FILE: &str = "config.toml";
@@ -648,12 +649,7 @@ fn write_report<B: AutodiffBackend>(
         }),
         untrained: untrained.map(|e| e.metrics),
         majority_class_accuracy: majority_accuracy(&prep.train, &prep.dev),
-        parameters: ParameterCounts {
-            direction: partition.count(ParamGroup::Direction),
-            magnitude: partition.count(ParamGroup::Magnitude),
-            head: partition.count(ParamGroup::Head),
-            frozen: partition.count(ParamGroup::Frozen),
-        },
+        parameters: parameter_counts(&partition),
         train_examples: prep.train.len(),
         validation_examples: prep.val.as_ref().map(Vec::len),
         steps,

@@ -237,129 +237,12 @@ impl TaskInfo {
     /// a dev set evaluate on a held-out [`HOLDOUT_FRACTION`] of their training file.
     pub fn load(&self, dir: &Path) -> Result<TaskData, DataError> {
         match self.source {
-            Source::Glue(t) => {
-                let folder = glue_folder(dir, t);
-                let train = t.load(&folder.join("train.tsv"))?;
-                let mut eval = Vec::new();
-                for f in t.dev_files() {
-                    eval.push((
-                        f.trim_end_matches(".tsv").to_string(),
-                        t.load(&folder.join(f))?,
-                    ));
-                }
-                Ok(TaskData {
-                    train,
-                    eval,
-                    labels: t.labels().iter().map(|s| s.to_string()).collect(),
-                })
-            }
-            Source::Conll => {
-                let train_path = if dir.is_file() {
-                    dir.to_path_buf()
-                } else {
-                    pick(dir, "train", &["txt", "conll", "tsv"])
-                };
-                let tagged = crate::conll::load(&train_path, None)?;
-                let dev_path = pick(dir, "dev", &["txt", "conll", "tsv"]);
-                if dir.is_dir() && dev_path.is_file() {
-                    let dev = crate::conll::load(&dev_path, Some(&tagged.tags))?;
-                    Ok(TaskData {
-                        train: tagged.examples,
-                        eval: vec![("dev".into(), dev.examples)],
-                        labels: tagged.tags,
-                    })
-                } else {
-                    holdout(tagged.examples, tagged.tags)
-                }
-            }
-            Source::Ratings(set, binary) => {
-                let path = if dir.is_file() {
-                    dir.to_path_buf()
-                } else if dir.join("hutto_ICWSM_2014").is_dir() {
-                    dir.join("hutto_ICWSM_2014").join(set.file())
-                } else {
-                    dir.join(set.file())
-                };
-                let rated = crate::ratings::load(&path)?;
-                if binary {
-                    holdout(
-                        crate::ratings::binary(&rated),
-                        vec!["negative".into(), "positive".into()],
-                    )
-                } else {
-                    holdout(crate::ratings::regression(&rated), Vec::new())
-                }
-            }
-            Source::Folders => {
-                if dir.join("train").is_dir() && dir.join("test").is_dir() {
-                    let train = crate::folders::load(
-                        &dir.join("train"),
-                        None,
-                        crate::folders::Decoding::Latin1Fallback,
-                    )?;
-                    let test = crate::folders::load(
-                        &dir.join("test"),
-                        Some(&train.labels),
-                        crate::folders::Decoding::Latin1Fallback,
-                    )?;
-                    Ok(TaskData {
-                        train: train.examples,
-                        eval: vec![("test".into(), test.examples)],
-                        labels: train.labels,
-                    })
-                } else {
-                    let docs =
-                        crate::folders::load(dir, None, crate::folders::Decoding::Latin1Fallback)?;
-                    holdout(docs.examples, docs.labels)
-                }
-            }
-            Source::Generation => {
-                let train_path = pick(dir, "trainset", &["csv"]);
-                let (train_path, dev_path) = if train_path.is_file() {
-                    (train_path, pick(dir, "devset", &["csv"]))
-                } else {
-                    (pick(dir, "train", &["jsonl"]), pick(dir, "dev", &["jsonl"]))
-                };
-                let train = crate::generation::load(&train_path)?;
-                if dev_path.is_file() {
-                    let dev = crate::generation::load(&dev_path)?;
-                    Ok(TaskData {
-                        train: crate::generation::expand_references(&train),
-                        eval: vec![("dev".into(), dev)],
-                        labels: Vec::new(),
-                    })
-                } else {
-                    let data = holdout(train, Vec::new())?;
-                    Ok(TaskData {
-                        train: crate::generation::expand_references(&data.train),
-                        ..data
-                    })
-                }
-            }
-            Source::Jsonl => {
-                let train_path = if dir.is_file() {
-                    dir.to_path_buf()
-                } else {
-                    pick(dir, "train", &["jsonl"])
-                };
-                let space = jsonl_label_space(&train_path)?;
-                let labels = match &space {
-                    crate::jsonl::LabelSpace::Classes(c) => c.clone(),
-                    _ => Vec::new(),
-                };
-                let train = crate::jsonl::load(&train_path, &space)?;
-                let dev_path = pick(dir, "dev", &["jsonl"]);
-                if dir.is_dir() && dev_path.is_file() {
-                    let dev = crate::jsonl::load(&dev_path, &space)?;
-                    Ok(TaskData {
-                        train,
-                        eval: vec![("dev".into(), dev)],
-                        labels,
-                    })
-                } else {
-                    holdout(train, labels)
-                }
-            }
+            Source::Glue(t) => load_glue(dir, t),
+            Source::Conll => load_conll(dir),
+            Source::Ratings(set, binary) => load_ratings(dir, set, binary),
+            Source::Folders => load_folders(dir),
+            Source::Generation => load_generation(dir),
+            Source::Jsonl => load_jsonl(dir),
         }
     }
 
@@ -457,6 +340,140 @@ impl TaskInfo {
             (Source::Jsonl, Some(Label::Score(_))) => TaskKind::Regression,
             _ => self.kind,
         }
+    }
+}
+
+/// GLUE: `train.tsv` and the task's dev files, in `dir/<Task>/` or `dir`.
+fn load_glue(dir: &Path, t: GlueTask) -> Result<TaskData, DataError> {
+    let folder = glue_folder(dir, t);
+    let train = t.load(&folder.join("train.tsv"))?;
+    let mut eval = Vec::new();
+    for f in t.dev_files() {
+        eval.push((
+            f.trim_end_matches(".tsv").to_string(),
+            t.load(&folder.join(f))?,
+        ));
+    }
+    Ok(TaskData {
+        train,
+        eval,
+        labels: t.labels().iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+/// CoNLL BIO: `train` and `dev` files in `dir`, or one file with a held-out dev set.
+fn load_conll(dir: &Path) -> Result<TaskData, DataError> {
+    let train_path = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        pick(dir, "train", &["txt", "conll", "tsv"])
+    };
+    let tagged = crate::conll::load(&train_path, None)?;
+    let dev_path = pick(dir, "dev", &["txt", "conll", "tsv"]);
+    if dir.is_dir() && dev_path.is_file() {
+        let dev = crate::conll::load(&dev_path, Some(&tagged.tags))?;
+        Ok(TaskData {
+            train: tagged.examples,
+            eval: vec![("dev".into(), dev.examples)],
+            labels: tagged.tags,
+        })
+    } else {
+        holdout(tagged.examples, tagged.tags)
+    }
+}
+
+/// VADER ratings: binary sentiment (zeros dropped) or the rating itself, with a held-out dev set.
+fn load_ratings(dir: &Path, set: RatingSet, binary: bool) -> Result<TaskData, DataError> {
+    let path = if dir.is_file() {
+        dir.to_path_buf()
+    } else if dir.join("hutto_ICWSM_2014").is_dir() {
+        dir.join("hutto_ICWSM_2014").join(set.file())
+    } else {
+        dir.join(set.file())
+    };
+    let rated = crate::ratings::load(&path)?;
+    if binary {
+        holdout(
+            crate::ratings::binary(&rated),
+            vec!["negative".into(), "positive".into()],
+        )
+    } else {
+        holdout(crate::ratings::regression(&rated), Vec::new())
+    }
+}
+
+/// A folder per class: `train/` and `test/` if present, else one tree with a held-out dev set.
+fn load_folders(dir: &Path) -> Result<TaskData, DataError> {
+    if dir.join("train").is_dir() && dir.join("test").is_dir() {
+        let train = crate::folders::load(
+            &dir.join("train"),
+            None,
+            crate::folders::Decoding::Latin1Fallback,
+        )?;
+        let test = crate::folders::load(
+            &dir.join("test"),
+            Some(&train.labels),
+            crate::folders::Decoding::Latin1Fallback,
+        )?;
+        Ok(TaskData {
+            train: train.examples,
+            eval: vec![("test".into(), test.examples)],
+            labels: train.labels,
+        })
+    } else {
+        let docs = crate::folders::load(dir, None, crate::folders::Decoding::Latin1Fallback)?;
+        holdout(docs.examples, docs.labels)
+    }
+}
+
+/// E2E CSV (`trainset`/`devset`) or JSONL (`train`/`dev`), one training example per reference.
+fn load_generation(dir: &Path) -> Result<TaskData, DataError> {
+    let train_path = pick(dir, "trainset", &["csv"]);
+    let (train_path, dev_path) = if train_path.is_file() {
+        (train_path, pick(dir, "devset", &["csv"]))
+    } else {
+        (pick(dir, "train", &["jsonl"]), pick(dir, "dev", &["jsonl"]))
+    };
+    let train = crate::generation::load(&train_path)?;
+    if dev_path.is_file() {
+        let dev = crate::generation::load(&dev_path)?;
+        Ok(TaskData {
+            train: crate::generation::expand_references(&train),
+            eval: vec![("dev".into(), dev)],
+            labels: Vec::new(),
+        })
+    } else {
+        let data = holdout(train, Vec::new())?;
+        Ok(TaskData {
+            train: crate::generation::expand_references(&data.train),
+            ..data
+        })
+    }
+}
+
+/// Users' JSONL: `train.jsonl` (which decides the label space) and `dev.jsonl`, or one file.
+fn load_jsonl(dir: &Path) -> Result<TaskData, DataError> {
+    let train_path = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        pick(dir, "train", &["jsonl"])
+    };
+    let space = jsonl_label_space(&train_path)?;
+    let labels = match &space {
+        crate::jsonl::LabelSpace::Classes(c) => c.clone(),
+        _ => Vec::new(),
+    };
+    let train = crate::jsonl::load(&train_path, &space)?;
+    let dev_path = pick(dir, "dev", &["jsonl"]);
+    if dir.is_dir() && dev_path.is_file() {
+        let dev = crate::jsonl::load(&dev_path, &space)?;
+        Ok(TaskData {
+            train,
+            eval: vec![("dev".into(), dev)],
+            labels,
+        })
+    } else {
+        holdout(train, labels)
     }
 }
 

@@ -37,6 +37,15 @@ impl Architecture {
         })
     }
 
+    /// Whether it is an encoder (BERT, RoBERTa, MPNet): the architectures with classification,
+    /// regression and tagging heads.
+    pub fn is_encoder(self) -> bool {
+        matches!(
+            self,
+            Architecture::Bert | Architecture::Roberta | Architecture::Mpnet
+        )
+    }
+
     /// The HF `model_type`.
     pub fn model_type(self) -> &'static str {
         match self {

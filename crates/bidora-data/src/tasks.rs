@@ -262,21 +262,11 @@ impl TaskInfo {
             labels,
         };
         match (self.source, labels) {
-            (Source::Glue(t), _) => {
-                let folder = glue_folder(dir, t);
-                let mut eval = Vec::new();
-                for f in t.dev_files() {
-                    eval.push((
-                        f.trim_end_matches(".tsv").to_string(),
-                        t.load(&folder.join(f))?,
-                    ));
-                }
-                Ok(TaskData {
-                    train: Vec::new(),
-                    eval,
-                    labels: t.labels().iter().map(|s| s.to_string()).collect(),
-                })
-            }
+            (Source::Glue(t), _) => Ok(TaskData {
+                train: Vec::new(),
+                eval: glue_dev_sets(&glue_folder(dir, t), t)?,
+                labels: glue_labels(t),
+            }),
             (Source::Generation, _) => {
                 let dev = [pick(dir, "devset", &["csv"]), pick(dir, "dev", &["jsonl"])]
                     .into_iter()
@@ -346,18 +336,10 @@ impl TaskInfo {
 /// GLUE: `train.tsv` and the task's dev files, in `dir/<Task>/` or `dir`.
 fn load_glue(dir: &Path, t: GlueTask) -> Result<TaskData, DataError> {
     let folder = glue_folder(dir, t);
-    let train = t.load(&folder.join("train.tsv"))?;
-    let mut eval = Vec::new();
-    for f in t.dev_files() {
-        eval.push((
-            f.trim_end_matches(".tsv").to_string(),
-            t.load(&folder.join(f))?,
-        ));
-    }
     Ok(TaskData {
-        train,
-        eval,
-        labels: t.labels().iter().map(|s| s.to_string()).collect(),
+        train: t.load(&folder.join("train.tsv"))?,
+        eval: glue_dev_sets(&folder, t)?,
+        labels: glue_labels(t),
     })
 }
 
@@ -521,6 +503,23 @@ fn jsonl_label_space(path: &Path) -> Result<crate::jsonl::LabelSpace, DataError>
             "no `label` found in the training file",
         ));
     })
+}
+
+/// A GLUE task's dev sets (`dev`; MNLI: `dev_matched`, `dev_mismatched`), by name.
+fn glue_dev_sets(folder: &Path, t: GlueTask) -> Result<Vec<(String, Vec<Example>)>, DataError> {
+    t.dev_files()
+        .iter()
+        .map(|f| {
+            Ok((
+                f.trim_end_matches(".tsv").to_string(),
+                t.load(&folder.join(f))?,
+            ))
+        })
+        .collect()
+}
+
+fn glue_labels(t: GlueTask) -> Vec<String> {
+    t.labels().iter().map(|s| s.to_string()).collect()
 }
 
 /// A GLUE task's folder: `dir/<Task>/` when it exists, else `dir` itself.

@@ -22,7 +22,8 @@ use serde::Deserialize;
 
 use crate::config::{self, Architecture};
 use crate::layers::{
-    embedding, gelu_erf, layer_norm, linear, no_hits, padding_bias, Freezer, Projection,
+    embedding, example_paths, gelu_erf, inject_blocks, layer_norm, linear, no_hits, padding_bias,
+    visit_blocks, Block, Freezer, Projection,
 };
 use crate::weights::Weights;
 use crate::ModelError;
@@ -214,9 +215,9 @@ pub struct BertLayer<B: Backend> {
     pub heads: usize,
 }
 
-impl<B: Backend> BertLayer<B> {
-    fn projections(&self) -> [&Projection<B>; 6] {
-        [
+impl<B: Backend> Block<B> for BertLayer<B> {
+    fn projections(&self) -> Vec<&Projection<B>> {
+        vec![
             &self.query,
             &self.key,
             &self.value,
@@ -226,6 +227,23 @@ impl<B: Backend> BertLayer<B> {
         ]
     }
 
+    fn map_projections(
+        self,
+        f: &mut dyn FnMut(usize, Projection<B>) -> Result<Projection<B>, ModelError>,
+    ) -> Result<Self, ModelError> {
+        Ok(BertLayer {
+            query: f(0, self.query)?,
+            key: f(1, self.key)?,
+            value: f(2, self.value)?,
+            attention_output: f(3, self.attention_output)?,
+            intermediate: f(4, self.intermediate)?,
+            output: f(5, self.output)?,
+            ..self
+        })
+    }
+}
+
+impl<B: Backend> BertLayer<B> {
     /// `x`: `[batch, seq, hidden]`; `bias`: added to the attention scores, broadcastable to
     /// `[batch, heads, seq, seq]` (padding mask, plus MPNet's relative-position bias).
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
@@ -500,28 +518,13 @@ impl<B: Backend> Bert<B> {
         config.validate()?;
         let names = self.family.projection_names();
         let mut hits = Vec::new();
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, l) in self.layers.into_iter().enumerate() {
-            let p = |k: usize| format!("encoder.layer.{i}.{}", names[k]);
-            layers.push(BertLayer {
-                query: l.query.inject(&p(0), config, &mut hits)?,
-                key: l.key.inject(&p(1), config, &mut hits)?,
-                value: l.value.inject(&p(2), config, &mut hits)?,
-                attention_output: l.attention_output.inject(&p(3), config, &mut hits)?,
-                intermediate: l.intermediate.inject(&p(4), config, &mut hits)?,
-                output: l.output.inject(&p(5), config, &mut hits)?,
-                ..l
-            });
-        }
+        let layers = inject_blocks(self.layers, "encoder.layer", &names, config, &mut hits)?;
         let pooler = match self.pooler {
             Some(p) => Some(p.inject("pooler.dense", config, &mut hits)?),
             None => None,
         };
         if hits.is_empty() {
-            let mut examples: Vec<String> = names
-                .iter()
-                .map(|n| format!("encoder.layer.0.{n}"))
-                .collect();
+            let mut examples = example_paths("encoder.layer", &names);
             examples.push("pooler.dense".into());
             return Err(no_hits(config, self.family.prefix(), &examples));
         }
@@ -611,11 +614,7 @@ impl<B: Backend> Bert<B> {
 impl<B: Backend> AdapterHost<B> for Bert<B> {
     fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
         let names = self.family.projection_names();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (name, proj) in names.iter().zip(l.projections()) {
-                proj.host(&join_path(prefix, &format!("encoder.layer.{i}.{name}")), f);
-            }
-        }
+        visit_blocks(&self.layers, prefix, "encoder.layer", &names, f);
         if let Some(p) = &self.pooler {
             p.host(&join_path(prefix, "pooler.dense"), f);
         }

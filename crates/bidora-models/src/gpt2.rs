@@ -17,7 +17,10 @@ use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
 
 use crate::config::{self, Architecture};
-use crate::layers::{causal_bias, conv1d, embedding, layer_norm, no_hits, Freezer, Projection};
+use crate::layers::{
+    causal_bias, conv1d, embedding, example_paths, inject_blocks, layer_norm, no_hits,
+    visit_blocks, Block, Freezer, Projection,
+};
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -134,10 +137,6 @@ pub struct Gpt2Block<B: Backend> {
 pub const BLOCK_PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
 
 impl<B: Backend> Gpt2Block<B> {
-    fn projections(&self) -> [&Projection<B>; 4] {
-        [&self.c_attn, &self.attn_proj, &self.c_fc, &self.mlp_proj]
-    }
-
     /// `x`: `[batch, seq, hidden]`; `bias`: `[batch, 1, seq, seq]` causal + padding bias.
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
@@ -240,35 +239,37 @@ impl<B: Backend> Gpt2<B> {
     pub fn inject(self, config: &AdapterConfig) -> Result<Self, ModelError> {
         config.validate()?;
         let mut hits = Vec::new();
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for (i, b) in self.blocks.into_iter().enumerate() {
-            let p = |k: usize| format!("h.{i}.{}", BLOCK_PROJECTIONS[k]);
-            blocks.push(Gpt2Block {
-                c_attn: b.c_attn.inject(&p(0), config, &mut hits)?,
-                attn_proj: b.attn_proj.inject(&p(1), config, &mut hits)?,
-                c_fc: b.c_fc.inject(&p(2), config, &mut hits)?,
-                mlp_proj: b.mlp_proj.inject(&p(3), config, &mut hits)?,
-                ..b
-            });
-        }
+        let blocks = inject_blocks(self.blocks, "h", &BLOCK_PROJECTIONS, config, &mut hits)?;
         if hits.is_empty() {
-            let examples: Vec<String> = BLOCK_PROJECTIONS
-                .iter()
-                .map(|n| format!("h.0.{n}"))
-                .collect();
+            let examples = example_paths("h", &BLOCK_PROJECTIONS);
             return Err(no_hits(config, "GPT-2", &examples));
         }
         Ok(Gpt2 { blocks, ..self })
     }
 }
 
+impl<B: Backend> Block<B> for Gpt2Block<B> {
+    fn projections(&self) -> Vec<&Projection<B>> {
+        vec![&self.c_attn, &self.attn_proj, &self.c_fc, &self.mlp_proj]
+    }
+
+    fn map_projections(
+        self,
+        f: &mut dyn FnMut(usize, Projection<B>) -> Result<Projection<B>, ModelError>,
+    ) -> Result<Self, ModelError> {
+        Ok(Gpt2Block {
+            c_attn: f(0, self.c_attn)?,
+            attn_proj: f(1, self.attn_proj)?,
+            c_fc: f(2, self.c_fc)?,
+            mlp_proj: f(3, self.mlp_proj)?,
+            ..self
+        })
+    }
+}
+
 impl<B: Backend> AdapterHost<B> for Gpt2<B> {
     fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
-        for (i, b) in self.blocks.iter().enumerate() {
-            for (name, proj) in BLOCK_PROJECTIONS.iter().zip(b.projections()) {
-                proj.host(&join_path(prefix, &format!("h.{i}.{name}")), f);
-            }
-        }
+        visit_blocks(&self.blocks, prefix, "h", &BLOCK_PROJECTIONS, f);
     }
 }
 

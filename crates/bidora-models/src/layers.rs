@@ -2,7 +2,7 @@
 //! ([`Projection`]), checked constructors that take their tensors from a [`Weights`] map, and
 //! the freezer used before injecting adapters.
 
-use bidora_adapters::{AdaptedLinear, AdapterConfig};
+use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
@@ -82,6 +82,60 @@ impl<B: Backend> Projection<B> {
 }
 
 /// The error for target modules that match no layer of a model.
+/// A repeated block of a transformer (encoder layer, decoder block) and its projections in one
+/// fixed order: the order of its architecture's table of HF names (`BLOCK_PROJECTIONS`,
+/// `LAYER_PROJECTIONS`, `Family::projection_names`). Injection, adapter visiting and the
+/// error for targets that match nothing are written once, over any block.
+pub(crate) trait Block<B: Backend>: Sized {
+    /// The projections, in table order.
+    fn projections(&self) -> Vec<&Projection<B>>;
+    /// The block with each projection `k` (in table order) replaced by `f(k, projection)`.
+    fn map_projections(
+        self,
+        f: &mut dyn FnMut(usize, Projection<B>) -> Result<Projection<B>, ModelError>,
+    ) -> Result<Self, ModelError>;
+}
+
+/// `blocks` with adapters on every projection whose path `{prefix}.{i}.{name}` is one of
+/// `config`'s targets; the matched paths are appended to `hits`.
+pub(crate) fn inject_blocks<B: Backend, L: Block<B>>(
+    blocks: Vec<L>,
+    prefix: &str,
+    names: &[&str],
+    config: &AdapterConfig,
+    hits: &mut Vec<String>,
+) -> Result<Vec<L>, ModelError> {
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, block)| {
+            block.map_projections(&mut |k, p| {
+                p.inject(&format!("{prefix}.{i}.{}", names[k]), config, hits)
+            })
+        })
+        .collect()
+}
+
+/// Calls `f` with every adapted projection of `blocks` and its path under `root`.
+pub(crate) fn visit_blocks<'a, B: Backend, L: Block<B>>(
+    blocks: &'a [L],
+    root: &str,
+    prefix: &str,
+    names: &[&str],
+    f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>),
+) {
+    for (i, block) in blocks.iter().enumerate() {
+        for (name, proj) in names.iter().zip(block.projections()) {
+            proj.host(&join_path(root, &format!("{prefix}.{i}.{name}")), f);
+        }
+    }
+}
+
+/// The paths of block 0's projections, for error messages.
+pub(crate) fn example_paths(prefix: &str, names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("{prefix}.0.{n}")).collect()
+}
+
 pub(crate) fn no_hits(config: &AdapterConfig, arch: &str, examples: &[String]) -> ModelError {
     ModelError::Invalid(format!(
         "target modules {:?} match no layer of this {arch} model; its linear layers are named like {}",

@@ -19,7 +19,10 @@ use serde::Deserialize;
 
 use crate::config::{self, Architecture};
 use crate::gguf::{Gguf, Value};
-use crate::layers::{causal_bias, embedding, linear, no_hits, Freezer, Projection};
+use crate::layers::{
+    causal_bias, embedding, example_paths, inject_blocks, linear, no_hits, visit_blocks, Block,
+    Freezer, Projection,
+};
 use crate::weights::Weights;
 use crate::ModelError;
 
@@ -257,18 +260,6 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> 
 }
 
 impl<B: Backend> LlamaLayer<B> {
-    fn projections(&self) -> [&Projection<B>; 7] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
-    }
-
     /// `x`: `[batch, seq, hidden]`; `cos`/`sin`: `[1, 1, seq, head_dim]`; `bias`: causal +
     /// padding bias `[batch, 1, seq, seq]`.
     pub fn forward(
@@ -427,38 +418,48 @@ impl<B: Backend> Llama<B> {
     pub fn inject(self, config: &AdapterConfig) -> Result<Self, ModelError> {
         config.validate()?;
         let mut hits = Vec::new();
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, l) in self.layers.into_iter().enumerate() {
-            let p = |k: usize| format!("layers.{i}.{}", LAYER_PROJECTIONS[k]);
-            layers.push(LlamaLayer {
-                q_proj: l.q_proj.inject(&p(0), config, &mut hits)?,
-                k_proj: l.k_proj.inject(&p(1), config, &mut hits)?,
-                v_proj: l.v_proj.inject(&p(2), config, &mut hits)?,
-                o_proj: l.o_proj.inject(&p(3), config, &mut hits)?,
-                gate_proj: l.gate_proj.inject(&p(4), config, &mut hits)?,
-                up_proj: l.up_proj.inject(&p(5), config, &mut hits)?,
-                down_proj: l.down_proj.inject(&p(6), config, &mut hits)?,
-                ..l
-            });
-        }
+        let layers = inject_blocks(self.layers, "layers", &LAYER_PROJECTIONS, config, &mut hits)?;
         if hits.is_empty() {
-            let examples: Vec<String> = LAYER_PROJECTIONS
-                .iter()
-                .map(|n| format!("layers.0.{n}"))
-                .collect();
+            let examples = example_paths("layers", &LAYER_PROJECTIONS);
             return Err(no_hits(config, "Llama", &examples));
         }
         Ok(Llama { layers, ..self })
     }
 }
 
+impl<B: Backend> Block<B> for LlamaLayer<B> {
+    fn projections(&self) -> Vec<&Projection<B>> {
+        vec![
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
+    fn map_projections(
+        self,
+        f: &mut dyn FnMut(usize, Projection<B>) -> Result<Projection<B>, ModelError>,
+    ) -> Result<Self, ModelError> {
+        Ok(LlamaLayer {
+            q_proj: f(0, self.q_proj)?,
+            k_proj: f(1, self.k_proj)?,
+            v_proj: f(2, self.v_proj)?,
+            o_proj: f(3, self.o_proj)?,
+            gate_proj: f(4, self.gate_proj)?,
+            up_proj: f(5, self.up_proj)?,
+            down_proj: f(6, self.down_proj)?,
+            ..self
+        })
+    }
+}
+
 impl<B: Backend> AdapterHost<B> for Llama<B> {
     fn for_each_adapter<'a>(&'a self, prefix: &str, f: &mut dyn FnMut(&str, &'a AdaptedLinear<B>)) {
-        for (i, l) in self.layers.iter().enumerate() {
-            for (name, proj) in LAYER_PROJECTIONS.iter().zip(l.projections()) {
-                proj.host(&join_path(prefix, &format!("layers.{i}.{name}")), f);
-            }
-        }
+        visit_blocks(&self.layers, prefix, "layers", &LAYER_PROJECTIONS, f);
     }
 }
 

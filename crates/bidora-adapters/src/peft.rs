@@ -292,105 +292,121 @@ pub struct PeftAdapter {
     pub warnings: Vec<String>,
 }
 
+/// `adapter_config.json`.
+fn read_config(path: &Path) -> Result<PeftConfig, AdapterError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AdapterError::Io {
+        action: "cannot read the adapter config",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| AdapterError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A layer's `[lora_A, lora_B, magnitude]` tensors as the file holds them.
+type LayerParts = [Option<HostTensor>; 3];
+
+/// Tensors by name.
+type Tensors = BTreeMap<String, HostTensor>;
+
+/// The file's tensors grouped by layer; the others (a saved head, `modules_to_save`) apart.
+fn group_tensors(
+    file: crate::tensor_io::SafetensorsFile,
+    path: &Path,
+) -> Result<(BTreeMap<String, LayerParts>, Tensors), AdapterError> {
+    let mut parts: BTreeMap<String, LayerParts> = BTreeMap::new();
+    let mut extra = BTreeMap::new();
+    for (key, tensor) in file.tensors {
+        let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
+            return Err(AdapterError::Mismatch {
+                path: path.to_path_buf(),
+                message: format!("tensor `{key}` does not start with `{KEY_PREFIX}`"),
+            });
+        };
+        let (module, slot) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+            (m, 0)
+        } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
+            (m, 1)
+        } else if let Some(m) = rest.strip_suffix(".lora_magnitude_vector") {
+            (m, 2)
+        } else {
+            extra.insert(rest.to_string(), tensor);
+            continue;
+        };
+        parts.entry(module.to_string()).or_default()[slot] = Some(tensor);
+    }
+    Ok((parts, extra))
+}
+
+/// One layer's tensors, checked against each other and the config's `use_dora`.
+fn check_layer(
+    module: &str,
+    a: Option<HostTensor>,
+    b: Option<HostTensor>,
+    m: Option<HostTensor>,
+    use_dora: bool,
+) -> Result<PeftLayer, String> {
+    let missing = |what: &str| format!("layer `{module}` has no `{what}` tensor");
+    let a = a.ok_or_else(|| missing("lora_A.weight"))?;
+    let b = b.ok_or_else(|| missing("lora_B.weight"))?;
+    let (ra, rb) = match (a.shape.as_slice(), b.shape.as_slice()) {
+        ([ra, _], [_, rb]) => (*ra, *rb),
+        _ => {
+            return Err(format!(
+                "layer `{module}`: lora_A {:?} and lora_B {:?} must be matrices",
+                a.shape, b.shape
+            ))
+        }
+    };
+    if ra != rb {
+        return Err(format!(
+            "layer `{module}`: lora_A {:?} and lora_B {:?} disagree on the rank",
+            a.shape, b.shape
+        ));
+    }
+    if let Some(m) = &m {
+        if m.shape != [b.shape[0]] {
+            return Err(format!(
+                "layer `{module}`: magnitude {:?} does not match lora_B {:?}",
+                m.shape, b.shape
+            ));
+        }
+    }
+    if m.is_some() != use_dora {
+        return Err(format!(
+            "layer `{module}`: use_dora = {use_dora} in the config, but the magnitude vector is {}",
+            if m.is_some() { "present" } else { "missing" }
+        ));
+    }
+    Ok(PeftLayer {
+        lora_a: a,
+        lora_b: b,
+        magnitude: m,
+    })
+}
+
 impl PeftAdapter {
     /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors`.
     pub fn load(dir: &Path) -> Result<Self, AdapterError> {
-        let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|source| AdapterError::Io {
-            action: "cannot read the adapter config",
-            path: config_path.clone(),
-            source,
-        })?;
-        let config: PeftConfig =
-            serde_json::from_str(&text).map_err(|source| AdapterError::Json {
-                path: config_path.clone(),
-                source,
-            })?;
+        let config = read_config(&dir.join(CONFIG_FILE))?;
         let warnings = config.check()?;
         for w in &warnings {
             log::warn!("{w}");
         }
         let weights_path = dir.join(WEIGHTS_FILE);
-        let file = read_safetensors(&weights_path)?;
-        let mut parts: BTreeMap<String, [Option<HostTensor>; 3]> = BTreeMap::new();
-        let mut extra_tensors = BTreeMap::new();
-        for (key, tensor) in file.tensors {
-            let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
-                return Err(AdapterError::Mismatch {
-                    path: weights_path,
-                    message: format!("tensor `{key}` does not start with `{KEY_PREFIX}`"),
-                });
-            };
-            let (module, slot) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
-                (m, 0)
-            } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
-                (m, 1)
-            } else if let Some(m) = rest.strip_suffix(".lora_magnitude_vector") {
-                (m, 2)
-            } else {
-                extra_tensors.insert(rest.to_string(), tensor);
-                continue;
-            };
-            parts.entry(module.to_string()).or_default()[slot] = Some(tensor);
-        }
+        let (parts, extra_tensors) =
+            group_tensors(read_safetensors(&weights_path)?, &weights_path)?;
         let mut layers = BTreeMap::new();
         for (module, [a, b, m]) in parts {
-            let missing = |what: &str| AdapterError::Mismatch {
-                path: weights_path.clone(),
-                message: format!("layer `{module}` has no `{what}` tensor"),
-            };
-            let a = a.ok_or_else(|| missing("lora_A.weight"))?;
-            let b = b.ok_or_else(|| missing("lora_B.weight"))?;
-            let (ra, rb) = match (a.shape.as_slice(), b.shape.as_slice()) {
-                ([ra, _], [_, rb]) => (*ra, *rb),
-                _ => {
-                    return Err(AdapterError::Mismatch {
-                        path: weights_path,
-                        message: format!(
-                            "layer `{module}`: lora_A {:?} and lora_B {:?} must be matrices",
-                            a.shape, b.shape
-                        ),
-                    })
+            let layer = check_layer(&module, a, b, m, config.use_dora).map_err(|message| {
+                AdapterError::Mismatch {
+                    path: weights_path.clone(),
+                    message,
                 }
-            };
-            if ra != rb {
-                return Err(AdapterError::Mismatch {
-                    path: weights_path,
-                    message: format!(
-                        "layer `{module}`: lora_A {:?} and lora_B {:?} disagree on the rank",
-                        a.shape, b.shape
-                    ),
-                });
-            }
-            if let Some(m) = &m {
-                if m.shape != [b.shape[0]] {
-                    return Err(AdapterError::Mismatch {
-                        path: weights_path,
-                        message: format!(
-                            "layer `{module}`: magnitude {:?} does not match lora_B {:?}",
-                            m.shape, b.shape
-                        ),
-                    });
-                }
-            }
-            if m.is_some() != config.use_dora {
-                return Err(AdapterError::Mismatch {
-                    path: weights_path,
-                    message: format!(
-                        "layer `{module}`: use_dora = {} in the config, but the magnitude vector is {}",
-                        config.use_dora,
-                        if m.is_some() { "present" } else { "missing" }
-                    ),
-                });
-            }
-            layers.insert(
-                module,
-                PeftLayer {
-                    lora_a: a,
-                    lora_b: b,
-                    magnitude: m,
-                },
-            );
+            })?;
+            layers.insert(module, layer);
         }
         Ok(PeftAdapter {
             dir: dir.to_path_buf(),

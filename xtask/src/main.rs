@@ -508,146 +508,165 @@ fn fetch(asset: &Asset, dir: &Path) -> Result<PathBuf> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Assets { names, dir, list } => {
-            if list {
-                for a in ASSETS {
-                    println!("{:10} {}", a.name, a.description);
-                }
-                return Ok(());
-            }
-            let dir = dir.unwrap_or_else(default_assets_dir);
-            let chosen: Vec<&Asset> = if names.is_empty() {
-                ASSETS.iter().collect()
-            } else {
-                names.iter().map(|n| asset(n)).collect::<Result<_>>()?
-            };
-            for a in chosen {
-                let path = fetch(a, &dir)?;
-                println!("{}\t{}", a.name, path.display());
-            }
-            Ok(())
-        }
+        Cmd::Assets { names, dir, list } => assets(&names, dir, list),
         Cmd::Demo {
             method,
             iterations,
             backend,
-        } => {
-            let dir = default_assets_dir();
-            let model = fetch(asset("minilm")?, &dir)?;
-            let data = fetch(asset("vader")?, &dir)?;
-            let runs = root().join("runs");
-            let out = (1..)
-                .map(|i| runs.join(format!("demo-{method}-{i}")))
-                .find(|p| !p.exists())
-                .context("no free run folder")?;
-            let every = (iterations / 4).max(1).to_string();
-            let mut cmd = Command::new("cargo");
-            cmd.args(["run", "--release", "-q", "-p", "bidora-cli"]);
-            if backend != "cpu" {
-                cmd.args([
-                    "--features",
-                    &format!("bidora-cli/{}", backend.split(':').next().unwrap_or("cpu")),
-                ]);
-            }
-            cmd.args(["--", "train", "--task", "movie-sentiment", "--model"])
-                .arg(&model)
-                .arg("--data")
-                .arg(&data)
-                .args(["--method", &method, "--backend", &backend])
-                .args(["--iterations", &iterations.to_string()])
-                .args(["--eval-every", &every])
-                .args([
-                    "--batch-size",
-                    "8",
-                    "--max-length",
-                    "48",
-                    "--lower-lr",
-                    "2e-3",
-                    // The warm-up the README's figures were measured with (the CLI's
-                    // default is docs/METHOD.md's 10%).
-                    "--warmup",
-                    "0.06",
-                ])
-                .arg("--out")
-                .arg(&out);
-            status(&mut cmd)?;
-            let report: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("report.json")).context("reading report.json")?,
-            )?;
-            let get = |v: &serde_json::Value| v["accuracy"].as_f64().unwrap_or(f64::NAN);
-            println!();
-            println!("movie-review sentiment, held-out dev accuracy (all-MiniLM-L6-v2, {method}):");
-            println!(
-                "  majority class   {:.4}",
-                report["majority_class_accuracy"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN)
-            );
-            println!("  untrained        {:.4}", get(&report["untrained"]));
-            println!("  after training   {:.4} (final)", get(&report["final"]));
-            println!(
-                "                   {:.4} (best, after step {})",
-                get(&report["best"]["metrics"]),
-                report["best"]["step"].as_u64().map_or(0, |s| s + 1)
-            );
-            println!(
-                "run folder: {} (curves.png, report.json, adapter/)",
-                out.display()
-            );
-            Ok(())
-        }
+        } => demo(&method, iterations, &backend),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::Results(o) => results::run(&o),
-        Cmd::Ci => {
-            status(Command::new("cargo").args([
-                "check",
-                "--workspace",
-                "--features",
-                "bidora-backend/cuda",
-            ]))?;
-            status(
-                Command::new("cargo")
-                    .args(["xtask", "assets"])
-                    .args(TEST_ASSETS),
-            )?;
-            // As `.ci/run`: the GLUE tests run where the files are beside the clone.
-            let mut test = Command::new("cargo");
-            test.args(TEST_ARGS);
-            let glue = root().join("../shared/data/glue");
-            if std::env::var_os("BIDORA_GLUE_DIR").is_none() && glue.join("MANIFEST.md").is_file() {
-                test.env("BIDORA_GLUE_DIR", glue);
-            }
-            status(&mut test)
-        }
-        Cmd::Golden { pythonpath, python } => {
-            if !pythonpath.join("peft").is_dir() {
-                bail!(
-                    "no peft under {}: run `scripts/golden/setup.sh {}` first",
-                    pythonpath.display(),
-                    pythonpath.display()
-                );
-            }
-            let dir = default_assets_dir();
-            let minilm = fetch(asset("minilm")?, &dir)?;
-            for name in ["mpnet", "smollm2", "gpt2-bpe"] {
-                fetch(asset(name)?, &dir)?;
-            }
-            for (script, args) in [
-                ("scripts/golden/adapters.py", vec![]),
-                ("scripts/golden/metrics.py", vec![]),
-                ("scripts/golden/models.py", vec![minilm]),
-                ("scripts/golden/tiny_models.py", vec![]),
-                ("scripts/golden/assets.py", vec![dir.clone()]),
-            ] {
-                status(
-                    Command::new(&python)
-                        .arg(script)
-                        .args(args)
-                        .env("PYTHONPATH", &pythonpath)
-                        .env("PYTHONHASHSEED", "0"),
-                )?;
-            }
-            Ok(())
-        }
+        Cmd::Ci => ci(),
+        Cmd::Golden { pythonpath, python } => golden(&pythonpath, &python),
     }
+}
+
+/// `cargo xtask assets`.
+fn assets(names: &[String], dir: Option<PathBuf>, list: bool) -> Result<()> {
+    if list {
+        for a in ASSETS {
+            println!("{:10} {}", a.name, a.description);
+        }
+        return Ok(());
+    }
+    let dir = dir.unwrap_or_else(default_assets_dir);
+    let chosen: Vec<&Asset> = if names.is_empty() {
+        ASSETS.iter().collect()
+    } else {
+        names.iter().map(|n| asset(n)).collect::<Result<_>>()?
+    };
+    for a in chosen {
+        let path = fetch(a, &dir)?;
+        println!("{}\t{}", a.name, path.display());
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`: MiniLM + the method on movie-review sentiment, then the scores.
+fn demo(method: &str, iterations: usize, backend: &str) -> Result<()> {
+    let dir = default_assets_dir();
+    let model = fetch(asset("minilm")?, &dir)?;
+    let data = fetch(asset("vader")?, &dir)?;
+    let runs = root().join("runs");
+    let out = (1..)
+        .map(|i| runs.join(format!("demo-{method}-{i}")))
+        .find(|p| !p.exists())
+        .context("no free run folder")?;
+    let every = (iterations / 4).max(1).to_string();
+    let mut cmd = Command::new("cargo");
+    cmd.args(["run", "--release", "-q", "-p", "bidora-cli"]);
+    if backend != "cpu" {
+        cmd.args([
+            "--features",
+            &format!("bidora-cli/{}", backend.split(':').next().unwrap_or("cpu")),
+        ]);
+    }
+    cmd.args(["--", "train", "--task", "movie-sentiment", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .args(["--method", method, "--backend", backend])
+        .args(["--iterations", &iterations.to_string()])
+        .args(["--eval-every", &every])
+        .args([
+            "--batch-size",
+            "8",
+            "--max-length",
+            "48",
+            "--lower-lr",
+            "2e-3",
+            // The warm-up the README's figures were measured with (the CLI's
+            // default is docs/METHOD.md's 10%).
+            "--warmup",
+            "0.06",
+        ])
+        .arg("--out")
+        .arg(&out);
+    status(&mut cmd)?;
+    let report: bidora_records::Report =
+        bidora_records::read_json(&out.join("report.json")).map_err(anyhow::Error::msg)?;
+    let accuracy = |m: Option<&bidora_records::Metrics>| {
+        m.and_then(|m| m.get("accuracy"))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!();
+    println!("movie-review sentiment, held-out dev accuracy (all-MiniLM-L6-v2, {method}):");
+    println!(
+        "  majority class   {:.4}",
+        report.majority_class_accuracy.unwrap_or(f64::NAN)
+    );
+    println!(
+        "  untrained        {:.4}",
+        accuracy(report.untrained.as_ref())
+    );
+    println!(
+        "  after training   {:.4} (final)",
+        accuracy(report.final_metrics.as_ref())
+    );
+    println!(
+        "                   {:.4} (best, after step {})",
+        accuracy(report.best.as_ref().map(|b| &b.metrics)),
+        report.best.as_ref().map_or(0, |b| b.step + 1)
+    );
+    println!(
+        "run folder: {} (curves.png, report.json, adapter/)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `cargo xtask ci`: what `.ci/run` does.
+fn ci() -> Result<()> {
+    status(Command::new("cargo").args([
+        "check",
+        "--workspace",
+        "--features",
+        "bidora-backend/cuda",
+    ]))?;
+    status(
+        Command::new("cargo")
+            .args(["xtask", "assets"])
+            .args(TEST_ASSETS),
+    )?;
+    // As `.ci/run`: the GLUE tests run where the files are beside the clone.
+    let mut test = Command::new("cargo");
+    test.args(TEST_ARGS);
+    let glue = root().join("../shared/data/glue");
+    if std::env::var_os("BIDORA_GLUE_DIR").is_none() && glue.join("MANIFEST.md").is_file() {
+        test.env("BIDORA_GLUE_DIR", glue);
+    }
+    status(&mut test)
+}
+
+/// `cargo xtask golden`: reruns every golden-fixture generator.
+fn golden(pythonpath: &Path, python: &Path) -> Result<()> {
+    if !pythonpath.join("peft").is_dir() {
+        bail!(
+            "no peft under {}: run `scripts/golden/setup.sh {}` first",
+            pythonpath.display(),
+            pythonpath.display()
+        );
+    }
+    let dir = default_assets_dir();
+    let minilm = fetch(asset("minilm")?, &dir)?;
+    for name in ["mpnet", "smollm2", "gpt2-bpe"] {
+        fetch(asset(name)?, &dir)?;
+    }
+    for (script, args) in [
+        ("scripts/golden/adapters.py", vec![]),
+        ("scripts/golden/metrics.py", vec![]),
+        ("scripts/golden/models.py", vec![minilm]),
+        ("scripts/golden/tiny_models.py", vec![]),
+        ("scripts/golden/assets.py", vec![dir.clone()]),
+    ] {
+        status(
+            Command::new(python)
+                .arg(script)
+                .args(args)
+                .env("PYTHONPATH", pythonpath)
+                .env("PYTHONHASHSEED", "0"),
+        )?;
+    }
+    Ok(())
 }

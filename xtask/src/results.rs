@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use bidora_plot::bars::{Bar, BarPanel};
 use bidora_records::Report;
 
 use crate::{asset, default_assets_dir, fetch, root, write_atomic};
@@ -780,10 +781,6 @@ fn plot(
     cells: &[(&'static TaskSpec, &'static str)],
     outcomes: &BTreeMap<usize, Outcome>,
 ) -> String {
-    let colors = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-        "#17becf", "#d62728",
-    ];
     let mut tasks: Vec<(&TaskSpec, Vec<&str>)> = Vec::new();
     for (t, v) in cells {
         match tasks.iter_mut().find(|(x, _)| x.name == t.name) {
@@ -791,144 +788,35 @@ fn plot(
             None => tasks.push((t, vec![v])),
         }
     }
-    // A panel is as wide as its bars need (the ablation task has more); the bottom margin
-    // holds the longest slanted label.
-    let (ph, pad) = (220.0, 40.0);
-    let panel_width = |n: usize| (45.0 * (n as f64 + 1.0)).max(200.0);
-    let longest = cells
+    let panels: Vec<BarPanel> = tasks
         .iter()
-        .map(|(_, v)| v.chars().count())
-        .max()
-        .unwrap_or(0) as f64;
-    let width = pad
-        + tasks
-            .iter()
-            .map(|(_, vs)| panel_width(vs.len()) + pad)
-            .sum::<f64>();
-    let height = ph + 2.0 * pad + 20.0 + longest * 6.0 * 0.6;
-    let mut x0 = pad;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    for (t, variants) in &tasks {
-        let pw = panel_width(variants.len());
-        let y0 = pad;
-        let stats: Vec<Option<(f64, f64)>> = variants
-            .iter()
-            .map(|v| {
-                let xs = cell(plan, outcomes, Some(t.name), v);
-                (!xs.is_empty())
-                    .then(|| mean_std(&xs.iter().map(|o| o.metric * 100.0).collect::<Vec<_>>()))
-            })
-            .collect();
-        let untrained: Vec<f64> = variants
-            .iter()
-            .flat_map(|v| cell(plan, outcomes, Some(t.name), v))
-            .map(|o| o.untrained * 100.0)
-            .filter(|x| x.is_finite())
-            .collect();
-        let base = (!untrained.is_empty()).then(|| mean_std(&untrained).0);
-        let top = stats
-            .iter()
-            .flatten()
-            .map(|(m, s)| m + s)
-            .chain(base)
-            .fold(0.0_f64, f64::max);
-        let bottom = stats
-            .iter()
-            .flatten()
-            .map(|(m, s)| m - s)
-            .chain(base)
-            .fold(0.0_f64, f64::min);
-        // Round axis ends and ticks: multiples of 10 (20 on tall ranges) of the metric × 100.
-        let top = if top <= bottom {
-            bottom + 10.0
-        } else {
-            (top / 10.0).ceil() * 10.0
-        };
-        let bottom = (bottom / 10.0).floor() * 10.0;
-        let step = if top - bottom > 50.0 { 20.0 } else { 10.0 };
-        let y = |v: f64| y0 + ph * (top - v) / (top - bottom);
-        let _ = writeln!(
-            s,
-            r##"<text x="{}" y="{}" text-anchor="middle" font-size="12">{}<tspan fill="#666" font-size="10">{}</tspan></text>"##,
-            x0 + pw / 2.0,
-            y0 - 12.0,
-            t.name,
-            base.map_or(String::new(), |b| format!(
-                "\u{a0}\u{a0}(dashed: untrained {b:.1})"
-            ))
-        );
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{}" stroke="black"/>"#,
-            y(0.0),
-            x0 + pw,
-            y(0.0),
-            y0 + ph
-        );
-        let ticks = (0..)
-            .map(|k| bottom + step * k as f64)
-            .take_while(|t| *t <= top + 1e-9);
-        for tick in ticks {
-            if tick > bottom {
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{x0}" y1="{yt}" x2="{}" y2="{yt}" stroke="#ddd"/>"##,
-                    x0 + pw,
-                    yt = y(tick)
-                );
+        .map(|(t, variants)| {
+            let percent = |xs: Vec<f64>| xs.into_iter().map(|x| x * 100.0).collect::<Vec<_>>();
+            let bars = variants
+                .iter()
+                .map(|v| {
+                    let xs = cell(plan, outcomes, Some(t.name), v);
+                    Bar {
+                        label: v.to_string(),
+                        stats: (!xs.is_empty())
+                            .then(|| mean_std(&percent(xs.iter().map(|o| o.metric).collect()))),
+                    }
+                })
+                .collect();
+            let untrained: Vec<f64> = variants
+                .iter()
+                .flat_map(|v| cell(plan, outcomes, Some(t.name), v))
+                .map(|o| o.untrained * 100.0)
+                .filter(|x| x.is_finite())
+                .collect();
+            BarPanel {
+                title: t.name.to_string(),
+                baseline: (!untrained.is_empty()).then(|| mean_std(&untrained).0),
+                bars,
             }
-            let _ = writeln!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{tick:.0}</text>"#,
-                x0 - 4.0,
-                y(tick) + 4.0
-            );
-        }
-        let bw = pw / (variants.len() as f64 + 1.0);
-        for (j, (v, st)) in variants.iter().zip(&stats).enumerate() {
-            let cx = x0 + bw * (j as f64 + 1.0);
-            let color = colors[j % colors.len()];
-            if let Some((m, sd)) = st {
-                let (ya, yb) = (y(m.max(0.0)), y(m.min(0.0)));
-                let _ = writeln!(
-                    s,
-                    r#"<rect x="{}" y="{ya}" width="{}" height="{}" fill="{color}"/>"#,
-                    cx - bw * 0.35,
-                    bw * 0.7,
-                    (yb - ya).max(0.5)
-                );
-                let _ = writeln!(
-                    s,
-                    r#"<line x1="{cx}" y1="{}" x2="{cx}" y2="{}" stroke="black"/><text x="{cx}" y="{}" text-anchor="middle">{m:.1}</text>"#,
-                    y(m + sd),
-                    y(m - sd),
-                    y(m + sd) - 3.0
-                );
-            }
-            let _ = writeln!(
-                s,
-                r#"<text transform="translate({cx},{}) rotate(35)" font-size="10">{}</text>"#,
-                y0 + ph + 12.0,
-                v.replace('γ', "gamma")
-            );
-        }
-        if let Some(b) = base {
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x0}" y1="{yb}" x2="{}" y2="{yb}" stroke="#888" stroke-dasharray="4 3"/>"##,
-                x0 + pw,
-                yb = y(b)
-            );
-        }
-        x0 += pw + pad;
-    }
-    s.push_str("</svg>\n");
-    s
+        })
+        .collect();
+    bidora_plot::bars::svg(&panels)
 }
 
 #[cfg(test)]
@@ -956,6 +844,54 @@ mod tests {
         // By hand: mean 2, squared deviations 1 + 0 + 1 over n − 1 = 2.
         assert_eq!(mean_std(&[1.0, 2.0, 3.0]), (2.0, 1.0));
         assert_eq!(mean_std(&[4.0]), (4.0, 0.0));
+    }
+
+    /// Two tasks, three variants, two seeds each (one variant missing on the second task).
+    fn plot_fixture() -> String {
+        let variants = ["LoRA", "DoRA", "BiDoRA γ = 0"];
+        let mut plan = Vec::new();
+        let mut outcomes = BTreeMap::new();
+        for (t, task) in TASKS.iter().take(2).enumerate() {
+            for (v, variant) in variants.iter().enumerate() {
+                for seed in 0..2u64 {
+                    if t == 1 && v == 2 {
+                        continue;
+                    }
+                    let metric = 0.55 + 0.1 * v as f64 + 0.03 * seed as f64 + 0.05 * t as f64;
+                    outcomes.insert(plan.len(), outcome(metric));
+                    plan.push(Run {
+                        task,
+                        variant,
+                        seed,
+                        args: Vec::new(),
+                        dir: PathBuf::new(),
+                    });
+                }
+            }
+        }
+        let cells: Vec<(&'static TaskSpec, &'static str)> = TASKS
+            .iter()
+            .take(2)
+            .flat_map(|t| variants.iter().map(move |v| (t, *v)))
+            .collect();
+        plot(&plan, &cells, &outcomes)
+    }
+
+    #[test]
+    fn plot_draws_a_bar_per_cell_with_its_spread_and_the_untrained_line() {
+        let svg = plot_fixture();
+        if let Ok(path) = std::env::var("BIDORA_PLOT_SNAPSHOT") {
+            std::fs::write(path, &svg).unwrap();
+        }
+        // Five cells have runs: five bars (the background is the sixth rect).
+        assert_eq!(svg.matches("<rect").count(), 6, "{svg}");
+        // LoRA on the first task: mean of 55 and 58.
+        assert!(svg.contains(">56.5</text>"), "{svg}");
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2, "{svg}");
+        assert!(
+            svg.contains("bidora-gamma") || svg.contains("BiDoRA gamma = 0"),
+            "{svg}"
+        );
     }
 
     #[test]

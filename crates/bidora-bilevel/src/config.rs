@@ -98,11 +98,16 @@ impl TrainConfig {
         if !self.gamma.is_finite() || self.gamma < 0.0 {
             return bad("`gamma` must be a non-negative number");
         }
-        for (name, level) in [("lower", &self.lower), ("upper", &self.upper)] {
-            if !(level.lr.is_finite() && level.lr >= 0.0) {
-                return Err(TrainError::Config(format!(
-                    "`{name}.lr` must be a non-negative number"
-                )));
+        let levels = [("lower", Some(&self.lower)), ("upper", Some(&self.upper))];
+        let retrain = [("retrain", self.retrain.as_ref().map(|r| &r.level))];
+        for (name, level) in levels.iter().chain(&retrain) {
+            let Some(level) = level else { continue };
+            for (what, v) in [("lr", level.lr), ("weight_decay", level.weight_decay)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(TrainError::Config(format!(
+                        "`{name}.{what}` must be a non-negative number, got {v}"
+                    )));
+                }
             }
         }
         if self.eval_every == Some(0) || self.checkpoint_every == Some(0) {

@@ -338,16 +338,6 @@ fn positive(name: &str, v: f64) -> Result<f64, Fail> {
     }
 }
 
-fn non_negative(name: &str, v: f64) -> Result<f64, Fail> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(usage(format!(
-            "`{name}` must be a non-negative number, got {v}"
-        )))
-    }
-}
-
 /// The adapter of `method` (none for full fine-tuning); the targets are filled in once the
 /// architecture is known.
 fn adapter_config(k: &Knobs, method: Method) -> Result<Option<AdapterConfig>, Fail> {
@@ -360,9 +350,6 @@ fn adapter_config(k: &Knobs, method: Method) -> Result<Option<AdapterConfig>, Fa
     let rank = pick(&k.rank, defaults::RANK);
     let alpha = pick(&k.alpha, defaults::ALPHA_PER_RANK * rank as f64);
     let dropout = pick(&k.dropout, defaults::DROPOUT);
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(usage(format!("`dropout` must be in [0, 1), got {dropout}")));
-    }
     let default_norm = match method {
         Method::Bidora => defaults::NORM_BIDORA,
         _ => defaults::NORM_DORA,
@@ -393,21 +380,19 @@ fn train_config(k: &Knobs, method: Method, seed: u64) -> Result<TrainConfig, Fai
     } else {
         defaults::LR
     };
-    let lower_lr = non_negative("lower_lr", pick(&k.lower_lr, default_lr))?;
-    let lower_wd = non_negative(
-        "lower_weight_decay",
-        pick(&k.lower_weight_decay, defaults::WEIGHT_DECAY),
-    )?;
+    let lower_lr = pick(&k.lower_lr, default_lr);
+    let lower_wd = pick(&k.lower_weight_decay, defaults::WEIGHT_DECAY);
     let level = |lr: f64, wd: f64| LevelConfig {
         lr,
         weight_decay: wd,
         ..LevelConfig::default()
     };
     let upper = level(
-        non_negative("upper_lr", pick(&k.upper_lr, lower_lr))?,
-        non_negative("upper_weight_decay", pick(&k.upper_weight_decay, lower_wd))?,
+        pick(&k.upper_lr, lower_lr),
+        pick(&k.upper_weight_decay, lower_wd),
     );
-    Ok(TrainConfig {
+    // The engine's own check is the one validation of these values.
+    let config = TrainConfig {
         mode: if bilevel {
             Mode::Bilevel
         } else {
@@ -416,11 +401,11 @@ fn train_config(k: &Knobs, method: Method, seed: u64) -> Result<TrainConfig, Fai
         iterations: 1,
         unroll: pick(&k.unroll, defaults::UNROLL),
         gamma: if bilevel {
-            non_negative("gamma", pick(&k.gamma, defaults::GAMMA))?
+            pick(&k.gamma, defaults::GAMMA)
         } else {
             0.0
         },
-        hypergradient: hypergradient(k)?,
+        hypergradient: hypergradient(k),
         lower: level(lower_lr, lower_wd),
         upper,
         schedule: schedule(k)?,
@@ -429,7 +414,9 @@ fn train_config(k: &Knobs, method: Method, seed: u64) -> Result<TrainConfig, Fai
         checkpoint_every: k.checkpoint_every.or(k.eval_every),
         seed,
         retrain: None,
-    })
+    };
+    config.validate().usage()?;
+    Ok(config)
 }
 
 fn schedule(k: &Knobs) -> Result<Schedule, Fail> {
@@ -445,9 +432,9 @@ fn schedule(k: &Knobs) -> Result<Schedule, Fail> {
     })
 }
 
-fn hypergradient(k: &Knobs) -> Result<Hypergradient, Fail> {
-    let fd_alpha = positive("fd_alpha", pick(&k.fd_alpha, defaults::FD_ALPHA))?;
-    Ok(match k.hypergradient.unwrap_or(defaults::HYPERGRADIENT) {
+fn hypergradient(k: &Knobs) -> Hypergradient {
+    let fd_alpha = pick(&k.fd_alpha, defaults::FD_ALPHA);
+    match k.hypergradient.unwrap_or(defaults::HYPERGRADIENT) {
         HypergradientMethod::FirstOrder => Hypergradient::FirstOrder,
         HypergradientMethod::Darts => Hypergradient::Darts {
             alpha: fd_alpha,
@@ -455,12 +442,9 @@ fn hypergradient(k: &Knobs) -> Result<Hypergradient, Fail> {
         },
         HypergradientMethod::Neumann => Hypergradient::Neumann {
             iterations: pick(&k.neumann_iterations, defaults::NEUMANN_ITERATIONS),
-            alpha: positive(
-                "neumann_alpha",
-                pick(&k.neumann_alpha, defaults::NEUMANN_ALPHA),
-            )?,
+            alpha: pick(&k.neumann_alpha, defaults::NEUMANN_ALPHA),
         },
-    })
+    }
 }
 
 impl Settings {
@@ -636,6 +620,10 @@ mod tests {
             ("method = \"lora\"\nretrain = true", "retrain"),
             ("dropout = 1.0", "dropout"),
             ("iterations = 0", "iterations"),
+            ("lower_lr = -1.0", "lower.lr"),
+            ("upper_weight_decay = -0.1", "upper.weight_decay"),
+            ("fd_alpha = 0.0", "alpha"),
+            ("gamma = -1.0", "gamma"),
         ] {
             let err = Settings::resolve(knobs(&format!("{base}{extra}\n"))).unwrap_err();
             assert_eq!(err.code, crate::fail::Code::Usage);

@@ -252,19 +252,18 @@ impl<B: Backend> AdaptedLinear<B> {
     /// through the low-rank identity `n² = ‖W0_j‖² + 2s·⟨B_j, (Aᵀ·W0)_j⟩ + s²·B_jᵀ·(AᵀA)·B_j`
     /// when `low_rank_norm` is set.
     pub fn weight_norm(&self) -> Tensor<B, 1> {
-        let (a, b) = match self.settings.norm_mode {
-            NormMode::Exact => (self.lora_a.val(), self.lora_b.val()),
-            NormMode::Detached => (self.lora_a.val().detach(), self.lora_b.val().detach()),
+        let (w, a, b) = (self.weight.val(), self.lora_a.val(), self.lora_b.val());
+        // Detached: the norm is computed from detached inputs, so it carries no graph. (Detaching
+        // the result instead made ∂L/∂m differ in the last bits from one process to the next on
+        // ndarray; from detached inputs it is reproducible.)
+        let (w, a, b) = match self.settings.norm_mode {
+            NormMode::Exact => (w, a, b),
+            NormMode::Detached => (w.detach(), a.detach(), b.detach()),
         };
-        let w = self.weight.val();
-        let n = if self.settings.low_rank_norm {
+        if self.settings.low_rank_norm {
             low_rank_column_norm(w, a, b, self.settings.scaling)
         } else {
             column_norm(w + a.matmul(b).mul_scalar(self.settings.scaling))
-        };
-        match self.settings.norm_mode {
-            NormMode::Exact => n,
-            NormMode::Detached => n.detach(),
         }
     }
 

@@ -37,8 +37,13 @@ pub const NORM_DORA: NormMode = NormMode::Detached;
 pub const EPOCHS: f64 = 3.0;
 /// Examples per batch.
 pub const BATCH_SIZE: usize = 16;
-/// Longest input in tokens.
+/// Longest input in tokens (training and `eval`).
 pub const MAX_LENGTH: usize = 128;
+/// Longest input in tokens for `predict` (BERT-family position limit).
+pub const PREDICT_MAX_LENGTH: usize = 512;
+/// Examples per forward pass when evaluating or predicting (at least this many in training's
+/// dev evaluations).
+pub const EVAL_BATCH_SIZE: usize = 32;
 /// BiDoRA's validation split (docs/METHOD.md §3).
 pub const VAL_FRACTION: f64 = 0.2;
 /// BiDoRA's regulariser weight γ.

@@ -8,6 +8,7 @@ use bidora_data::tasks;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::adapter_folder::{adapter_info, known_labels};
+use crate::defaults;
 use crate::fail::{input, Classify, Fail};
 use crate::session::{evaluate, num_labels, ModelTokenizer, TaskModel};
 
@@ -27,13 +28,13 @@ pub struct EvalArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// `cpu`, `wgpu` or `cuda[:INDEX]`.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = defaults::BACKEND)]
     pub backend: String,
     /// Longest input in tokens.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::MAX_LENGTH)]
     pub max_length: usize,
     /// Examples per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::EVAL_BATCH_SIZE)]
     pub batch_size: usize,
 }
 

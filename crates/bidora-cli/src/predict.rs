@@ -11,6 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
 use crate::adapter_folder::adapter_info;
+use crate::defaults;
 use crate::fail::{usage, Classify, Fail};
 use crate::session::{predict as run_predict, ModelTokenizer, TaskModel};
 
@@ -30,13 +31,13 @@ pub struct PredictArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// `cpu`, `wgpu` or `cuda[:INDEX]`.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = defaults::BACKEND)]
     pub backend: String,
     /// Longest input in tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = defaults::PREDICT_MAX_LENGTH)]
     pub max_length: usize,
     /// Examples per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = defaults::EVAL_BATCH_SIZE)]
     pub batch_size: usize,
 }
 

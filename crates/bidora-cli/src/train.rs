@@ -31,6 +31,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::{Knobs, Method, Settings};
+use crate::defaults;
 use crate::fail::{input, usage, Classify, Fail};
 use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
@@ -235,7 +236,7 @@ impl Prepared {
             &self.labels,
             &self.dev,
             &self.tok,
-            s.batch_size.max(32),
+            s.batch_size.max(defaults::EVAL_BATCH_SIZE),
             s.max_length,
             device,
         )?;

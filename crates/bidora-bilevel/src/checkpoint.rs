@@ -85,15 +85,19 @@ impl Checkpoint {
         for id in &self.param_ids {
             ids.extend_from_slice(&id.to_le_bytes());
         }
-        let sections = [
-            state,
-            ids,
+        let (trained, initial) = (
             encode_values(&self.trained),
-            self.lower_optim.clone(),
-            self.upper_optim.clone(),
             encode_values(&self.initial_direction),
+        );
+        let sections: [&[u8]; SECTIONS] = [
+            &state,
+            &ids,
+            &trained,
+            &self.lower_optim,
+            &self.upper_optim,
+            &initial,
         ];
-        for section in &sections {
+        for section in sections {
             out.extend_from_slice(&(section.len() as u64).to_le_bytes());
             out.extend_from_slice(section);
         }

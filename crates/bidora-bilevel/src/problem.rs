@@ -48,6 +48,11 @@ impl ParamGroups {
         ParamGroups { lower, upper }
     }
 
+    /// Every trained parameter: the lower group, then the upper one.
+    pub fn all(&self) -> Vec<ParamId> {
+        [self.lower.as_slice(), self.upper.as_slice()].concat()
+    }
+
     /// One group holding every trained parameter (single-level training: LoRA, DoRA, full
     /// fine-tuning; with an adapter partition `p`, `ParamGroups::single(p.trainable())`).
     pub fn single(trained: Vec<ParamId>) -> Self {

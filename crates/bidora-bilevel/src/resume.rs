@@ -35,8 +35,6 @@ pub(crate) struct RunState<B: AutodiffBackend, M: AutodiffModule<B>> {
     pub upper_opt: Adam<B, M>,
     /// Phase, step, stream positions, best and last evaluation.
     pub state: CheckpointState,
-    /// The trained parameters (both groups), saved in every checkpoint.
-    pub trained: Vec<ParamId>,
     /// The direction from before the search, restored for the retraining phase.
     pub initial_direction: ParamVec<B::InnerBackend>,
 }
@@ -115,7 +113,6 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
         config: &TrainConfig,
     ) -> Self {
         RunState {
-            trained: [groups.lower.clone(), groups.upper.clone()].concat(),
             groups,
             lower_opt: config.lower.adamw().init::<B, M>(),
             upper_opt: config.upper.adamw().init::<B, M>(),
@@ -145,7 +142,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
         let ck = Checkpoint {
             state: self.state.clone(),
             param_ids: param_ids(module).iter().map(|id| id.val()).collect(),
-            trained: values::<B, _>(module, &self.trained).to_host(),
+            trained: values::<B, _>(module, &self.groups.all()).to_host(),
             lower_optim: record(recorder.record(self.lower_opt.to_record(), ()))?,
             upper_optim: record(recorder.record(self.upper_opt.to_record(), ()))?,
             initial_direction: self.initial_direction.to_host(),

@@ -186,7 +186,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         self.reseed(Phase::Search, step, 0);
         let batch = ctx.data.train.next_batch();
         let ids = match self.config.mode {
-            Mode::SingleLevel => run.trained.clone(),
+            Mode::SingleLevel => run.groups.all(),
             Mode::Bilevel => run.groups.lower.clone(),
         };
         let (lower_loss, mut module) =
@@ -273,12 +273,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         step: usize,
     ) -> Result<(f64, P::Module), TrainError> {
         let (loss, grads) = lower_objective_grads(self.problem, &module, batch, self.config.gamma);
-        let name = if what == "lower" {
-            "lower loss".to_string()
-        } else {
-            format!("{what} loss")
-        };
-        check_finite(&name, loss, step)?;
+        check_finite(&format!("{what} loss"), loss, step)?;
         let mut g = gradients::<B, _>(&grads, &module, ids);
         self.clip(&mut g, &format!("{what} gradient"), step)?;
         let gp = to_gradients_params::<B, _>(&module, &g);

@@ -57,7 +57,7 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
     /// Training method.
-    #[arg(long, help_heading = "Run", help = defaults::help("lora, dora, bidora or full", defaults::METHOD.name()))]
+    #[arg(long, help_heading = "Run", help = defaults::help("lora, dora, bidora or full", defaults::value_name(defaults::METHOD)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
     /// Backend.
@@ -95,11 +95,11 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
     /// Initialisation of A.
-    #[arg(long, help_heading = "Adapter", help = defaults::help("Initialisation of A: kaiming (PEFT's) or gaussian (the BiDoRA code's)", "kaiming"))]
+    #[arg(long, help_heading = "Adapter", help = defaults::help("Initialisation of A: kaiming (PEFT's) or gaussian (the BiDoRA code's)", defaults::value_name(defaults::INIT)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<InitA>,
     /// DoRA norm: exact (gradients through ‖W‖) or detached (PEFT).
-    #[arg(long, help_heading = "Adapter", help = defaults::help("DoRA norm: exact (gradients through ‖W‖, the BiDoRA code) or detached (PEFT)", "exact for bidora, detached for dora"))]
+    #[arg(long, help_heading = "Adapter", help = defaults::help("DoRA norm: exact (gradients through ‖W‖, the BiDoRA code) or detached (PEFT)", format!("{} for bidora, {} for dora", defaults::value_name(defaults::NORM_BIDORA), defaults::value_name(defaults::NORM_DORA))))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub norm: Option<NormMode>,
     /// Take the DoRA norm through the low-rank form (same value, cheaper for large layers).
@@ -144,7 +144,7 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unroll: Option<usize>,
     /// BiDoRA: the hypergradient.
-    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: first_order, darts or neumann", "darts"))]
+    #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: first_order, darts or neumann", defaults::value_name(defaults::HYPERGRADIENT)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hypergradient: Option<HypergradientMethod>,
     /// DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖.
@@ -180,7 +180,7 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upper_weight_decay: Option<f64>,
     /// Schedule: warm-up then linear decay to 0, or constant.
-    #[arg(long, help_heading = "Training", help = defaults::help("Schedule: linear (warm-up then linear decay to 0) or constant", "linear"))]
+    #[arg(long, help_heading = "Training", help = defaults::help("Schedule: linear (warm-up then linear decay to 0) or constant", defaults::value_name(defaults::SCHEDULE)))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleKind>,
     /// Fraction of the steps spent warming up.

@@ -71,6 +71,13 @@ pub const SCHEDULE: ScheduleKind = ScheduleKind::Linear;
 /// Warm-up fraction (docs/METHOD.md §4).
 pub const WARMUP: f64 = bidora_bilevel::DEFAULT_WARMUP;
 
+/// The command-line name of an option's value (`darts`, `kaiming`, ...).
+pub fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
 /// `text [default: value]`, for `--help`.
 pub fn help(text: &str, value: impl std::fmt::Display) -> String {
     format!("{text} [default: {value}]")

@@ -8,8 +8,9 @@
 //!
 //! The files are those that shape the model and its tokeniser: in a model folder, every
 //! top-level file ending in `.json`, `.safetensors`, `.gguf`, `.txt`, `.bpe` or `.model`; a
-//! model given as one file (GGUF) is that file. Hashing reads each file once (≈ 10 GB/s from
-//! the page cache), a small cost beside loading the weights.
+//! model given as one file (GGUF) is that file. Hashing reads each file once: all-MiniLM-L6-v2's
+//! 91 MB `model.safetensors` took 12–24 ms (3.8–7.8 GB/s, release build, measured), a small
+//! cost beside loading the weights.
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -159,6 +159,8 @@ struct Prepared {
     config: TrainConfig,
     /// The base model's fingerprint, saved in checkpoints.
     identity: Fingerprint,
+    /// Dev accuracy of always predicting the training set's most frequent class.
+    majority: Option<f64>,
 }
 
 impl Prepared {
@@ -202,6 +204,7 @@ impl Prepared {
         check_tokenization(&tok, &data.train, s.max_length)?;
         check_tokenization(&tok, &dev, s.max_length)?;
         let config = s.train_config(train.len().div_ceil(s.batch_size))?;
+        let majority = majority_accuracy(&train, &dev);
         let prepared = Prepared {
             task,
             kind,
@@ -214,6 +217,7 @@ impl Prepared {
             groups,
             config,
             identity: Fingerprint::of(&s.model)?,
+            majority,
         };
         Ok((prepared, model))
     }
@@ -405,7 +409,7 @@ fn print_baseline(s: &Settings, prep: &Prepared, b: &Evaluation) {
         prep.eval_name,
         b.primary,
         b.score(),
-        majority_accuracy(&prep.train, &prep.dev).map_or(String::new(), |m| format!(
+        prep.majority.map_or(String::new(), |m| format!(
             " (majority class accuracy {m:.4})"
         ))
     );
@@ -649,7 +653,7 @@ fn write_report<B: AutodiffBackend>(
             metrics: e.metrics.clone(),
         }),
         untrained: untrained.map(|e| e.metrics),
-        majority_class_accuracy: majority_accuracy(&prep.train, &prep.dev),
+        majority_class_accuracy: prep.majority,
         parameters: parameter_counts(&partition),
         train_examples: prep.train.len(),
         validation_examples: prep.val.as_ref().map(Vec::len),

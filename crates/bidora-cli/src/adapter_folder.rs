@@ -19,14 +19,19 @@ pub struct LoadedAdapter {
 }
 
 /// Reads an adapter folder (HF PEFT's or ours) and works out its head.
-pub fn adapter_info(model: &Path, dir: &Path) -> Result<LoadedAdapter, Fail> {
+pub fn load_adapter(model: &Path, dir: &Path) -> Result<LoadedAdapter, Fail> {
     let adapter = PeftAdapter::load(dir).input()?;
     let kind = match adapter.config.task_type.as_deref() {
         Some("TOKEN_CLS") => TaskKind::TokenClassification,
         _ => TaskKind::Classification,
     };
-    let ours: Option<bidora_records::AdapterInfo> =
-        bidora_records::read_json(&dir.join("bidora.json")).ok();
+    // Ours only (PEFT's folders have none); present but unreadable is an error, not a fallback.
+    let info_file = dir.join("bidora.json");
+    let ours: Option<bidora_records::AdapterInfo> = if info_file.is_file() {
+        Some(bidora_records::read_json(&info_file).map_err(input)?)
+    } else {
+        None
+    };
     let from_config = model_labels(model);
     let num_labels = saved_head_labels(&adapter.extra_tensors)
         .or_else(|| from_config.as_ref().map(Vec::len))

@@ -7,7 +7,7 @@ use bidora_backend::BackendTask;
 use bidora_data::tasks;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::adapter_folder::{adapter_info, known_labels};
+use crate::adapter_folder::{known_labels, load_adapter};
 use crate::defaults;
 use crate::fail::{input, Classify, Fail};
 use crate::session::{evaluate, num_labels, ModelTokenizer, TaskModel};
@@ -46,7 +46,7 @@ impl BackendTask for EvalJob {
         let a = self.0;
         let task = tasks::task(&a.task).usage()?;
         let info = match &a.adapter {
-            Some(dir) => Some(adapter_info(&a.model, dir)?),
+            Some(dir) => Some(load_adapter(&a.model, dir)?),
             None => None,
         };
         let data = task
@@ -56,19 +56,17 @@ impl BackendTask for EvalJob {
         let num_labels = num_labels(kind, &data.labels);
         let tok = ModelTokenizer::load(&a.model)?;
         let model = TaskModel::<B::InnerBackend>::load(&a.model, kind, num_labels, &device)?;
-        let model = match (&a.adapter, info) {
-            (Some(dir), Some(info)) => {
-                if info.num_labels != num_labels {
-                    return Err(input(format!(
-                        "the adapter `{}` predicts {} labels, task `{}` has {num_labels}",
-                        dir.display(),
-                        info.num_labels,
-                        a.task
-                    )));
-                }
-                model.with_peft(&info.adapter)?
+        let model = match info {
+            Some(info) if info.num_labels != num_labels => {
+                return Err(input(format!(
+                    "the adapter `{}` predicts {} labels, task `{}` has {num_labels}",
+                    info.adapter.dir.display(),
+                    info.num_labels,
+                    a.task
+                )))
             }
-            _ => model,
+            Some(info) => model.with_peft(&info.adapter)?,
+            None => model,
         };
         for (name, examples) in &data.eval {
             let m = evaluate(

@@ -12,7 +12,7 @@ use burn::backend::NdArray;
 use burn::module::Module;
 use serde::Serialize;
 
-use crate::adapter_folder::adapter_info;
+use crate::adapter_folder::load_adapter;
 use crate::fail::{usage, Classify, Fail};
 use crate::session::{parameter_counts, TaskModel};
 
@@ -115,7 +115,7 @@ fn summarize_adapter(
             "`inspect --adapter` reads classification adapters of encoder models",
         ));
     }
-    let info = adapter_info(model_dir, dir)?;
+    let info = load_adapter(model_dir, dir)?;
     // Trainability is only tracked on an autodiff backend.
     let model = TaskModel::<burn::backend::Autodiff<B>>::load(
         model_dir,

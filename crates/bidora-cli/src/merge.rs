@@ -10,7 +10,7 @@ use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use serde_json::{json, Value};
 
-use crate::adapter_folder::adapter_info;
+use crate::adapter_folder::load_adapter;
 use crate::fail::{usage, Classify, Fail};
 use crate::session::TaskModel;
 
@@ -112,7 +112,7 @@ pub fn merge(model_dir: &Path, adapter: &Path, out: &Path) -> Result<(), Fail> {
             out.display()
         )));
     }
-    let info = adapter_info(model_dir, adapter)?;
+    let info = load_adapter(model_dir, adapter)?;
     let device = Default::default();
     let model = TaskModel::<NdArray<f32>>::load(model_dir, info.kind, info.num_labels, &device)?
         .with_peft(&info.adapter)?;

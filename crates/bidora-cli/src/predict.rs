@@ -10,7 +10,7 @@ use bidora_util::atomic_write;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 
-use crate::adapter_folder::adapter_info;
+use crate::adapter_folder::load_adapter;
 use crate::defaults;
 use crate::fail::{usage, Classify, Fail};
 use crate::session::{predict as run_predict, ModelTokenizer, TaskModel};
@@ -47,7 +47,7 @@ impl BackendTask for PredictJob {
     type Output = Result<(), Fail>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        let info = adapter_info(&a.model, &a.adapter)?;
+        let info = load_adapter(&a.model, &a.adapter)?;
         if info.kind == TaskKind::TokenClassification {
             return Err(usage(
                 "`bidora predict` reads whole-text inputs; this adapter is for token classification (use `bidora eval`)",

@@ -379,6 +379,27 @@ fn errors_name_their_cause_and_exit_with_the_documented_codes() {
     ]));
     assert_eq!(c, 3, "{err}");
     assert!(err.contains("in.jsonl") && err.contains('2'), "{err}");
+    // Input: an adapter whose bidora.json is unreadable is refused, not silently relabelled.
+    std::fs::write(&input, "{\"text\": \"great\"}\n").unwrap();
+    let broken = tmp.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(own.join("adapter").join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(broken.join("bidora.json"), "{ not json").unwrap();
+    let (c, err) = code(bidora().args([
+        "predict",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--adapter",
+        broken.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        tmp.path().join("o.jsonl").to_str().unwrap(),
+    ]));
+    assert_eq!(c, 3, "{err}");
+    assert!(err.contains("bidora.json"), "{err}");
     // A run folder is never overwritten.
     let run = tmp.path().join("r4");
     bidora()

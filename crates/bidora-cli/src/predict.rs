@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::adapter_folder::load_adapter;
 use crate::defaults;
 use crate::fail::{usage, Classify, Fail};
-use crate::session::{predict as run_predict, ModelTokenizer, TaskModel};
+use crate::session::{argmax, predict as run_predict, ModelTokenizer, TaskModel};
 
 /// Arguments of `bidora predict`.
 #[derive(clap::Args, Debug)]
@@ -75,11 +75,7 @@ impl BackendTask for PredictJob {
         for row in &out.logits {
             let mut line = json!({ "logits": row });
             if info.kind == TaskKind::Classification && !info.labels.is_empty() {
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
-                line["label"] = json!(info.labels[best]);
+                line["label"] = json!(info.labels[argmax(row)]);
             }
             text.push_str(&line.to_string());
             text.push('\n');

@@ -456,7 +456,8 @@ pub fn predict<B: Backend>(
     })
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// The index of a row's largest value (the first, on ties).
+pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in row.iter().enumerate() {
         if *v > row[best] {

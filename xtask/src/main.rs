@@ -583,8 +583,7 @@ fn demo(method: &str, iterations: usize, backend: &str) -> Result<()> {
         .arg("--out")
         .arg(&out);
     status(&mut cmd)?;
-    let report: bidora_records::Report =
-        bidora_records::read_json(&out.join("report.json")).map_err(anyhow::Error::msg)?;
+    let report: bidora_records::Report = bidora_records::read_json(&out.join("report.json"))?;
     let accuracy = |m: Option<&bidora_records::Metrics>| {
         m.and_then(|m| m.get("accuracy"))
             .copied()

@@ -28,7 +28,7 @@ pub fn load_adapter(model: &Path, dir: &Path) -> Result<LoadedAdapter, Fail> {
     // Ours only (PEFT's folders have none); present but unreadable is an error, not a fallback.
     let info_file = dir.join("bidora.json");
     let ours: Option<bidora_records::AdapterInfo> = if info_file.is_file() {
-        Some(bidora_records::read_json(&info_file).map_err(input)?)
+        Some(bidora_records::read_json(&info_file).input()?)
     } else {
         None
     };

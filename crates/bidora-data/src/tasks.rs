@@ -281,7 +281,7 @@ impl TaskInfo {
                 }
             }
             (Source::Conll, Some(tags)) if !tags.is_empty() => {
-                let dev = pick(dir, "dev", &["txt", "conll", "tsv"]);
+                let dev = pick(dir, "dev", CONLL_EXTENSIONS);
                 if dir.is_dir() && dev.is_file() {
                     let tagged = crate::conll::load(&dev, Some(tags))?;
                     Ok(eval_only("dev", tagged.examples, tags.to_vec()))
@@ -348,10 +348,10 @@ fn load_conll(dir: &Path) -> Result<TaskData, DataError> {
     let train_path = if dir.is_file() {
         dir.to_path_buf()
     } else {
-        pick(dir, "train", &["txt", "conll", "tsv"])
+        pick(dir, "train", CONLL_EXTENSIONS)
     };
     let tagged = crate::conll::load(&train_path, None)?;
-    let dev_path = pick(dir, "dev", &["txt", "conll", "tsv"]);
+    let dev_path = pick(dir, "dev", CONLL_EXTENSIONS);
     if dir.is_dir() && dev_path.is_file() {
         let dev = crate::conll::load(&dev_path, Some(&tagged.tags))?;
         Ok(TaskData {
@@ -504,6 +504,9 @@ fn jsonl_label_space(path: &Path) -> Result<crate::jsonl::LabelSpace, DataError>
         ));
     })
 }
+
+/// File extensions a CoNLL task's `train` and `dev` files may have, in the order looked for.
+const CONLL_EXTENSIONS: &[&str] = &["txt", "conll", "tsv"];
 
 /// A GLUE task's dev sets (`dev`; MNLI: `dev_matched`, `dev_mismatched`), by name.
 fn glue_dev_sets(folder: &Path, t: GlueTask) -> Result<Vec<(String, Vec<Example>)>, DataError> {

@@ -37,9 +37,38 @@ impl Phase {
     }
 }
 
+/// A run file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The file could not be read.
+    #[error("cannot read `{path}`")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not the JSON of its type.
+    #[error("malformed `{path}`")]
+    Json {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// Reads a JSON file of type `T`, naming the file in the error.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, RecordError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| RecordError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -11,9 +11,7 @@
 //! completed steps for a `checkpoint` record (as in the engine's events). Records of the
 //! retraining phase also carry `global_step`, counted from the start of the search.
 
-use std::collections::BTreeMap;
-
-use crate::Phase;
+use crate::{Metrics, Phase};
 use serde::{Deserialize, Serialize};
 
 /// One line of `metrics.jsonl`.
@@ -27,7 +25,7 @@ pub enum Record {
         /// Always 0.
         step: usize,
         /// Metric values by name.
-        metrics: BTreeMap<String, f64>,
+        metrics: Metrics,
     },
     /// One training step.
     Step {
@@ -57,7 +55,7 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         global_step: Option<usize>,
         /// Metric values by name.
-        metrics: BTreeMap<String, f64>,
+        metrics: Metrics,
         /// Whether it is the best so far.
         is_best: bool,
     },

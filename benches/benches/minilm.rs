@@ -158,6 +158,8 @@ fn inference(c: &mut Criterion) {
 criterion_group!(benches, training, inference);
 
 fn main() {
+    // As the CLI does (docs/PERFORMANCE.md): the cases measure what a user's run costs.
+    bidora_backend::retain_freed_memory();
     if !model_dir().join("model.safetensors").is_file() {
         eprintln!(
             "skipping the MiniLM benchmarks: no model at {} (run `cargo xtask assets minilm`)",

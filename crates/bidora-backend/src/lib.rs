@@ -39,6 +39,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 #[doc(hidden)]
 pub use burn as __burn;
 
+pub mod allocator;
+pub use allocator::retain_freed_memory;
+
 /// The backends bidora knows about, whether or not they were compiled in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

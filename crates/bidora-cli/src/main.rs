@@ -106,6 +106,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Reuse freed tensor buffers instead of faulting in fresh pages (30% of a CPU step).
+    bidora_backend::retain_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -40,6 +40,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 pub use burn as __burn;
 
 pub mod allocator;
+pub mod kernels;
 pub use allocator::retain_freed_memory;
 
 /// The backends bidora knows about, whether or not they were compiled in.

@@ -13,9 +13,9 @@ use std::path::Path;
 use bidora_adapters::dropout::dropout;
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
+use bidora_backend::kernels::softmax;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::activation::softmax;
+use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::config::{self, Architecture};
 use crate::layers::{
     embedding, example_paths, gelu_erf, inject_blocks, layer_norm, linear, no_hits, padding_bias,
-    visit_blocks, Block, Freezer, Projection,
+    visit_blocks, Block, Freezer, LayerNorm, Projection,
 };
 use crate::weights::Weights;
 use crate::ModelError;
@@ -254,7 +254,7 @@ impl<B: Backend> BertLayer<B> {
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x.clone()));
         let scores = q.matmul(k.transpose()).div_scalar((hd as f64).sqrt()) + bias;
-        let probs = dropout(&self.attention_dropout, softmax(scores, 3));
+        let probs = dropout(&self.attention_dropout, softmax(scores));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
         let attn = dropout(&self.dropout, self.attention_output.forward(ctx));
         let x = self.attention_norm.forward(attn + x);
@@ -563,9 +563,7 @@ fn put_norm<B: Backend>(
     ln: &LayerNorm<B>,
 ) -> Result<(), ModelError> {
     out.insert(format!("{name}.weight"), host(ln.gamma.val(), name)?);
-    if let Some(b) = &ln.beta {
-        out.insert(format!("{name}.bias"), host(b.val(), name)?);
-    }
+    out.insert(format!("{name}.bias"), host(ln.beta.val(), name)?);
     Ok(())
 }
 

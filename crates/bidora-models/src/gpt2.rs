@@ -9,9 +9,9 @@ use std::path::Path;
 
 use bidora_adapters::dropout::dropout;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
+use bidora_backend::kernels::softmax;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm};
-use burn::tensor::activation::softmax;
+use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::config::{self, Architecture};
 use crate::layers::{
     causal_bias, conv1d, embedding, example_paths, inject_blocks, layer_norm, no_hits,
-    visit_blocks, Block, Freezer, Projection,
+    visit_blocks, Block, Freezer, LayerNorm, Projection,
 };
 use crate::weights::Weights;
 use crate::ModelError;
@@ -153,7 +153,7 @@ impl<B: Backend> Gpt2Block<B> {
         if self.scale {
             scores = scores.div_scalar((hd as f64).sqrt());
         }
-        let probs = dropout(&self.attention_dropout, softmax(scores + bias, 3));
+        let probs = dropout(&self.attention_dropout, softmax(scores + bias));
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
         let x = x + dropout(&self.dropout, self.attn_proj.forward(ctx));
         let ff = self

@@ -4,7 +4,7 @@
 
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig};
 use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -173,6 +173,26 @@ pub(crate) fn conv1d<B: Backend>(
     })
 }
 
+/// Layer normalisation over the last dimension with weight γ and bias β: the HF `LayerNorm`
+/// (biased variance). Its forward is [`bidora_backend::kernels::layer_norm`], one fused pass
+/// on the CPU.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// γ (`weight`; `gamma` in old BERT checkpoints).
+    pub gamma: Param<Tensor<B, 1>>,
+    /// β (`bias`; `beta` in old BERT checkpoints).
+    pub beta: Param<Tensor<B, 1>>,
+    /// Added to the variance.
+    pub epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        bidora_backend::kernels::layer_norm(x, self.gamma.val(), self.beta.val(), self.epsilon)
+    }
+}
+
 /// A LayerNorm with weight and bias (old BERT checkpoints call them gamma/beta).
 pub(crate) fn layer_norm<B: Backend>(
     w: &mut Weights,
@@ -181,15 +201,16 @@ pub(crate) fn layer_norm<B: Backend>(
     eps: f64,
     device: &B::Device,
 ) -> LayerNorm<B> {
-    let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
     let (g, b) = if w.has(&format!("{name}.gamma")) {
         ("gamma", "beta")
     } else {
         ("weight", "bias")
     };
-    ln.gamma = w.param(&format!("{name}.{g}"), [d], device);
-    ln.beta = Some(w.param(&format!("{name}.{b}"), [d], device));
-    ln
+    LayerNorm {
+        gamma: w.param(&format!("{name}.{g}"), [d], device),
+        beta: w.param(&format!("{name}.{b}"), [d], device),
+        epsilon: eps,
+    }
 }
 
 /// An embedding table `[n, d]`.
@@ -282,13 +303,7 @@ pub(crate) fn causal_bias<B: Backend>(
 /// same forward value but differentiates the tanh approximation, which is off by up to ~1e-3
 /// and, on ndarray, costs a `powf` and a `tanh` per element.)
 pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let cdf = x
-        .clone()
-        .div_scalar(std::f64::consts::SQRT_2)
-        .erf()
-        .add_scalar(1.0)
-        .mul_scalar(0.5);
-    x * cdf
+    bidora_backend::kernels::gelu_erf(x)
 }
 
 #[cfg(test)]

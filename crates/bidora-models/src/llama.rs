@@ -10,9 +10,10 @@ use std::path::Path;
 
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
+use bidora_backend::kernels::softmax;
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -295,7 +296,7 @@ impl<B: Backend> LlamaLayer<B> {
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = q.matmul(k.transpose()).div_scalar((d as f64).sqrt()) + bias;
-        let ctx = softmax(scores, 3)
+        let ctx = softmax(scores)
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);

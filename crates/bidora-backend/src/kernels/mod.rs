@@ -1,0 +1,105 @@
+//! Fused kernels for the three element-wise pieces of a transformer layer that Burn composes
+//! from many small operations: the exact GELU, softmax over the last dimension, and layer
+//! normalisation.
+//!
+//! Each function is generic over `B: Backend` and computes the same function on every
+//! backend. On ndarray (`f32`, with or without autodiff) it runs one fused, multi-threaded
+//! pass over the data (and one for the backward), instead of 5–15 single-threaded Burn
+//! operations that each allocate their output; on WGPU and CUDA it runs the composed form
+//! ([`composed`]), which their fusion compilers handle. docs/PERFORMANCE.md has the measured
+//! effect.
+//!
+//! Results are the same whatever the number of threads: reductions run within a row, and the
+//! layer norm's γ/β gradients add fixed blocks of rows in order.
+//!
+//! ```
+//! use bidora_backend::kernels;
+//! use burn::backend::NdArray;
+//! use burn::tensor::Tensor;
+//!
+//! let x = Tensor::<NdArray<f32>, 2>::from_floats([[0.0, 1.0], [2.0, -1.0]], &Default::default());
+//! let fused = kernels::gelu_erf(x.clone());
+//! let reference = kernels::composed::gelu_erf(x);
+//! fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Default::default());
+//! ```
+
+pub mod math;
+#[cfg(feature = "ndarray")]
+mod ndarray;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// The exact GELU, `x Φ(x)` with `Φ` the standard normal cdf (PyTorch's
+/// `gelu(approximate="none")`, BERT's `gelu`).
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "ndarray")]
+    let x = match ndarray::try_unary(ndarray::Unary::Gelu, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    composed::gelu_erf(x)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "ndarray")]
+    let x = match ndarray::try_unary(ndarray::Unary::Softmax, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    composed::softmax(x)
+}
+
+/// Layer normalisation over the last dimension, `(x − μ) / sqrt(σ² + eps) · γ + β`, with the
+/// biased variance (as PyTorch's `LayerNorm`). `gamma` and `beta` have the last dimension's
+/// size.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "ndarray")]
+    let (x, gamma, beta) = match ndarray::try_layer_norm((x, gamma, beta), eps as f32) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    composed::layer_norm(x, gamma, beta, eps)
+}
+
+/// The same functions composed from Burn's tensor operations: what every backend but ndarray
+/// runs, and the reference the fused kernels are tested against.
+pub mod composed {
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+
+    /// `x Φ(x)` through `erf`.
+    pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+        let cdf = x
+            .clone()
+            .div_scalar(std::f64::consts::SQRT_2)
+            .erf()
+            .add_scalar(1.0)
+            .mul_scalar(0.5);
+        x * cdf
+    }
+
+    /// Burn's softmax over the last dimension.
+    pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::activation::softmax(x, D - 1)
+    }
+
+    /// Layer norm over the last dimension from means and a square root.
+    pub fn layer_norm<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+        gamma: Tensor<B, 1>,
+        beta: Tensor<B, 1>,
+        eps: f64,
+    ) -> Tensor<B, D> {
+        let centred = x.clone() - x.mean_dim(D - 1);
+        let var = centred.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = centred / var.add_scalar(eps).sqrt();
+        normed * gamma.unsqueeze::<D>() + beta.unsqueeze::<D>()
+    }
+}

@@ -1,0 +1,296 @@
+//! The fused kernels on Burn's ndarray backend (`f32`), with and without autodiff.
+//!
+//! Library code is generic over `B: Backend`; the kernels apply when `B` is, at run time,
+//! `NdArray<f32>` or `Autodiff<NdArray<f32>>`. The check is a type comparison through
+//! [`std::any::Any`] (no bound is added to the models' generics and no unsafe code is used),
+//! and it hands the tensor back unchanged for every other backend, which then runs the
+//! composed form. On autodiff each kernel is one graph node whose backward is the matching
+//! fused kernel.
+
+use std::any::Any;
+use std::borrow::Cow;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::ndarray::NdArrayTensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
+
+use super::math;
+
+type Nd = burn::backend::NdArray<f32>;
+type Ad = Autodiff<Nd>;
+
+/// `t` as a `U` when `T` is `U`, else `t` back.
+fn cast<T: 'static, U: 'static>(t: T) -> Result<U, T> {
+    let mut slot = Some(t);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
+        Some(u) => Ok(u.take().unwrap_or_else(|| unreachable!("the slot is full"))),
+        None => Err(slot.unwrap_or_else(|| unreachable!("the slot is full"))),
+    }
+}
+
+/// Back from the concrete type to the caller's, which `cast` has shown to be the same.
+fn uncast<T: 'static, U: 'static>(t: T) -> U {
+    cast(t).unwrap_or_else(|_| unreachable!("the types were checked equal"))
+}
+
+/// An `f32` tensor's elements in row-major order: borrowed when contiguous, else copied.
+fn host(t: &NdArrayTensor) -> Option<Cow<'_, [f32]>> {
+    let NdArrayTensor::F32(storage) = t else {
+        return None;
+    };
+    let view = storage.view();
+    Some(match view.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(view.iter().copied().collect()),
+    })
+}
+
+fn from_host(values: Vec<f32>, like: &NdArrayTensor) -> NdArrayTensor {
+    NdArrayTensor::from_data(TensorData::new(values, like.shape()))
+}
+
+fn last_dim(t: &NdArrayTensor) -> usize {
+    let shape = t.shape();
+    shape.as_slice().last().copied().unwrap_or(1)
+}
+
+/// Which kernel a one-input node runs.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Unary {
+    Gelu,
+    Softmax,
+}
+
+impl Unary {
+    fn forward(self, x: &NdArrayTensor) -> NdArrayTensor {
+        let xs = host(x).unwrap_or_default();
+        let mut y = vec![0.0; xs.len()];
+        match self {
+            Unary::Gelu => math::gelu_forward(&xs, &mut y),
+            Unary::Softmax => math::softmax_forward(&xs, &mut y, last_dim(x)),
+        }
+        from_host(y, x)
+    }
+
+    /// `saved` is the input for GELU and the output for softmax.
+    fn backward(self, saved: &NdArrayTensor, dy: &NdArrayTensor) -> NdArrayTensor {
+        let (s, g) = (
+            host(saved).unwrap_or_default(),
+            host(dy).unwrap_or_default(),
+        );
+        let mut dx = vec![0.0; s.len()];
+        match self {
+            Unary::Gelu => math::gelu_backward(&s, &g, &mut dx),
+            Unary::Softmax => math::softmax_backward(&s, &g, &mut dx, last_dim(saved)),
+        }
+        from_host(dx, saved)
+    }
+}
+
+#[derive(Debug)]
+struct UnaryNode(Unary);
+
+impl Backward<Nd, 1> for UnaryNode {
+    type State = NdArrayTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let saved = ops.state;
+        unary::<Nd, _>(ops.parents, ops.node, grads, |dy| {
+            self.0.backward(&saved, &dy)
+        });
+    }
+}
+
+fn unary_ad(op: Unary, x: FloatTensor<Ad>) -> FloatTensor<Ad> {
+    let y = op.forward(&x.primitive);
+    match UnaryNode(op)
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = match op {
+                Unary::Gelu => x.primitive.clone(),
+                Unary::Softmax => y.clone(),
+            };
+            prep.finish(saved, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+fn is_f32(t: &NdArrayTensor) -> bool {
+    matches!(t, NdArrayTensor::F32(_))
+}
+
+/// Runs `op` when `B` is ndarray (`f32`), else gives `x` back.
+pub(super) fn try_unary<B: Backend, const D: usize>(
+    op: Unary,
+    x: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let x = match cast::<Tensor<B, D>, Tensor<Ad, D>>(x) {
+        Ok(x) => {
+            let p = x.into_primitive().tensor();
+            if !is_f32(&p.primitive) {
+                return Err(uncast(Tensor::<Ad, D>::from_primitive(
+                    TensorPrimitive::Float(p),
+                )));
+            }
+            let y = Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(unary_ad(op, p)));
+            return Ok(uncast(y));
+        }
+        Err(x) => x,
+    };
+    match cast::<Tensor<B, D>, Tensor<Nd, D>>(x) {
+        Ok(x) => {
+            let p = x.into_primitive().tensor();
+            if !is_f32(&p) {
+                return Err(uncast(Tensor::<Nd, D>::from_primitive(
+                    TensorPrimitive::Float(p),
+                )));
+            }
+            let y = Tensor::<Nd, D>::from_primitive(TensorPrimitive::Float(op.forward(&p)));
+            Ok(uncast(y))
+        }
+        Err(x) => Err(x),
+    }
+}
+
+fn layer_norm_forward(
+    x: &NdArrayTensor,
+    gamma: &NdArrayTensor,
+    beta: &NdArrayTensor,
+    eps: f32,
+) -> NdArrayTensor {
+    let (xs, g, b) = (
+        host(x).unwrap_or_default(),
+        host(gamma).unwrap_or_default(),
+        host(beta).unwrap_or_default(),
+    );
+    let mut y = vec![0.0; xs.len()];
+    math::layer_norm_forward(&xs, &g, &b, eps, &mut y);
+    from_host(y, x)
+}
+
+#[derive(Debug)]
+struct LayerNormNode;
+
+/// What the backward of layer norm keeps: the input, γ and ε.
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    x: NdArrayTensor,
+    gamma: NdArrayTensor,
+    eps: f32,
+}
+
+impl Backward<Nd, 3> for LayerNormNode {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let LayerNormState { x, gamma, eps } = ops.state;
+        let dy = grads.consume::<Nd>(&ops.node);
+        let (xs, g, d) = (
+            host(&x).unwrap_or_default(),
+            host(&gamma).unwrap_or_default(),
+            host(&dy).unwrap_or_default(),
+        );
+        let mut dx = vec![0.0; xs.len()];
+        let (dgamma, dbeta) = math::layer_norm_backward(&xs, &g, &d, eps, &mut dx);
+        let [px, pg, pb] = ops.parents;
+        if let Some(node) = px {
+            grads.register::<Nd>(node.id, from_host(dx, &x));
+        }
+        if let Some(node) = pg {
+            grads.register::<Nd>(node.id, from_host(dgamma, &gamma));
+        }
+        if let Some(node) = pb {
+            grads.register::<Nd>(node.id, from_host(dbeta, &gamma));
+        }
+    }
+}
+
+fn layer_norm_ad(
+    x: FloatTensor<Ad>,
+    gamma: FloatTensor<Ad>,
+    beta: FloatTensor<Ad>,
+    eps: f32,
+) -> FloatTensor<Ad> {
+    let y = layer_norm_forward(&x.primitive, &gamma.primitive, &beta.primitive, eps);
+    match LayerNormNode
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = LayerNormState {
+                x: x.primitive.clone(),
+                gamma: gamma.primitive.clone(),
+                eps,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// The parts of a layer norm call, as one value so they travel through `cast` together.
+pub(super) type NormArgs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>);
+
+/// Layer norm over the last dimension when `B` is ndarray (`f32`), else the arguments back.
+pub(super) fn try_layer_norm<B: Backend, const D: usize>(
+    args: NormArgs<B, D>,
+    eps: f32,
+) -> Result<Tensor<B, D>, NormArgs<B, D>> {
+    let args = match cast::<NormArgs<B, D>, NormArgs<Ad, D>>(args) {
+        Ok((x, g, b)) => {
+            let (x, g, b) = (
+                x.into_primitive().tensor(),
+                g.into_primitive().tensor(),
+                b.into_primitive().tensor(),
+            );
+            let float = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
+            if ![&x.primitive, &g.primitive, &b.primitive]
+                .into_iter()
+                .all(is_f32)
+            {
+                let back: NormArgs<Ad, D> = (
+                    float(x),
+                    Tensor::from_primitive(TensorPrimitive::Float(g)),
+                    Tensor::from_primitive(TensorPrimitive::Float(b)),
+                );
+                return Err(uncast(back));
+            }
+            let y: Tensor<Ad, D> = float(layer_norm_ad(x, g, b, eps));
+            return Ok(uncast(y));
+        }
+        Err(args) => args,
+    };
+    match cast::<NormArgs<B, D>, NormArgs<Nd, D>>(args) {
+        Ok((x, g, b)) => {
+            let (x, g, b) = (
+                x.into_primitive().tensor(),
+                g.into_primitive().tensor(),
+                b.into_primitive().tensor(),
+            );
+            if ![&x, &g, &b].into_iter().all(is_f32) {
+                let back: NormArgs<Nd, D> = (
+                    Tensor::from_primitive(TensorPrimitive::Float(x)),
+                    Tensor::from_primitive(TensorPrimitive::Float(g)),
+                    Tensor::from_primitive(TensorPrimitive::Float(b)),
+                );
+                return Err(uncast(back));
+            }
+            let y = Tensor::<Nd, D>::from_primitive(TensorPrimitive::Float(layer_norm_forward(
+                &x, &g, &b, eps,
+            )));
+            Ok(uncast(y))
+        }
+        Err(args) => Err(args),
+    }
+}

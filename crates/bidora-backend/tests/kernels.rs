@@ -1,0 +1,181 @@
+//! The fused kernels on ndarray with autodiff, against the same functions computed in f64 by
+//! hand: values and every gradient, on contiguous and transposed (strided) inputs. Burn's
+//! composed forms are checked against the same references with their own (looser) bound:
+//! the fused kernels are the more accurate of the two.
+
+use bidora_backend::kernels::{self, composed};
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Tensor, TensorData};
+
+type AD = Autodiff<NdArray<f32>>;
+
+fn values(shape: [usize; 3], salt: usize) -> Tensor<AD, 3> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| (((i * 7919 + salt * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 6.0)
+        .collect();
+    Tensor::from_data(TensorData::new(v, shape), &Default::default())
+}
+
+fn host<const D: usize>(t: Tensor<AD, D>) -> Vec<f64> {
+    let v: Vec<f32> = t.into_data().convert::<f32>().to_vec().expect("f32");
+    v.into_iter().map(f64::from).collect()
+}
+
+/// Largest absolute difference.
+fn err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+/// `f(x)` and `∂ Σ w ⊙ f(x) / ∂x` for fixed weights `w` (salt 99), on the host.
+fn run(x: &Tensor<AD, 3>, f: fn(Tensor<AD, 3>) -> Tensor<AD, 3>) -> (Vec<f64>, Vec<f64>) {
+    let x = x.clone().require_grad();
+    let y = f(x.clone());
+    let w = values(y.dims(), 99);
+    let grads = (y.clone() * w).sum().backward();
+    let g = x.grad(&grads).expect("gradient");
+    (host(y), host(Tensor::<AD, 3>::from_inner(g)))
+}
+
+/// The inputs: contiguous `[4, 24, width]`, and the same size made strided by a transpose.
+fn inputs(width: usize, salt: usize) -> [Tensor<AD, 3>; 2] {
+    [
+        values([4, 24, width], salt),
+        values([4, width, 24], salt + 1).swap_dims(1, 2),
+    ]
+}
+
+fn erf(x: f64) -> f64 {
+    libm::erf(x)
+}
+
+#[test]
+fn gelu_matches_f64() {
+    for x in inputs(40, 1) {
+        let (xs, w) = (host(x.clone()), host(values(x.dims(), 99)));
+        let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+        let pdf = |x: f64| (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let y: Vec<f64> = xs.iter().map(|&x| x * cdf(x)).collect();
+        let g: Vec<f64> = xs
+            .iter()
+            .zip(&w)
+            .map(|(&x, w)| w * (cdf(x) + x * pdf(x)))
+            .collect();
+        let (fy, fg) = run(&x, kernels::gelu_erf);
+        assert!(
+            err(&fy, &y) < 1e-6 && err(&fg, &g) < 3e-6,
+            "{} {}",
+            err(&fy, &y),
+            err(&fg, &g)
+        );
+        let (cy, cg) = run(&x, composed::gelu_erf);
+        assert!(err(&cy, &y) < 1e-5 && err(&cg, &g) < 1e-5);
+    }
+}
+
+#[test]
+fn softmax_matches_f64() {
+    let width = 129;
+    for x in inputs(width, 3) {
+        let (xs, w) = (host(x.clone()), host(values(x.dims(), 99)));
+        let (mut y, mut g) = (Vec::new(), Vec::new());
+        for (row, wr) in xs.chunks(width).zip(w.chunks(width)) {
+            let m = row.iter().copied().fold(f64::MIN, f64::max);
+            let s: f64 = row.iter().map(|a| (a - m).exp()).sum();
+            let yr: Vec<f64> = row.iter().map(|a| (a - m).exp() / s).collect();
+            let dot: f64 = yr.iter().zip(wr).map(|(y, w)| y * w).sum();
+            g.extend(yr.iter().zip(wr).map(|(y, w)| y * (w - dot)));
+            y.extend(yr);
+        }
+        let (fy, fg) = run(&x, kernels::softmax);
+        assert!(
+            err(&fy, &y) < 1e-7 && err(&fg, &g) < 2e-7,
+            "{} {}",
+            err(&fy, &y),
+            err(&fg, &g)
+        );
+        let (cy, cg) = run(&x, composed::softmax);
+        assert!(
+            err(&cy, &y) < 1e-6 && err(&cg, &g) < 1e-5,
+            "{} {}",
+            err(&cy, &y),
+            err(&cg, &g)
+        );
+    }
+}
+
+/// Layer norm's output and its three gradients for weights `w`, in f64.
+fn layer_norm_f64(x: &[f64], gamma: &[f64], beta: &[f64], w: &[f64], eps: f64) -> [Vec<f64>; 4] {
+    let d = gamma.len();
+    let (mut y, mut dx, mut dg, mut db) = (Vec::new(), Vec::new(), vec![0.0; d], vec![0.0; d]);
+    for (row, wr) in x.chunks(d).zip(w.chunks(d)) {
+        let mean = row.iter().sum::<f64>() / d as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let xhat: Vec<f64> = row.iter().map(|v| (v - mean) * rstd).collect();
+        let g: Vec<f64> = wr.iter().zip(gamma).map(|(w, g)| w * g).collect();
+        let g_mean = g.iter().sum::<f64>() / d as f64;
+        let gx_mean = g.iter().zip(&xhat).map(|(g, x)| g * x).sum::<f64>() / d as f64;
+        for j in 0..d {
+            y.push(xhat[j] * gamma[j] + beta[j]);
+            dx.push((g[j] - g_mean - xhat[j] * gx_mean) * rstd);
+            dg[j] += wr[j] * xhat[j];
+            db[j] += wr[j];
+        }
+    }
+    [y, dx, dg, db]
+}
+
+#[test]
+fn layer_norm_matches_f64_with_every_gradient() {
+    let device = Default::default();
+    let d = 48;
+    let gamma: Vec<f32> = (0..d).map(|j| 0.5 + j as f32 / 40.0).collect();
+    let beta: Vec<f32> = (0..d).map(|j| j as f32 / 100.0 - 0.2).collect();
+    let eps = 1e-12;
+    type Norm = fn(Tensor<AD, 3>, Tensor<AD, 1>, Tensor<AD, 1>, f64) -> Tensor<AD, 3>;
+    let run = |x: &Tensor<AD, 3>, f: Norm| {
+        let x = x.clone().require_grad();
+        let g = Tensor::<AD, 1>::from_floats(gamma.as_slice(), &device).require_grad();
+        let b = Tensor::<AD, 1>::from_floats(beta.as_slice(), &device).require_grad();
+        let y = f(x.clone(), g.clone(), b.clone(), eps);
+        let grads = (y.clone() * values(y.dims(), 99)).sum().backward();
+        let grad =
+            |t: Tensor<AD, 1>| host(Tensor::<AD, 1>::from_inner(t.grad(&grads).expect("grad")));
+        let dx = host(Tensor::<AD, 3>::from_inner(x.grad(&grads).expect("dx")));
+        [host(y), dx, grad(g), grad(b)]
+    };
+    for x in inputs(d, 5) {
+        let to64 = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>();
+        let want = layer_norm_f64(
+            &host(x.clone()),
+            &to64(&gamma),
+            &to64(&beta),
+            &host(values(x.dims(), 99)),
+            eps,
+        );
+        let fused = run(&x, kernels::layer_norm);
+        let composed = run(&x, composed::layer_norm);
+        // y and dx are O(1); dγ and dβ sum 96 rows.
+        for (i, bound) in [1e-6, 1e-5, 3e-5, 3e-5].into_iter().enumerate() {
+            let (f, c) = (err(&fused[i], &want[i]), err(&composed[i], &want[i]));
+            assert!(f < bound, "fused output {i}: error {f}");
+            assert!(c < 20.0 * bound, "composed output {i}: error {c}");
+        }
+    }
+}
+
+#[test]
+fn kernels_run_without_autodiff_too() {
+    let x = values([2, 8, 33], 8).inner();
+    let y: Vec<f32> = kernels::softmax(x.clone())
+        .into_data()
+        .to_vec()
+        .expect("f32");
+    let z: Vec<f32> = composed::softmax(x).into_data().to_vec().expect("f32");
+    assert!(y.iter().zip(&z).all(|(a, b)| (a - b).abs() < 1e-6));
+}

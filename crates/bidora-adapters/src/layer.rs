@@ -184,7 +184,7 @@ impl<B: Backend> AdaptedLinear<B> {
     /// is active when the backend records gradients (training) and `dropout > 0`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         if self.dropout.prob > 0.0 && B::ad_enabled(&x.device()) {
-            let dropped = crate::dropout::dropout(&self.dropout, x.clone());
+            let dropped = bidora_backend::kernels::dropout::dropout(&self.dropout, x.clone());
             self.forward_rows(x, Some(dropped))
         } else {
             self.forward_rows(x, None)

@@ -31,7 +31,8 @@
 //! ```
 
 pub mod config;
-pub mod dropout;
+/// Dropout with a counter-based mask (moved to `bidora_backend::kernels::dropout`).
+pub use bidora_backend::kernels::dropout;
 mod error;
 pub mod layer;
 pub mod partition;

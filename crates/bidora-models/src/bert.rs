@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bidora_adapters::dropout::dropout;
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
-use bidora_backend::kernels::softmax;
+use bidora_backend::kernels::attention;
+use bidora_backend::kernels::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::backend::Backend;
@@ -247,15 +247,10 @@ impl<B: Backend> BertLayer<B> {
     /// `x`: `[batch, seq, hidden]`; `bias`: added to the attention scores, broadcastable to
     /// `[batch, heads, seq, seq]` (padding mask, plus MPNet's relative-position bias).
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [b, s, h] = x.dims();
-        let hd = h / self.heads;
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x.clone()));
-        let scores = q.matmul(k.transpose()).div_scalar((hd as f64).sqrt()) + bias;
-        let probs = dropout(&self.attention_dropout, softmax(scores));
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
+        let q = self.query.forward(x.clone());
+        let k = self.key.forward(x.clone());
+        let v = self.value.forward(x.clone());
+        let ctx = attention(q, k, v, bias, self.heads, &self.attention_dropout);
         let attn = dropout(&self.dropout, self.attention_output.forward(ctx));
         let x = self.attention_norm.forward(attn + x);
         let ff = dropout(

@@ -7,9 +7,9 @@
 
 use std::path::Path;
 
-use bidora_adapters::dropout::dropout;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
-use bidora_backend::kernels::softmax;
+use bidora_backend::kernels::dropout::dropout;
+use bidora_backend::kernels::{attention, softmax};
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::backend::Backend;
@@ -142,19 +142,17 @@ impl<B: Backend> Gpt2Block<B> {
         let [b, s, h] = x.dims();
         let hd = h / self.heads;
         let qkv = self.c_attn.forward(self.ln_1.forward(x.clone()));
-        let part = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..s, i * h..(i + 1) * h])
-                .reshape([b, s, self.heads, hd])
-                .swap_dims(1, 2)
-        };
+        let part = |i: usize| qkv.clone().slice([0..b, 0..s, i * h..(i + 1) * h]);
         let (q, k, v) = (part(0), part(1), part(2));
-        let mut scores = q.matmul(k.transpose());
-        if self.scale {
-            scores = scores.div_scalar((hd as f64).sqrt());
-        }
-        let probs = dropout(&self.attention_dropout, softmax(scores + bias));
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h]);
+        let ctx = if self.scale {
+            attention(q, k, v, bias, self.heads, &self.attention_dropout)
+        } else {
+            // Unscaled scores (`scale_attn_weights = false`): the composed form.
+            let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2);
+            let scores = split(q).matmul(split(k).transpose());
+            let probs = dropout(&self.attention_dropout, softmax(scores + bias));
+            probs.matmul(split(v)).swap_dims(1, 2).reshape([b, s, h])
+        };
         let x = x + dropout(&self.dropout, self.attn_proj.forward(ctx));
         let ff = self
             .mlp_proj

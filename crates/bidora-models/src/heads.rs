@@ -12,10 +12,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use bidora_adapters::dropout::dropout;
 use bidora_adapters::peft::PeftAdapter;
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
+use bidora_backend::kernels::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::log_softmax;

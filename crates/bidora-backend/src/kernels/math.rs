@@ -18,9 +18,10 @@ const SERIAL_BELOW: usize = 32 * 1024;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // 0.693145751953125 has 16 significant bits: n · LN2_HI is exact for |n| < 2^8.
-    const LN2_HI: f32 = 0.693_145_751_953_125;
-    const LN2_LO: f32 = 1.428_606_765_330_187e-6;
+    // The f32 nearest 0.69314575 is 0.693145751953125, 16 significant bits: n · LN2_HI is
+    // exact for |n| < 2^8.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding then subtracting 1.5 · 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.0, 88.0);
@@ -136,15 +137,21 @@ fn rows<const N: usize>(
 /// Softmax of each row of `width` elements (the last dimension): `y = e^(x − max) / Σ`.
 pub fn softmax_forward(x: &[f32], y: &mut [f32], width: usize) {
     rows(y, [x], width, |y, [x]| {
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = exp(x - max);
-            sum += *y;
-        }
-        let inv = 1.0 / sum;
-        y.iter_mut().for_each(|y| *y *= inv);
+        y.copy_from_slice(x);
+        softmax_row(y);
     });
+}
+
+/// Softmax of one row, in place.
+pub fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for y in row.iter_mut() {
+        *y = exp(*y - max);
+        sum += *y;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|y| *y *= inv);
 }
 
 /// The gradient of [`softmax_forward`] from its output: `dx = y (dy − Σ dy y)` per row.

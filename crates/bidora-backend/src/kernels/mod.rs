@@ -23,6 +23,8 @@
 //! fused.into_data().assert_approx_eq::<f32>(&reference.into_data(), Default::default());
 //! ```
 
+pub mod attention;
+pub mod dropout;
 pub mod math;
 #[cfg(feature = "ndarray")]
 mod ndarray;
@@ -68,6 +70,30 @@ pub fn layer_norm<B: Backend, const D: usize>(
     composed::layer_norm(x, gamma, beta, eps)
 }
 
+/// Multi-head scaled dot-product attention with an additive score bias and dropout on the
+/// probabilities: `softmax(q kᵀ / sqrt(head_dim) + bias) v` per head, then dropout as
+/// [`dropout::dropout`] would apply it (same generator draw, same mask).
+///
+/// `q`, `k`, `v`: `[batch, seq, heads · head_dim]` (the projections' outputs); `bias`:
+/// broadcastable to `[batch, heads, seq, seq]` (padding mask, causal mask, relative positions).
+/// Returns `[batch, seq, heads · head_dim]`. On ndarray the fused kernel runs unless `bias`
+/// itself needs a gradient (a trained relative-position bias), which takes the composed form.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    bias: Tensor<B, 4>,
+    heads: usize,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "ndarray")]
+    let (q, k, v, bias) = match ndarray::try_attention((q, k, v, bias), heads, dropout) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    composed::attention(q, k, v, bias, heads, dropout)
+}
+
 /// The same functions composed from Burn's tensor operations: what every backend but ndarray
 /// runs, and the reference the fused kernels are tested against.
 pub mod composed {
@@ -83,6 +109,26 @@ pub mod composed {
             .add_scalar(1.0)
             .mul_scalar(0.5);
         x * cdf
+    }
+
+    /// Attention from Burn's matrix products, [`softmax`] and [`dropout`](super::dropout::dropout).
+    pub fn attention<B: Backend>(
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        heads: usize,
+        dropout: &burn::nn::Dropout,
+    ) -> Tensor<B, 3> {
+        let [b, s, h] = q.dims();
+        let hd = h / heads;
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, heads, hd]).swap_dims(1, 2);
+        let scores = split(q)
+            .matmul(split(k).transpose())
+            .div_scalar((hd as f64).sqrt())
+            + bias;
+        let probs = super::dropout::dropout(dropout, softmax(scores));
+        probs.matmul(split(v)).swap_dims(1, 2).reshape([b, s, h])
     }
 
     /// Burn's softmax over the last dimension.

@@ -20,6 +20,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
+use super::attention::{self as attn, Bias, Dims};
+use super::dropout::Mask;
 use super::math;
 
 type Nd = burn::backend::NdArray<f32>;
@@ -293,4 +295,180 @@ pub(super) fn try_layer_norm<B: Backend, const D: usize>(
         }
         Err(args) => Err(args),
     }
+}
+
+/// The arguments of an attention call, as one value for `cast`.
+pub(super) type AttnArgs<B> = (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 4>);
+
+/// The sizes when the fused kernel applies: `f32` tensors, `q`, `k` and `v` of one shape whose
+/// last dimension divides into the heads, and a bias that broadcasts (see [`bias_fits`]).
+fn fused_dims(
+    q: &NdArrayTensor,
+    k: &NdArrayTensor,
+    v: &NdArrayTensor,
+    bias: &NdArrayTensor,
+    heads: usize,
+) -> Option<Dims> {
+    if ![q, k, v, bias].into_iter().all(is_f32) || k.shape() != q.shape() || v.shape() != q.shape()
+    {
+        return None;
+    }
+    let [batch, seq, hidden] = q.shape().dims::<3>();
+    if heads == 0 || hidden % heads != 0 {
+        return None;
+    }
+    let d = Dims {
+        batch,
+        seq,
+        heads,
+        head_dim: hidden / heads,
+    };
+    bias_fits(bias, &d).then_some(d)
+}
+
+/// Whether `bias` broadcasts to `[batch, heads, seq, seq]` with each dimension full or 1.
+fn bias_fits(bias: &NdArrayTensor, d: &Dims) -> bool {
+    let dims = bias.shape().dims::<4>();
+    let full = [d.batch, d.heads, d.seq, d.seq];
+    dims[3] == d.seq && dims.iter().zip(full).all(|(&a, f)| a == f || a == 1)
+}
+
+fn attention_forward(
+    q: &NdArrayTensor,
+    k: &NdArrayTensor,
+    v: &NdArrayTensor,
+    bias: &NdArrayTensor,
+    d: Dims,
+    mask: Option<Mask>,
+) -> (NdArrayTensor, NdArrayTensor) {
+    let (qs, ks, vs, bs) = (
+        host(q).unwrap_or_default(),
+        host(k).unwrap_or_default(),
+        host(v).unwrap_or_default(),
+        host(bias).unwrap_or_default(),
+    );
+    let bias = Bias {
+        values: &bs,
+        dims: bias.shape().dims::<4>(),
+    };
+    let (ctx, probs) = attn::forward(&qs, &ks, &vs, bias, d, mask);
+    let probs = NdArrayTensor::from_data(TensorData::new(probs, [d.batch, d.heads, d.seq, d.seq]));
+    (from_host(ctx, q), probs)
+}
+
+#[derive(Debug)]
+struct AttentionNode;
+
+/// What the attention backward keeps: the inputs, the probabilities before dropout, the mask.
+#[derive(Clone, Debug)]
+struct AttentionState {
+    q: NdArrayTensor,
+    k: NdArrayTensor,
+    v: NdArrayTensor,
+    probs: NdArrayTensor,
+    dims: Dims,
+    mask: Option<Mask>,
+}
+
+impl Backward<Nd, 3> for AttentionNode {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let st = ops.state;
+        let dout = grads.consume::<Nd>(&ops.node);
+        let (qs, ks, vs, ps, ds) = (
+            host(&st.q).unwrap_or_default(),
+            host(&st.k).unwrap_or_default(),
+            host(&st.v).unwrap_or_default(),
+            host(&st.probs).unwrap_or_default(),
+            host(&dout).unwrap_or_default(),
+        );
+        let grads_qkv = attn::backward(&qs, &ks, &vs, &ps, &ds, st.dims, st.mask);
+        for (parent, g) in ops.parents.into_iter().zip(grads_qkv) {
+            if let Some(node) = parent {
+                grads.register::<Nd>(node.id, from_host(g, &st.q));
+            }
+        }
+    }
+}
+
+/// Attention when `B` is ndarray (`f32`) and the bias needs no gradient, else the arguments back.
+pub(super) fn try_attention<B: Backend>(
+    args: AttnArgs<B>,
+    heads: usize,
+    dropout: &burn::nn::Dropout,
+) -> Result<Tensor<B, 3>, AttnArgs<B>> {
+    let args = match cast::<AttnArgs<B>, AttnArgs<Ad>>(args) {
+        Ok((q, k, v, bias)) => {
+            let device = q.device();
+            let (q, k, v, bias) = (
+                q.into_primitive().tensor(),
+                k.into_primitive().tensor(),
+                v.into_primitive().tensor(),
+                bias.into_primitive().tensor(),
+            );
+            let dims = fused_dims(
+                &q.primitive,
+                &k.primitive,
+                &v.primitive,
+                &bias.primitive,
+                heads,
+            );
+            let Some(d) = dims.filter(|_| bias.node.requirement.is_none()) else {
+                let back: AttnArgs<Ad> = (float(q), float(k), float(v), float(bias));
+                return Err(uncast(back));
+            };
+            let mask = super::dropout::host_mask::<Ad>(dropout, &device);
+            let (ctx, probs) = attention_forward(
+                &q.primitive,
+                &k.primitive,
+                &v.primitive,
+                &bias.primitive,
+                d,
+                mask,
+            );
+            let out = match AttentionNode
+                .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let state = AttentionState {
+                        q: q.primitive.clone(),
+                        k: k.primitive.clone(),
+                        v: v.primitive.clone(),
+                        probs,
+                        dims: d,
+                        mask,
+                    };
+                    prep.finish(state, ctx)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(ctx),
+            };
+            return Ok(uncast(float::<Ad, 3>(out)));
+        }
+        Err(args) => args,
+    };
+    match cast::<AttnArgs<B>, AttnArgs<Nd>>(args) {
+        Ok((q, k, v, bias)) => {
+            let (q, k, v, bias) = (
+                q.into_primitive().tensor(),
+                k.into_primitive().tensor(),
+                v.into_primitive().tensor(),
+                bias.into_primitive().tensor(),
+            );
+            let Some(d) = fused_dims(&q, &k, &v, &bias, heads) else {
+                let back: AttnArgs<Nd> = (float(q), float(k), float(v), float(bias));
+                return Err(uncast(back));
+            };
+            // Without autodiff, dropout is the identity.
+            let (ctx, _) = attention_forward(&q, &k, &v, &bias, d, None);
+            Ok(uncast(float::<Nd, 3>(ctx)))
+        }
+        Err(args) => Err(args),
+    }
+}
+
+fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
 }

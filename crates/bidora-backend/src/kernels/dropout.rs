@@ -11,6 +11,7 @@
 use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use rayon::prelude::*;
 
 /// Applies `dropout` as in training when the backend records gradients (autodiff), else returns
 /// `x`: zeroes each element with probability `prob` and scales the rest by `1 / (1 − prob)`.
@@ -19,19 +20,24 @@ pub fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tens
     if d.prob <= 0.0 || !B::ad_enabled(&device) {
         return x;
     }
-    if !bidora_backend::tensors_in_host_memory::<B>(&device) {
+    if !crate::tensors_in_host_memory::<B>(&device) {
         return d.forward(x);
     }
-    let key = draw_key::<B>(&device);
-    let mask = keep_mask(key, x.shape().num_elements(), d.prob);
+    let mask = keep_mask(draw_key::<B>(&device), x.shape().num_elements(), d.prob);
     let mask =
         Tensor::<B, 1>::from_data(TensorData::new(mask, [x.shape().num_elements()]), &device)
             .reshape(x.shape());
     x * mask
 }
 
-/// 64 bits from the backend's seeded generator (two 32-bit draws).
-fn draw_key<B: Backend>(device: &B::Device) -> u64 {
+/// The mask `dropout` would apply now: `None` when it would be the identity (no autodiff, or
+/// probability 0). Draws the key from the backend's generator, as `dropout` does.
+pub(crate) fn host_mask<B: Backend>(d: &Dropout, device: &B::Device) -> Option<Mask> {
+    (d.prob > 0.0 && B::ad_enabled(device)).then(|| Mask::new(draw_key::<B>(device), d.prob))
+}
+
+/// 64 bits from the backend's seeded generator (two 32-bit draws): the key of one mask.
+pub(crate) fn draw_key<B: Backend>(device: &B::Device) -> u64 {
     let halves = Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 4294967296.0), device)
         .into_data()
         .convert::<i64>();
@@ -44,26 +50,50 @@ fn draw_key<B: Backend>(device: &B::Device) -> u64 {
 }
 
 /// `n` mask values: 0 with probability `prob` (to 1/65536), else `1 / (1 − prob)`.
-fn keep_mask(key: u64, n: usize, prob: f64) -> Vec<f32> {
-    let keep = 1.0 - prob;
-    let scale = (1.0 / keep) as f32;
-    // Element kept when its 16-bit uniform u satisfies u < threshold.
-    let threshold = (keep * 65536.0).round() as u32;
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0u64;
-    while out.len() < n {
-        // Counter-based: element i of the mask depends only on the key and i.
-        let bits = bidora_util::SplitMix64::at(key, i);
-        i += 1;
-        for lane in 0..4 {
-            if out.len() == n {
-                break;
-            }
-            let u = ((bits >> (16 * lane)) & 0xffff) as u32;
-            out.push(if u < threshold { scale } else { 0.0 });
-        }
+pub(crate) fn keep_mask(key: u64, n: usize, prob: f64) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    let mask = Mask::new(key, prob);
+    let fill = |(block, out): (usize, &mut [f32])| mask.fill(block * MASK_BLOCK, out);
+    if n < MASK_BLOCK {
+        fill((0, &mut out));
+    } else {
+        out.par_chunks_mut(MASK_BLOCK).enumerate().for_each(fill);
     }
     out
+}
+
+/// Elements per parallel task of [`keep_mask`] (a multiple of the 4 draws per 64 bits).
+const MASK_BLOCK: usize = 64 * 1024;
+
+/// A dropout mask keyed by 64 bits: element `i` is `scale` when the 16-bit lane `i mod 4` of
+/// `SplitMix64::at(key, i / 4)` is below the keep threshold, else 0. Counter-based, so any
+/// range of it can be drawn alone, in parallel, or again in a backward pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
+    key: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl Mask {
+    /// The mask keyed by `key` that drops with probability `prob`.
+    pub fn new(key: u64, prob: f64) -> Self {
+        let keep = 1.0 - prob;
+        Mask {
+            key,
+            threshold: (keep * 65536.0).round() as u32,
+            scale: (1.0 / keep) as f32,
+        }
+    }
+
+    /// Mask elements `start .. start + out.len()` into `out`.
+    pub fn fill(&self, start: usize, out: &mut [f32]) {
+        for (i, o) in (start..).zip(out.iter_mut()) {
+            let bits = bidora_util::SplitMix64::at(self.key, (i / 4) as u64);
+            let u = ((bits >> (16 * (i % 4))) & 0xffff) as u32;
+            *o = if u < self.threshold { self.scale } else { 0.0 };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,194 @@
+//! Scaled dot-product attention on host slices, fused per (batch, head): scores, bias, softmax,
+//! dropout and the context product in one task, with the heads read in place from the
+//! projections' `[batch, seq, heads · head_dim]` layout (strided views, no copies), and the
+//! backward likewise. Tasks run on rayon's threads; each owns its output block, so results do
+//! not depend on the number of threads.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use rayon::prelude::*;
+
+use super::dropout::Mask;
+
+/// The sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length (queries and keys).
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+}
+
+impl Dims {
+    fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn tasks(&self) -> usize {
+        self.batch * self.heads
+    }
+    /// Offset of head `h` of batch `b`'s first row in a `[batch, seq, hidden]` tensor.
+    fn head_offset(&self, task: usize) -> usize {
+        let (b, h) = (task / self.heads, task % self.heads);
+        b * self.seq * self.hidden() + h * self.head_dim
+    }
+}
+
+/// An additive score bias broadcastable to `[batch, heads, seq, seq]`: contiguous values with
+/// their 4 dimensions, each either full or 1.
+#[derive(Clone, Copy, Debug)]
+pub struct Bias<'a> {
+    /// The values, row-major.
+    pub values: &'a [f32],
+    /// Its dimensions.
+    pub dims: [usize; 4],
+}
+
+impl Bias<'_> {
+    /// The bias row added to query `row` of `task`'s scores.
+    fn row(&self, d: &Dims, task: usize, row: usize) -> &[f32] {
+        let [bb, bh, bs, bk] = self.dims;
+        let (b, h) = (task / d.heads, task % d.heads);
+        let pick = |i: usize, n: usize| if n == 1 { 0 } else { i };
+        let start = ((pick(b, bb) * bh + pick(h, bh)) * bs + pick(row, bs)) * bk;
+        &self.values[start..start + bk]
+    }
+}
+
+/// `(rows, cols)` view of one head in a `[batch, seq, hidden]` slice.
+fn head<'a>(x: &'a [f32], d: &Dims, task: usize) -> ArrayView2<'a, f32> {
+    let strides = (d.seq, d.head_dim).strides((d.hidden(), 1));
+    ArrayView2::from_shape(strides, &x[d.head_offset(task)..])
+        .unwrap_or_else(|e| unreachable!("head view within the tensor: {e}"))
+}
+
+fn square<'a>(x: &'a [f32], n: usize) -> ArrayView2<'a, f32> {
+    ArrayView2::from_shape((n, n), x).unwrap_or_else(|e| unreachable!("square block: {e}"))
+}
+
+fn block_mut<'a>(x: &'a mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'a, f32> {
+    ArrayViewMut2::from_shape((rows, cols), x).unwrap_or_else(|e| unreachable!("block: {e}"))
+}
+
+/// Applies the dropout `mask` (if any) of `task`'s probabilities into `out`.
+fn dropped<'a>(p: &'a [f32], mask: Option<&Mask>, task: usize, out: &'a mut Vec<f32>) -> &'a [f32] {
+    let Some(mask) = mask else { return p };
+    out.resize(p.len(), 0.0);
+    mask.fill(task * p.len(), out);
+    out.iter_mut().zip(p).for_each(|(m, p)| *m *= p);
+    out
+}
+
+/// `[batch, heads, seq, head_dim]` blocks back into `[batch, seq, hidden]`.
+fn merge_heads(blocks: &[f32], d: &Dims) -> Vec<f32> {
+    let mut out = vec![0.0; blocks.len()];
+    let sd = d.seq * d.head_dim;
+    out.par_chunks_mut(d.hidden())
+        .enumerate()
+        .for_each(|(row, o)| {
+            let (b, r) = (row / d.seq, row % d.seq);
+            for h in 0..d.heads {
+                let src = (b * d.heads + h) * sd + r * d.head_dim;
+                o[h * d.head_dim..(h + 1) * d.head_dim]
+                    .copy_from_slice(&blocks[src..src + d.head_dim]);
+            }
+        });
+    out
+}
+
+/// Forward: the context `[batch, seq, hidden]` and the probabilities `[batch, heads, seq, seq]`
+/// before dropout (what the backward needs).
+pub fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: Bias<'_>,
+    d: Dims,
+    mask: Option<Mask>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (s, hd) = (d.seq, d.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut probs = vec![0.0; d.tasks() * s * s];
+    let mut ctx = vec![0.0; d.tasks() * s * hd];
+    probs
+        .par_chunks_mut(s * s)
+        .zip(ctx.par_chunks_mut(s * hd))
+        .enumerate()
+        .for_each_init(Vec::new, |scratch, (t, (p, c))| {
+            let (qh, kh, vh) = (head(q, &d, t), head(k, &d, t), head(v, &d, t));
+            general_mat_mul(scale, &qh, &kh.t(), 0.0, &mut block_mut(p, s, s));
+            for (r, row) in p.chunks_mut(s).enumerate() {
+                row.iter_mut()
+                    .zip(bias.row(&d, t, r))
+                    .for_each(|(x, b)| *x += b);
+                super::math::softmax_row(row);
+            }
+            let pd = dropped(p, mask.as_ref(), t, scratch);
+            general_mat_mul(1.0, &square(pd, s), &vh, 0.0, &mut block_mut(c, s, hd));
+        });
+    (merge_heads(&ctx, &d), probs)
+}
+
+/// Backward: `(dq, dk, dv)`, each `[batch, seq, hidden]`, from the output gradient `dout` and
+/// what [`forward`] kept.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    d: Dims,
+    mask: Option<Mask>,
+) -> [Vec<f32>; 3] {
+    let (s, hd) = (d.seq, d.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let n = d.tasks() * s * hd;
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    dq.par_chunks_mut(s * hd)
+        .zip(dk.par_chunks_mut(s * hd))
+        .zip(dv.par_chunks_mut(s * hd))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), vec![0.0; s * s]),
+            |(scratch, ds), (t, ((dq, dk), dv))| {
+                let (qh, kh, vh, doh) = (
+                    head(q, &d, t),
+                    head(k, &d, t),
+                    head(v, &d, t),
+                    head(dout, &d, t),
+                );
+                let p = &probs[t * s * s..(t + 1) * s * s];
+                let pd = dropped(p, mask.as_ref(), t, scratch);
+                general_mat_mul(
+                    1.0,
+                    &square(pd, s).t(),
+                    &doh,
+                    0.0,
+                    &mut block_mut(dv, s, hd),
+                );
+                // ds ← ∂L/∂(dropped probs), then through the mask and the softmax.
+                general_mat_mul(1.0, &doh, &vh.t(), 0.0, &mut block_mut(ds, s, s));
+                if let Some(mask) = &mask {
+                    let mut m = vec![0.0; s * s];
+                    mask.fill(t * s * s, &mut m);
+                    ds.iter_mut().zip(&m).for_each(|(g, m)| *g *= m);
+                }
+                for (g, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
+                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                    g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                }
+                let ds = square(ds, s);
+                general_mat_mul(scale, &ds, &kh, 0.0, &mut block_mut(dq, s, hd));
+                general_mat_mul(scale, &ds.t(), &qh, 0.0, &mut block_mut(dk, s, hd));
+            },
+        );
+    [
+        merge_heads(&dq, &d),
+        merge_heads(&dk, &d),
+        merge_heads(&dv, &d),
+    ]
+}

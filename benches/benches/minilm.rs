@@ -167,7 +167,10 @@ fn main() {
         );
         return;
     }
+    // Busy cores over the whole case (model loading and criterion's warm-up included).
+    let start = (bidora_benches::cpu_seconds(), std::time::Instant::now());
     benches();
     Criterion::default().configure_from_args().final_summary();
     print_peak_rss();
+    bidora_benches::print_busy_cores(start);
 }

@@ -86,6 +86,28 @@ pub fn print_peak_rss() {
     }
 }
 
+/// This process's CPU time (user + system) in seconds, from `/proc/self/stat` (clock ticks of
+/// 1/100 s, Linux's `USER_HZ`); `None` where `/proc` is not available.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces): utime and
+    // stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Prints the average number of busy cores since `start` (CPU seconds then, and the instant) as
+/// `bidora-bench busy-cores X`, the line `cargo xtask bench` reads.
+pub fn print_busy_cores(start: (Option<f64>, std::time::Instant)) {
+    let wall = start.1.elapsed().as_secs_f64();
+    if let (Some(then), Some(now)) = (start.0, cpu_seconds()) {
+        println!("bidora-bench busy-cores {:.2}", (now - then) / wall);
+    }
+}
+
 /// A batch stream that yields the same batch forever: the engine benchmarks measure training
 /// steps, not the data pipeline.
 pub struct Fixed<T>(pub T);

@@ -5,11 +5,14 @@ Same model folder, shapes, token ids, settings (r = 8, alpha 16, dropout 0.1 on 
 AdamW, a 2-way classifier trained) and thread count as the Rust benchmark. Each call measures one
 mode in its own process, so the peak memory it prints is that mode's.
 
-    PYTHONPATH=/opt/bidora-py /usr/bin/python3 scripts/bench/peft_step.py \
+    /opt/bidora-peer/bin/python scripts/bench/peft_step.py \
         --model DIR --mode dora --threads 2 --steps 10
 
+(`scripts/bench/setup-peer.sh` makes that venv: current torch, transformers and peft.)
+
 Prints one JSON line: {"mode", "threads", "steps", "median_s", "min_s", "max_s", "peak_rss_kib",
-"torch", "peft", "transformers"}. `cargo xtask bench --peer` runs it and compares.
+"busy_cores", "torch", "peft", "transformers"}; busy_cores is the process's CPU time over the wall
+time of the timed steps (1.0 = one core busy throughout). `cargo xtask bench --peer` runs it and compares.
 """
 
 import argparse
@@ -62,10 +65,18 @@ def main():
         model = peft.get_peft_model(model, config)
     batch, labels = inputs(torch)
     times = []
+
+    def cpu_s():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    cpu_start = wall_start = None
     if a.mode == "inference":
         model.eval()
         with torch.no_grad():
             for k in range(a.steps + 2):
+                if k == 2:
+                    cpu_start, wall_start = cpu_s(), time.perf_counter()
                 t = time.perf_counter()
                 model(**batch)
                 if k >= 2:
@@ -75,6 +86,8 @@ def main():
         trainable = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=5e-4, weight_decay=0.01)
         for k in range(a.steps + 2):
+            if k == 2:
+                cpu_start, wall_start = cpu_s(), time.perf_counter()
             t = time.perf_counter()
             loss = model(**batch, labels=labels).loss
             loss.backward()
@@ -82,6 +95,7 @@ def main():
             opt.zero_grad(set_to_none=True)
             if k >= 2:
                 times.append(time.perf_counter() - t)
+    busy = (cpu_s() - cpu_start) / (time.perf_counter() - wall_start)
     print(
         json.dumps(
             {
@@ -93,6 +107,7 @@ def main():
                 "max_s": max(times),
                 # Linux reports ru_maxrss in KiB.
                 "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "busy_cores": busy,
                 "torch": torch.__version__,
                 "peft": peft.__version__,
                 "transformers": transformers.__version__,

@@ -162,24 +162,25 @@ pub fn backward(
                     head(dout, &d, t),
                 );
                 let p = &probs[t * s * s..(t + 1) * s * s];
-                let pd = dropped(p, mask.as_ref(), t, scratch);
-                general_mat_mul(
-                    1.0,
-                    &square(pd, s).t(),
-                    &doh,
-                    0.0,
-                    &mut block_mut(dv, s, hd),
-                );
+                // scratch ← the mask; ds ← P ⊙ M for dv = (P ⊙ M)ᵀ dO.
+                if let Some(mask) = &mask {
+                    scratch.resize(s * s, 0.0);
+                    mask.fill(t * s * s, scratch);
+                    let pm = p.iter().zip(scratch.iter());
+                    ds.iter_mut().zip(pm).for_each(|(d, (p, m))| *d = p * m);
+                } else {
+                    ds.copy_from_slice(p);
+                }
+                let dv_block = &mut block_mut(dv, s, hd);
+                general_mat_mul(1.0, &square(ds, s).t(), &doh, 0.0, dv_block);
                 // ds ← ∂L/∂(dropped probs), then through the mask and the softmax.
                 general_mat_mul(1.0, &doh, &vh.t(), 0.0, &mut block_mut(ds, s, s));
-                if let Some(mask) = &mask {
-                    let mut m = vec![0.0; s * s];
-                    mask.fill(t * s * s, &mut m);
-                    ds.iter_mut().zip(&m).for_each(|(g, m)| *g *= m);
+                if mask.is_some() {
+                    ds.iter_mut().zip(scratch.iter()).for_each(|(g, m)| *g *= m);
                 }
                 for (g, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
-                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
-                    g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - dot));
+                    let gp = super::math::dot(g, p);
+                    g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - gp));
                 }
                 let ds = square(ds, s);
                 general_mat_mul(scale, &ds, &kh, 0.0, &mut block_mut(dq, s, hd));

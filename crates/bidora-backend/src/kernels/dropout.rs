@@ -88,10 +88,40 @@ impl Mask {
 
     /// Mask elements `start .. start + out.len()` into `out`.
     pub fn fill(&self, start: usize, out: &mut [f32]) {
-        for (i, o) in (start..).zip(out.iter_mut()) {
-            let bits = bidora_util::SplitMix64::at(self.key, (i / 4) as u64);
-            let u = ((bits >> (16 * (i % 4))) & 0xffff) as u32;
-            *o = if u < self.threshold { self.scale } else { 0.0 };
+        // Elements before the first multiple of 4, one 64-bit draw for each whole group of 4
+        // after it, then the rest.
+        let head = ((4 - start % 4) % 4).min(out.len());
+        let (first, rest) = out.split_at_mut(head);
+        for (i, o) in (start..).zip(first) {
+            *o = self.element(i);
+        }
+        let aligned = start + head;
+        let tail = aligned + 4 * (rest.len() / 4);
+        let mut groups = rest.chunks_exact_mut(4);
+        for (g, group) in ((aligned / 4) as u64..).zip(&mut groups) {
+            let bits = bidora_util::SplitMix64::at(self.key, g);
+            for (lane, o) in group.iter_mut().enumerate() {
+                *o = self.value(bits >> (16 * lane));
+            }
+        }
+        for (i, o) in (tail..).zip(groups.into_remainder()) {
+            *o = self.element(i);
+        }
+    }
+
+    /// Element `i` alone.
+    fn element(&self, i: usize) -> f32 {
+        let bits = bidora_util::SplitMix64::at(self.key, (i / 4) as u64);
+        self.value(bits >> (16 * (i % 4)))
+    }
+
+    /// The mask value of the 16-bit uniform in the low bits of `bits`.
+    #[inline(always)]
+    fn value(&self, bits: u64) -> f32 {
+        if ((bits & 0xffff) as u32) < self.threshold {
+            self.scale
+        } else {
+            0.0
         }
     }
 }
@@ -115,6 +145,12 @@ mod tests {
         // A different key, a different mask; the same key, the same mask.
         assert_ne!(keep_mask(8, 1000, 0.1), keep_mask(7, 1000, 0.1));
         assert_eq!(keep_mask(7, 1000, 0.1), m[..1000].to_vec());
+        // Any range drawn alone equals that range of the whole mask.
+        for (start, len) in [(0, 3), (1, 2), (3, 9), (5, 1000), (6, 0), (400_000 - 7, 7)] {
+            let mut part = vec![-1.0; len];
+            Mask::new(7, 0.1).fill(start, &mut part);
+            assert_eq!(part, m[start..start + len], "start {start}, len {len}");
+        }
     }
 
     #[test]

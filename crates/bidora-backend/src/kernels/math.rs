@@ -71,6 +71,68 @@ fn normal_cdf_pdf(x: f32) -> (f32, f32) {
     (0.5 * (1.0 + erf), INV_SQRT_2PI * gauss)
 }
 
+/// Lanes of the reductions below: eight independent partial sums the compiler keeps in one
+/// vector register, instead of one serial chain of additions (4 cycles each). The order of the
+/// additions is fixed, so results do not depend on threads.
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i)` over two slices of one length, in [`LANES`] partial sums.
+#[inline(always)]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ f(a_i, b_i, c_i)`, as [`lane_sum`] for three slices.
+#[inline(always)]
+fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()))
+        .map(|((&x, &y), &z)| f(x, y, z))
+        .sum();
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l], z[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ x_i`.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    lane_sum(x, x, |a, _| a)
+}
+
+/// `Σ a_i b_i`.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
+/// `max x_i` (−inf for an empty slice), in [`LANES`] partial maxima.
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = acc[l].max(c[l]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Runs `f` over matching blocks of `out` and `inputs`, in parallel when large.
 fn blocks<const N: usize>(
     out: &mut [f32],
@@ -144,22 +206,18 @@ pub fn softmax_forward(x: &[f32], y: &mut [f32], width: usize) {
 
 /// Softmax of one row, in place.
 pub fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for y in row.iter_mut() {
-        *y = exp(*y - max);
-        sum += *y;
-    }
-    let inv = 1.0 / sum;
+    let m = max(row);
+    row.iter_mut().for_each(|y| *y = exp(*y - m));
+    let inv = 1.0 / sum(row);
     row.iter_mut().for_each(|y| *y *= inv);
 }
 
 /// The gradient of [`softmax_forward`] from its output: `dx = y (dy − Σ dy y)` per row.
 pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], width: usize) {
     rows(dx, [y, dy], width, |dx, [y, dy]| {
-        let dot: f32 = y.iter().zip(dy).map(|(y, dy)| y * dy).sum();
+        let yd = dot(y, dy);
         for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-            *dx = y * (dy - dot);
+            *dx = y * (dy - yd);
         }
     });
 }
@@ -168,8 +226,8 @@ pub fn softmax_backward(y: &[f32], dy: &[f32], dx: &mut [f32], width: usize) {
 #[inline]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum(x) / n;
+    let var = lane_sum(x, x, |v, _| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -201,12 +259,8 @@ pub fn layer_norm_backward(
     rows(dx, [x, dy], width, |dx, [x, dy]| {
         let (mean, rstd) = moments(x, eps);
         let n = width as f32;
-        let (mut g_sum, mut gx_sum) = (0.0f32, 0.0f32);
-        for ((&x, &dy), &gm) in x.iter().zip(dy).zip(gamma) {
-            let g = dy * gm;
-            g_sum += g;
-            gx_sum += g * (x - mean) * rstd;
-        }
+        let g_sum = dot(dy, gamma);
+        let gx_sum = lane_sum3(x, dy, gamma, |x, dy, g| dy * g * (x - mean)) * rstd;
         let (g_mean, gx_mean) = (g_sum / n, gx_sum / n);
         for (((dx, &x), &dy), &gm) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
             let xhat = (x - mean) * rstd;

@@ -225,17 +225,15 @@ impl<B: Backend> AdaptedLinear<B> {
     fn forward_2d(&self, x: Tensor<B, 2>, x_dropped: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
         let w = self.weight.val();
         let s = self.settings.scaling;
-        let base = x.clone().matmul(w.clone());
+        let matmul = bidora_backend::kernels::matmul;
+        let base = matmul(x.clone(), w.clone());
         let lora_input = x_dropped.clone().unwrap_or(x);
-        let lora = lora_input
-            .matmul(self.lora_a.val())
-            .matmul(self.lora_b.val())
-            .mul_scalar(s);
+        let lora = matmul(matmul(lora_input, self.lora_a.val()), self.lora_b.val()).mul_scalar(s);
         let out = match (&self.magnitude, x_dropped) {
             (None, _) => base + lora,
             (Some(m), Some(dropped)) => {
                 let factor = (m.val() / self.weight_norm()).unsqueeze::<2>();
-                let base_dropped = dropped.matmul(w);
+                let base_dropped = matmul(dropped, w);
                 base + factor.clone().sub_scalar(1.0) * base_dropped + factor * lora
             }
             (Some(m), None) => (m.val() / self.weight_norm()).unsqueeze::<2>() * (base + lora),

@@ -301,3 +301,36 @@ fn attention_query_gradient_matches_f64() {
     let got = host(Tensor::<AD, 3>::from_inner(q.grad(&grads).expect("dq")));
     assert!(err(&got, &want) < 1e-5, "dq error {}", err(&got, &want));
 }
+
+/// `kernels::matmul` and both gradients against f64, with a contiguous and a transposed
+/// right operand (read in place through its strides).
+#[test]
+fn matmul_and_its_gradients_match_f64() {
+    let (m, k, n) = (70, 48, 33);
+    let a = values([1, m, k], 20).reshape([m, k]);
+    let b_rows = values([1, k, n], 21).reshape([k, n]);
+    let b_cols = values([1, n, k], 22).reshape([n, k]).transpose();
+    for b in [b_rows, b_cols] {
+        let (a, b) = (a.clone().require_grad(), b.require_grad());
+        let y = kernels::matmul(a.clone(), b.clone());
+        let w = values([1, m, n], 99).reshape([m, n]);
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let (ah, bh, wh) = (host(a.clone()), host(b.clone()), host(w));
+        let at = |i: usize, p: usize| ah[i * k + p];
+        let bt = |p: usize, j: usize| bh[p * n + j];
+        let want_y: Vec<f64> = (0..m * n)
+            .map(|ij| (0..k).map(|p| at(ij / n, p) * bt(p, ij % n)).sum())
+            .collect();
+        let want_da: Vec<f64> = (0..m * k)
+            .map(|ip| (0..n).map(|j| wh[(ip / k) * n + j] * bt(ip % k, j)).sum())
+            .collect();
+        let want_db: Vec<f64> = (0..k * n)
+            .map(|pj| (0..m).map(|i| at(i, pj / n) * wh[i * n + pj % n]).sum())
+            .collect();
+        let g =
+            |t: &Tensor<AD, 2>| host(Tensor::<AD, 2>::from_inner(t.grad(&grads).expect("grad")));
+        assert!(err(&host(y), &want_y) < 1e-4);
+        assert!(err(&g(&a), &want_da) < 1e-4);
+        assert!(err(&g(&b), &want_db) < 1e-4);
+    }
+}

@@ -27,15 +27,21 @@ impl<B: Backend> Projection<B> {
     /// Applies the layer.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Projection::Plain(l) if D > 2 => {
-                // One GEMM over all rows (Burn's Linear runs one per batch element).
+            Projection::Plain(l) => {
+                // One GEMM over all rows (Burn's Linear runs one per batch element), through
+                // the fused kernel's GEMM on the CPU.
                 let dims = x.dims();
                 let rows = dims[..D - 1].iter().product::<usize>();
                 let mut out = dims;
                 out[D - 1] = l.weight.dims()[1];
-                l.forward(x.reshape([rows, dims[D - 1]])).reshape(out)
+                let y =
+                    bidora_backend::kernels::matmul(x.reshape([rows, dims[D - 1]]), l.weight.val());
+                let y = match &l.bias {
+                    Some(b) => y + b.val().unsqueeze(),
+                    None => y,
+                };
+                y.reshape(out)
             }
-            Projection::Plain(l) => l.forward(x),
             Projection::Adapted(l) => l.forward(x),
         }
     }

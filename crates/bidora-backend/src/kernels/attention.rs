@@ -4,11 +4,10 @@
 //! backward likewise. Tasks run on rayon's threads; each owns its output block, so results do
 //! not depend on the number of threads.
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::dropout::Mask;
+use super::gemm::{gemm, Mat};
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -58,19 +57,15 @@ impl Bias<'_> {
     }
 }
 
-/// `(rows, cols)` view of one head in a `[batch, seq, hidden]` slice.
-fn head<'a>(x: &'a [f32], d: &Dims, task: usize) -> ArrayView2<'a, f32> {
-    let strides = (d.seq, d.head_dim).strides((d.hidden(), 1));
-    ArrayView2::from_shape(strides, &x[d.head_offset(task)..])
-        .unwrap_or_else(|e| unreachable!("head view within the tensor: {e}"))
-}
-
-fn square<'a>(x: &'a [f32], n: usize) -> ArrayView2<'a, f32> {
-    ArrayView2::from_shape((n, n), x).unwrap_or_else(|e| unreachable!("square block: {e}"))
-}
-
-fn block_mut<'a>(x: &'a mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'a, f32> {
-    ArrayViewMut2::from_shape((rows, cols), x).unwrap_or_else(|e| unreachable!("block: {e}"))
+/// `(seq, head_dim)` view of one head in a `[batch, seq, hidden]` slice.
+fn head<'a>(x: &'a [f32], d: &Dims, task: usize) -> Mat<'a> {
+    Mat {
+        data: &x[d.head_offset(task)..],
+        rows: d.seq,
+        cols: d.head_dim,
+        row_stride: d.hidden(),
+        col_stride: 1,
+    }
 }
 
 /// Applies the dropout `mask` (if any) of `task`'s probabilities into `out`.
@@ -119,15 +114,14 @@ pub fn forward(
         .enumerate()
         .for_each_init(Vec::new, |scratch, (t, (p, c))| {
             let (qh, kh, vh) = (head(q, &d, t), head(k, &d, t), head(v, &d, t));
-            general_mat_mul(scale, &qh, &kh.t(), 0.0, &mut block_mut(p, s, s));
+            gemm(p, qh, kh.t(), false, 1);
             for (r, row) in p.chunks_mut(s).enumerate() {
-                row.iter_mut()
-                    .zip(bias.row(&d, t, r))
-                    .for_each(|(x, b)| *x += b);
+                let b = bias.row(&d, t, r);
+                row.iter_mut().zip(b).for_each(|(x, b)| *x = *x * scale + b);
                 super::math::softmax_row(row);
             }
             let pd = dropped(p, mask.as_ref(), t, scratch);
-            general_mat_mul(1.0, &square(pd, s), &vh, 0.0, &mut block_mut(c, s, hd));
+            gemm(c, Mat::row_major(pd, s, s), vh, false, 1);
         });
     (merge_heads(&ctx, &d), probs)
 }
@@ -171,20 +165,21 @@ pub fn backward(
                 } else {
                     ds.copy_from_slice(p);
                 }
-                let dv_block = &mut block_mut(dv, s, hd);
-                general_mat_mul(1.0, &square(ds, s).t(), &doh, 0.0, dv_block);
-                // ds ← ∂L/∂(dropped probs), then through the mask and the softmax.
-                general_mat_mul(1.0, &doh, &vh.t(), 0.0, &mut block_mut(ds, s, s));
+                gemm(dv, Mat::row_major(ds, s, s).t(), doh, false, 1);
+                // ds ← ∂L/∂(dropped probs), then through the mask, the softmax and the scale.
+                gemm(ds, doh, vh.t(), false, 1);
                 if mask.is_some() {
                     ds.iter_mut().zip(scratch.iter()).for_each(|(g, m)| *g *= m);
                 }
                 for (g, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
                     let gp = super::math::dot(g, p);
-                    g.iter_mut().zip(p).for_each(|(g, p)| *g = p * (*g - gp));
+                    g.iter_mut()
+                        .zip(p)
+                        .for_each(|(g, p)| *g = p * (*g - gp) * scale);
                 }
-                let ds = square(ds, s);
-                general_mat_mul(scale, &ds, &kh, 0.0, &mut block_mut(dq, s, hd));
-                general_mat_mul(scale, &ds.t(), &qh, 0.0, &mut block_mut(dk, s, hd));
+                let ds = Mat::row_major(ds, s, s);
+                gemm(dq, ds, kh, false, 1);
+                gemm(dk, ds.t(), qh, false, 1);
             },
         );
     [

@@ -95,10 +95,18 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 #[inline(always)]
 fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
-    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()))
-        .map(|((&x, &y), &z)| f(x, y, z))
-        .sum();
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let tail: f32 = (ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder()))
+    .map(|((&x, &y), &z)| f(x, y, z))
+    .sum();
     for ((x, y), z) in ca.zip(cb).zip(cc) {
         for l in 0..LANES {
             acc[l] += f(x[l], y[l], z[l]);
@@ -124,7 +132,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     for c in chunks {
         for l in 0..LANES {
             acc[l] = acc[l].max(c[l]);

@@ -25,6 +25,7 @@
 
 pub mod attention;
 pub mod dropout;
+pub mod gemm;
 pub mod math;
 #[cfg(feature = "ndarray")]
 mod ndarray;
@@ -51,6 +52,18 @@ pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         Err(x) => x,
     };
     composed::softmax(x)
+}
+
+/// The matrix product `a · b` (`[m, k] · [k, n]`). On ndarray (`f32`) it runs the `gemm`
+/// crate's AVX-512 kernels on all of rayon's threads, with a backward of two more such products;
+/// elsewhere it is Burn's `matmul`.
+pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "ndarray")]
+    let (a, b) = match ndarray::try_matmul((a, b)) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    a.matmul(b)
 }
 
 /// Layer normalisation over the last dimension, `(x − μ) / sqrt(σ² + eps) · γ + β`, with the

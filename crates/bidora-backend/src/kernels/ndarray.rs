@@ -22,6 +22,7 @@ use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 
 use super::attention::{self as attn, Bias, Dims};
 use super::dropout::Mask;
+use super::gemm::{gemm, Mat};
 use super::math;
 
 type Nd = burn::backend::NdArray<f32>;
@@ -471,4 +472,117 @@ pub(super) fn try_attention<B: Backend>(
 
 fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// A 2-d `f32` tensor as a [`Mat`]: in place when its elements fill a slice in some order with
+/// non-negative strides (contiguous or transposed), else through a row-major copy.
+fn with_mat<R>(t: &NdArrayTensor, f: impl FnOnce(Mat<'_>) -> R) -> R {
+    let [rows, cols] = t.shape().dims::<2>();
+    if let NdArrayTensor::F32(storage) = t {
+        let view = storage.view();
+        let strides = view.strides().to_vec();
+        if let (Some(data), [rs, cs]) = (view.to_slice_memory_order(), strides.as_slice()) {
+            if *rs >= 0 && *cs >= 0 {
+                return f(Mat {
+                    data,
+                    rows,
+                    cols,
+                    row_stride: *rs as usize,
+                    col_stride: *cs as usize,
+                });
+            }
+        }
+    }
+    let owned = host(t).unwrap_or_default();
+    f(Mat::row_major(&owned, rows, cols))
+}
+
+/// `a · b` as a new tensor, on all of rayon's threads.
+fn matmul_forward(a: &NdArrayTensor, b: &NdArrayTensor) -> NdArrayTensor {
+    let ([m, _], [_, n]) = (a.shape().dims::<2>(), b.shape().dims::<2>());
+    let mut out = vec![0.0; m * n];
+    with_mat(a, |am| {
+        with_mat(b, |bm| {
+            gemm(&mut out, am, bm, false, rayon::current_num_threads())
+        })
+    });
+    NdArrayTensor::from_data(TensorData::new(out, [m, n]))
+}
+
+#[derive(Debug)]
+struct MatmulNode;
+
+impl Backward<Nd, 2> for MatmulNode {
+    /// The two operands.
+    type State = (NdArrayTensor, NdArrayTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (a, b) = ops.state;
+        let dc = grads.consume::<Nd>(&ops.node);
+        let ([m, k], [_, n]) = (a.shape().dims::<2>(), b.shape().dims::<2>());
+        let threads = rayon::current_num_threads();
+        let [pa, pb] = ops.parents;
+        with_mat(&dc, |dcm| {
+            if let Some(node) = pa {
+                // dA = dC · Bᵀ
+                let mut da = vec![0.0; m * k];
+                with_mat(&b, |bm| gemm(&mut da, dcm, bm.t(), false, threads));
+                grads.register::<Nd>(
+                    node.id,
+                    NdArrayTensor::from_data(TensorData::new(da, [m, k])),
+                );
+            }
+            if let Some(node) = pb {
+                // dB = Aᵀ · dC
+                let mut db = vec![0.0; k * n];
+                with_mat(&a, |am| gemm(&mut db, am.t(), dcm, false, threads));
+                grads.register::<Nd>(
+                    node.id,
+                    NdArrayTensor::from_data(TensorData::new(db, [k, n])),
+                );
+            }
+        });
+    }
+}
+
+/// The two operands of a product, as one value for `cast`.
+pub(super) type MatmulArgs<B> = (Tensor<B, 2>, Tensor<B, 2>);
+
+fn matmul_fits(a: &NdArrayTensor, b: &NdArrayTensor) -> bool {
+    is_f32(a) && is_f32(b) && a.shape().dims::<2>()[1] == b.shape().dims::<2>()[0]
+}
+
+/// `a · b` through [`gemm`] when `B` is ndarray (`f32`), else the operands back.
+pub(super) fn try_matmul<B: Backend>(args: MatmulArgs<B>) -> Result<Tensor<B, 2>, MatmulArgs<B>> {
+    let args = match cast::<MatmulArgs<B>, MatmulArgs<Ad>>(args) {
+        Ok((a, b)) => {
+            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+            if !matmul_fits(&a.primitive, &b.primitive) {
+                return Err(uncast::<MatmulArgs<Ad>, _>((float(a), float(b))));
+            }
+            let out = matmul_forward(&a.primitive, &b.primitive);
+            let out = match MatmulNode
+                .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    prep.finish((a.primitive.clone(), b.primitive.clone()), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            };
+            return Ok(uncast(float::<Ad, 2>(out)));
+        }
+        Err(args) => args,
+    };
+    match cast::<MatmulArgs<B>, MatmulArgs<Nd>>(args) {
+        Ok((a, b)) => {
+            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
+            if !matmul_fits(&a, &b) {
+                return Err(uncast::<MatmulArgs<Nd>, _>((float(a), float(b))));
+            }
+            Ok(uncast(float::<Nd, 2>(matmul_forward(&a, &b))))
+        }
+        Err(args) => Err(args),
+    }
 }

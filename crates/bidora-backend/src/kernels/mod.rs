@@ -1,16 +1,17 @@
-//! Fused kernels for the three element-wise pieces of a transformer layer that Burn composes
-//! from many small operations: the exact GELU, softmax over the last dimension, and layer
-//! normalisation.
+//! Fused CPU kernels for the pieces of a transformer layer that Burn's ndarray backend runs
+//! slowly: the matrix product ([`matmul`], on the `gemm` crate's AVX-512 kernels), multi-head
+//! [`attention`], the exact GELU, softmax over the last dimension, layer normalisation, and
+//! dropout ([`dropout`]).
 //!
 //! Each function is generic over `B: Backend` and computes the same function on every
 //! backend. On ndarray (`f32`, with or without autodiff) it runs one fused, multi-threaded
-//! pass over the data (and one for the backward), instead of 5–15 single-threaded Burn
-//! operations that each allocate their output; on WGPU and CUDA it runs the composed form
-//! ([`composed`]), which their fusion compilers handle. docs/PERFORMANCE.md has the measured
-//! effect.
+//! pass over the data (and one for the backward, as a single autodiff node), instead of 5–15
+//! single-threaded Burn operations that each allocate their output; on WGPU and CUDA it runs
+//! the composed form ([`composed`]), which their fusion compilers handle. docs/PERFORMANCE.md
+//! has the measured effect of each.
 //!
-//! Results are the same whatever the number of threads: reductions run within a row, and the
-//! layer norm's γ/β gradients add fixed blocks of rows in order.
+//! The element-wise kernels give the same bits whatever the number of threads: reductions run
+//! within a row, and the layer norm's γ/β gradients add fixed blocks of rows in order.
 //!
 //! ```
 //! use bidora_backend::kernels;

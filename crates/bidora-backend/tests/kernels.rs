@@ -334,3 +334,25 @@ fn matmul_and_its_gradients_match_f64() {
         assert!(err(&g(&b), &want_db) < 1e-4);
     }
 }
+
+/// The fused kernels give the same bits on 1 and 2 threads (the gemm crate splits the output,
+/// never the sum over k; the element-wise kernels reduce within rows).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            let a = values([1, 600, 400], 30).reshape([600, 400]);
+            let b = values([1, 400, 150], 31).reshape([400, 150]);
+            let y = kernels::matmul(a, b);
+            let z = kernels::gelu_erf(y.clone()).reshape([1, 600, 150]);
+            let g = Tensor::<AD, 1>::ones([150], &Default::default());
+            let n = kernels::layer_norm(z, g.clone(), g.mul_scalar(0.5), 1e-5);
+            [host(y), host(kernels::softmax(n))]
+        })
+    };
+    assert_eq!(run(1), run(2));
+}

@@ -113,15 +113,17 @@ pub fn forward(
         .zip(ctx.par_chunks_mut(s * hd))
         .enumerate()
         .for_each_init(Vec::new, |scratch, (t, (p, c))| {
-            let (qh, kh, vh) = (head(q, &d, t), head(k, &d, t), head(v, &d, t));
-            gemm(p, qh, kh.t(), false, 1);
-            for (r, row) in p.chunks_mut(s).enumerate() {
-                let b = bias.row(&d, t, r);
-                row.iter_mut().zip(b).for_each(|(x, b)| *x = *x * scale + b);
-                super::math::softmax_row(row);
-            }
-            let pd = dropped(p, mask.as_ref(), t, scratch);
-            gemm(c, Mat::row_major(pd, s, s), vh, false, 1);
+            super::math::wide(|| {
+                let (qh, kh, vh) = (head(q, &d, t), head(k, &d, t), head(v, &d, t));
+                gemm(p, qh, kh.t(), false, 1);
+                for (r, row) in p.chunks_mut(s).enumerate() {
+                    let b = bias.row(&d, t, r);
+                    row.iter_mut().zip(b).for_each(|(x, b)| *x = *x * scale + b);
+                    super::math::softmax_row(row);
+                }
+                let pd = dropped(p, mask.as_ref(), t, scratch);
+                gemm(c, Mat::row_major(pd, s, s), vh, false, 1);
+            })
         });
     (merge_heads(&ctx, &d), probs)
 }
@@ -149,37 +151,39 @@ pub fn backward(
         .for_each_init(
             || (Vec::new(), vec![0.0; s * s]),
             |(scratch, ds), (t, ((dq, dk), dv))| {
-                let (qh, kh, vh, doh) = (
-                    head(q, &d, t),
-                    head(k, &d, t),
-                    head(v, &d, t),
-                    head(dout, &d, t),
-                );
-                let p = &probs[t * s * s..(t + 1) * s * s];
-                // scratch ← the mask; ds ← P ⊙ M for dv = (P ⊙ M)ᵀ dO.
-                if let Some(mask) = &mask {
-                    scratch.resize(s * s, 0.0);
-                    mask.fill(t * s * s, scratch);
-                    let pm = p.iter().zip(scratch.iter());
-                    ds.iter_mut().zip(pm).for_each(|(d, (p, m))| *d = p * m);
-                } else {
-                    ds.copy_from_slice(p);
-                }
-                gemm(dv, Mat::row_major(ds, s, s).t(), doh, false, 1);
-                // ds ← ∂L/∂(dropped probs), then through the mask, the softmax and the scale.
-                gemm(ds, doh, vh.t(), false, 1);
-                if mask.is_some() {
-                    ds.iter_mut().zip(scratch.iter()).for_each(|(g, m)| *g *= m);
-                }
-                for (g, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
-                    let gp = super::math::dot(g, p);
-                    g.iter_mut()
-                        .zip(p)
-                        .for_each(|(g, p)| *g = p * (*g - gp) * scale);
-                }
-                let ds = Mat::row_major(ds, s, s);
-                gemm(dq, ds, kh, false, 1);
-                gemm(dk, ds.t(), qh, false, 1);
+                super::math::wide(|| {
+                    let (qh, kh, vh, doh) = (
+                        head(q, &d, t),
+                        head(k, &d, t),
+                        head(v, &d, t),
+                        head(dout, &d, t),
+                    );
+                    let p = &probs[t * s * s..(t + 1) * s * s];
+                    // scratch ← the mask; ds ← P ⊙ M for dv = (P ⊙ M)ᵀ dO.
+                    if let Some(mask) = &mask {
+                        scratch.resize(s * s, 0.0);
+                        mask.fill(t * s * s, scratch);
+                        let pm = p.iter().zip(scratch.iter());
+                        ds.iter_mut().zip(pm).for_each(|(d, (p, m))| *d = p * m);
+                    } else {
+                        ds.copy_from_slice(p);
+                    }
+                    gemm(dv, Mat::row_major(ds, s, s).t(), doh, false, 1);
+                    // ds ← ∂L/∂(dropped probs), then through the mask, the softmax and the scale.
+                    gemm(ds, doh, vh.t(), false, 1);
+                    if mask.is_some() {
+                        ds.iter_mut().zip(scratch.iter()).for_each(|(g, m)| *g *= m);
+                    }
+                    for (g, p) in ds.chunks_mut(s).zip(p.chunks(s)) {
+                        let gp = super::math::dot(g, p);
+                        g.iter_mut()
+                            .zip(p)
+                            .for_each(|(g, p)| *g = p * (*g - gp) * scale);
+                    }
+                    let ds = Mat::row_major(ds, s, s);
+                    gemm(dq, ds, kh, false, 1);
+                    gemm(dk, ds.t(), qh, false, 1);
+                })
             },
         );
     [

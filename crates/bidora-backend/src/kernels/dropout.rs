@@ -53,7 +53,9 @@ pub(crate) fn draw_key<B: Backend>(device: &B::Device) -> u64 {
 pub(crate) fn keep_mask(key: u64, n: usize, prob: f64) -> Vec<f32> {
     let mut out = vec![0.0; n];
     let mask = Mask::new(key, prob);
-    let fill = |(block, out): (usize, &mut [f32])| mask.fill(block * MASK_BLOCK, out);
+    let fill = |(block, out): (usize, &mut [f32])| {
+        super::math::wide(|| mask.fill(block * MASK_BLOCK, out))
+    };
     if n < MASK_BLOCK {
         fill((0, &mut out));
     } else {

@@ -145,6 +145,44 @@ fn max(x: &[f32]) -> f32 {
     acc.iter().copied().fold(tail, f32::max)
 }
 
+/// Runs `f` compiled for AVX-512 (x86-64-v4) when the CPU has it, else as built (SSE2 on a
+/// default x86-64 target): the element-wise loops vectorise 16 wide instead of 4.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if v4::available() {
+        return v4::run(f);
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod v4 {
+    /// Whether the CPU has every feature [`with_v4`] is compiled for.
+    #[inline(always)]
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    #[inline(always)]
+    pub fn run<R>(f: impl FnOnce() -> R) -> R {
+        // SAFETY: `with_v4` only differs from `f()` in the instructions it may use, and
+        // callers check `available()` first: the CPU has all of them.
+        unsafe { with_v4(f) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    unsafe fn with_v4<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
 /// Runs `f` over matching blocks of `out` and `inputs`, in parallel when large.
 fn blocks<const N: usize>(
     out: &mut [f32],
@@ -154,12 +192,12 @@ fn blocks<const N: usize>(
     let len = out.len();
     debug_assert!(inputs.iter().all(|i| i.len() == len));
     if len < SERIAL_BELOW {
-        return f(out, inputs);
+        return wide(|| f(out, inputs));
     }
     out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, o)| {
         let start = i * BLOCK;
         let ins = inputs.map(|s| &s[start..start + o.len()]);
-        f(o, ins)
+        wide(|| f(o, ins))
     });
 }
 
@@ -197,9 +235,11 @@ fn rows<const N: usize>(
     let run = |(i, o): (usize, &mut [f32])| {
         let start = i * per_task;
         let ins = inputs.map(|s| &s[start..start + o.len()]);
-        for (r, o) in o.chunks_mut(width).enumerate() {
-            f(o, ins.map(|s| &s[r * width..(r + 1) * width]));
-        }
+        wide(|| {
+            for (r, o) in o.chunks_mut(width).enumerate() {
+                f(o, ins.map(|s| &s[r * width..(r + 1) * width]));
+            }
+        })
     };
     if out.len() < SERIAL_BELOW {
         run((0, out));

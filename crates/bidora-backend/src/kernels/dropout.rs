@@ -88,7 +88,9 @@ impl Mask {
         }
     }
 
-    /// Mask elements `start .. start + out.len()` into `out`.
+    /// Mask elements `start .. start + out.len()` into `out`. Inlined, so it takes the vector
+    /// width of its caller (`math::wide`).
+    #[inline(always)]
     pub fn fill(&self, start: usize, out: &mut [f32]) {
         // Elements before the first multiple of 4, one 64-bit draw for each whole group of 4
         // after it, then the rest.

@@ -256,7 +256,9 @@ pub fn softmax_forward(x: &[f32], y: &mut [f32], width: usize) {
     });
 }
 
-/// Softmax of one row, in place.
+/// Softmax of one row, in place. Inlined, so it takes the vector width of its caller
+/// ([`wide`]).
+#[inline(always)]
 pub fn softmax_row(row: &mut [f32]) {
     let m = max(row);
     row.iter_mut().for_each(|y| *y = exp(*y - m));

@@ -110,22 +110,34 @@ impl Backward<Nd, 1> for UnaryNode {
     }
 }
 
-fn unary_ad(op: Unary, x: FloatTensor<Ad>) -> FloatTensor<Ad> {
-    let y = op.forward(&x.primitive);
-    match UnaryNode(op)
-        .prepare::<NoCheckpointing>([x.node.clone()])
+/// Records `out` as the output of `op` with `parents`; `state` (what the backward needs) is
+/// built only when some parent tracks gradients.
+fn record<T, const N: usize>(
+    op: T,
+    parents: [&FloatTensor<Ad>; N],
+    out: NdArrayTensor,
+    state: impl FnOnce() -> T::State,
+) -> FloatTensor<Ad>
+where
+    T: Backward<Nd, N>,
+{
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => {
-            let saved = match op {
-                Unary::Gelu => x.primitive.clone(),
-                Unary::Softmax => y.clone(),
-            };
-            prep.finish(saved, y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(y),
+        OpsKind::Tracked(prep) => prep.finish(state(), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
+}
+
+fn unary_ad(op: Unary, x: FloatTensor<Ad>) -> FloatTensor<Ad> {
+    let y = op.forward(&x.primitive);
+    let saved = match op {
+        Unary::Gelu => x.primitive.clone(),
+        Unary::Softmax => y.clone(),
+    };
+    record(UnaryNode(op), [&x], y, || saved)
 }
 
 fn is_f32(t: &NdArrayTensor) -> bool {
@@ -225,21 +237,11 @@ fn layer_norm_ad(
     eps: f32,
 ) -> FloatTensor<Ad> {
     let y = layer_norm_forward(&x.primitive, &gamma.primitive, &beta.primitive, eps);
-    match LayerNormNode
-        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = LayerNormState {
-                x: x.primitive.clone(),
-                gamma: gamma.primitive.clone(),
-                eps,
-            };
-            prep.finish(state, y)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    record(LayerNormNode, [&x, &gamma, &beta], y, || LayerNormState {
+        x: x.primitive.clone(),
+        gamma: gamma.primitive.clone(),
+        eps,
+    })
 }
 
 /// The parts of a layer norm call, as one value so they travel through `cast` together.
@@ -428,24 +430,14 @@ pub(super) fn try_attention<B: Backend>(
                 d,
                 mask,
             );
-            let out = match AttentionNode
-                .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let state = AttentionState {
-                        q: q.primitive.clone(),
-                        k: k.primitive.clone(),
-                        v: v.primitive.clone(),
-                        probs,
-                        dims: d,
-                        mask,
-                    };
-                    prep.finish(state, ctx)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(ctx),
-            };
+            let out = record(AttentionNode, [&q, &k, &v], ctx, || AttentionState {
+                q: q.primitive.clone(),
+                k: k.primitive.clone(),
+                v: v.primitive.clone(),
+                probs,
+                dims: d,
+                mask,
+            });
             return Ok(uncast(float::<Ad, 3>(out)));
         }
         Err(args) => args,
@@ -561,16 +553,9 @@ pub(super) fn try_matmul<B: Backend>(args: MatmulArgs<B>) -> Result<Tensor<B, 2>
                 return Err(uncast::<MatmulArgs<Ad>, _>((float(a), float(b))));
             }
             let out = matmul_forward(&a.primitive, &b.primitive);
-            let out = match MatmulNode
-                .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    prep.finish((a.primitive.clone(), b.primitive.clone()), out)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            };
+            let out = record(MatmulNode, [&a, &b], out, || {
+                (a.primitive.clone(), b.primitive.clone())
+            });
             return Ok(uncast(float::<Ad, 2>(out)));
         }
         Err(args) => args,

@@ -157,7 +157,7 @@ pub(super) fn try_unary<B: Backend, const D: usize>(
                     TensorPrimitive::Float(p),
                 )));
             }
-            let y = Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(unary_ad(op, p)));
+            let y = float::<Ad, D>(unary_ad(op, p));
             return Ok(uncast(y));
         }
         Err(x) => x,
@@ -170,7 +170,7 @@ pub(super) fn try_unary<B: Backend, const D: usize>(
                     TensorPrimitive::Float(p),
                 )));
             }
-            let y = Tensor::<Nd, D>::from_primitive(TensorPrimitive::Float(op.forward(&p)));
+            let y = float::<Nd, D>(op.forward(&p));
             Ok(uncast(y))
         }
         Err(x) => Err(x),
@@ -259,16 +259,11 @@ pub(super) fn try_layer_norm<B: Backend, const D: usize>(
                 g.into_primitive().tensor(),
                 b.into_primitive().tensor(),
             );
-            let float = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
             if ![&x.primitive, &g.primitive, &b.primitive]
                 .into_iter()
                 .all(is_f32)
             {
-                let back: NormArgs<Ad, D> = (
-                    float(x),
-                    Tensor::from_primitive(TensorPrimitive::Float(g)),
-                    Tensor::from_primitive(TensorPrimitive::Float(b)),
-                );
+                let back: NormArgs<Ad, D> = (float(x), float(g), float(b));
                 return Err(uncast(back));
             }
             let y: Tensor<Ad, D> = float(layer_norm_ad(x, g, b, eps));
@@ -284,16 +279,10 @@ pub(super) fn try_layer_norm<B: Backend, const D: usize>(
                 b.into_primitive().tensor(),
             );
             if ![&x, &g, &b].into_iter().all(is_f32) {
-                let back: NormArgs<Nd, D> = (
-                    Tensor::from_primitive(TensorPrimitive::Float(x)),
-                    Tensor::from_primitive(TensorPrimitive::Float(g)),
-                    Tensor::from_primitive(TensorPrimitive::Float(b)),
-                );
+                let back: NormArgs<Nd, D> = (float(x), float(g), float(b));
                 return Err(uncast(back));
             }
-            let y = Tensor::<Nd, D>::from_primitive(TensorPrimitive::Float(layer_norm_forward(
-                &x, &g, &b, eps,
-            )));
+            let y = float::<Nd, D>(layer_norm_forward(&x, &g, &b, eps));
             Ok(uncast(y))
         }
         Err(args) => Err(args),

@@ -304,13 +304,10 @@ pub(crate) fn causal_bias<B: Backend>(
     Tensor::<B, 4>::zeros([b, 1, s, s], &device).mask_fill(hidden, f32::MIN as f64)
 }
 
-/// The exact GELU of BERT-family models, `x·Φ(x) = x·(1 + erf(x/√2))/2`, written with `erf` so
-/// that autodiff takes the exact derivative `Φ(x) + x·φ(x)`. (Burn 0.21's `gelu` computes the
-/// same forward value but differentiates the tanh approximation, which is off by up to ~1e-3
-/// and, on ndarray, costs a `powf` and a `tanh` per element.)
-pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    bidora_backend::kernels::gelu_erf(x)
-}
+/// The exact GELU of BERT-family models, `x·Φ(x)` with the exact derivative `Φ(x) + x·φ(x)`:
+/// the backend crate's fused kernel. (Burn 0.21's `gelu` computes the same forward value but
+/// differentiates the tanh approximation, which is off by up to ~1e-3.)
+pub use bidora_backend::kernels::gelu_erf;
 
 #[cfg(test)]
 mod tests {

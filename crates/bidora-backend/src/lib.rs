@@ -275,10 +275,18 @@ pub fn run<T: BackendTask>(
             Ok(run_with::<types::CudaAutodiff, T>(dev, seed, task))
         }
         #[allow(unreachable_patterns)]
-        kind => Err(not_compiled(kind)),
+        kind => {
+            // Used by the arms above; unused when no backend is compiled in.
+            let _ = (seed, task);
+            Err(not_compiled(kind))
+        }
     }
 }
 
+#[cfg_attr(
+    not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")),
+    allow(dead_code)
+)]
 fn run_with<B: AutodiffBackend, T: BackendTask>(
     device: B::Device,
     seed: Option<u64>,

@@ -32,6 +32,7 @@ pub fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tens
 
 /// The mask `dropout` would apply now: `None` when it would be the identity (no autodiff, or
 /// probability 0). Draws the key from the backend's generator, as `dropout` does.
+#[cfg(feature = "ndarray")]
 pub(crate) fn host_mask<B: Backend>(d: &Dropout, device: &B::Device) -> Option<Mask> {
     (d.prob > 0.0 && B::ad_enabled(device)).then(|| Mask::new(draw_key::<B>(device), d.prob))
 }

@@ -44,14 +44,16 @@ mod imp {
             (libc::M_TOP_PAD, TOP_PAD),
         ];
         // Every setting is applied, even after one is refused (no short-circuit).
-        settings.into_iter().fold(true, |all_taken, (param, value)| {
-            let value = i32::try_from(value).unwrap_or(i32::MAX);
-            // SAFETY: `mallopt` only changes glibc malloc's tuning parameters; it is safe to
-            // call at any time, from any thread, and returns 1 on success, 0 for a rejected
-            // value.
-            let taken = unsafe { libc::mallopt(param, value) == 1 };
-            all_taken && taken
-        })
+        settings
+            .into_iter()
+            .fold(true, |all_taken, (param, value)| {
+                let value = i32::try_from(value).unwrap_or(i32::MAX);
+                // SAFETY: `mallopt` only changes glibc malloc's tuning parameters; it is safe to
+                // call at any time, from any thread, and returns 1 on success, 0 for a rejected
+                // value.
+                let taken = unsafe { libc::mallopt(param, value) == 1 };
+                all_taken && taken
+            })
     }
 }
 

@@ -310,43 +310,61 @@ pub fn layer_norm_backward(
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     let width = gamma.len();
-    rows(dx, [x, dy], width, |dx, [x, dy]| {
-        let (mean, rstd) = moments(x, eps);
-        let n = width as f32;
-        let g_sum = dot(dy, gamma);
-        let gx_sum = lane_sum3(x, dy, gamma, |x, dy, g| dy * g * (x - mean)) * rstd;
-        let (g_mean, gx_mean) = (g_sum / n, gx_sum / n);
-        for (((dx, &x), &dy), &gm) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
-            let xhat = (x - mean) * rstd;
-            *dx = (dy * gm - g_mean - xhat * gx_mean) * rstd;
-        }
-    });
+    if width == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    // One pass per block of rows: each row's dx, and the block's partial dγ and dβ (the
+    // blocks' partials are then added in block order).
     let block = NORM_ROWS_PER_BLOCK * width;
-    let partial = |(xs, dys): (&[f32], &[f32])| {
-        let (mut dg, mut db) = (vec![0.0f32; width], vec![0.0f32; width]);
-        for (x, dy) in xs.chunks(width).zip(dys.chunks(width)) {
-            let (mean, rstd) = moments(x, eps);
-            for j in 0..width {
-                dg[j] += dy[j] * (x[j] - mean) * rstd;
-                db[j] += dy[j];
+    let run = |((dx, x), dy): ((&mut [f32], &[f32]), &[f32])| {
+        wide(|| {
+            let (mut dg, mut db) = (vec![0.0f32; width], vec![0.0f32; width]);
+            let rows = dx
+                .chunks_mut(width)
+                .zip(x.chunks(width))
+                .zip(dy.chunks(width));
+            for ((dx, x), dy) in rows {
+                layer_norm_row_backward(x, gamma, dy, eps, dx, &mut dg, &mut db);
             }
-        }
-        (dg, db)
+            (dg, db)
+        })
     };
-    let partials: Vec<(Vec<f32>, Vec<f32>)> = if width == 0 {
-        Vec::new()
-    } else {
-        x.par_chunks(block)
-            .zip(dy.par_chunks(block))
-            .map(partial)
-            .collect()
-    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(dy.par_chunks(block))
+        .map(run)
+        .collect();
     let (mut dg, mut db) = (vec![0.0f32; width], vec![0.0f32; width]);
     for (pg, pb) in partials {
         dg.iter_mut().zip(&pg).for_each(|(a, b)| *a += b);
         db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
     }
     (dg, db)
+}
+
+/// One row of [`layer_norm_backward`]: writes `dx`, adds the row's `dy x̂` and `dy` to `dg`
+/// and `db`.
+#[inline(always)]
+fn layer_norm_row_backward(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) {
+    let (mean, rstd) = moments(x, eps);
+    let n = gamma.len() as f32;
+    let g_mean = dot(dy, gamma) / n;
+    let gx_mean = lane_sum3(x, dy, gamma, |x, dy, g| dy * g * (x - mean)) * rstd / n;
+    for j in 0..gamma.len() {
+        let xhat = (x[j] - mean) * rstd;
+        dx[j] = (dy[j] * gamma[j] - g_mean - xhat * gx_mean) * rstd;
+        dg[j] += dy[j] * xhat;
+        db[j] += dy[j];
+    }
 }
 
 #[cfg(test)]

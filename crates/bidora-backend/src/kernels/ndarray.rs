@@ -42,16 +42,22 @@ fn uncast<T: 'static, U: 'static>(t: T) -> U {
     cast(t).unwrap_or_else(|_| unreachable!("the types were checked equal"))
 }
 
-/// An `f32` tensor's elements in row-major order: borrowed when contiguous, else copied.
-fn host(t: &NdArrayTensor) -> Option<Cow<'_, [f32]>> {
-    let NdArrayTensor::F32(storage) = t else {
-        return None;
-    };
-    let view = storage.view();
-    Some(match view.to_slice() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(view.iter().copied().collect()),
-    })
+/// A float tensor's elements as `f32` in row-major order: borrowed when it is contiguous `f32`
+/// (always, on the kernels' paths, which check the dtype first), else copied.
+fn host(t: &NdArrayTensor) -> Cow<'_, [f32]> {
+    match t {
+        NdArrayTensor::F32(storage) => {
+            let view = storage.view();
+            match view.to_slice() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(view.iter().copied().collect()),
+            }
+        }
+        NdArrayTensor::F64(storage) => {
+            Cow::Owned(storage.view().iter().map(|&v| v as f32).collect())
+        }
+        _ => unreachable!("the kernels receive float tensors only"),
+    }
 }
 
 fn from_host(values: Vec<f32>, like: &NdArrayTensor) -> NdArrayTensor {
@@ -72,7 +78,7 @@ pub(super) enum Unary {
 
 impl Unary {
     fn forward(self, x: &NdArrayTensor) -> NdArrayTensor {
-        let xs = host(x).unwrap_or_default();
+        let xs = host(x);
         let mut y = vec![0.0; xs.len()];
         match self {
             Unary::Gelu => math::gelu_forward(&xs, &mut y),
@@ -83,10 +89,7 @@ impl Unary {
 
     /// `saved` is the input for GELU and the output for softmax.
     fn backward(self, saved: &NdArrayTensor, dy: &NdArrayTensor) -> NdArrayTensor {
-        let (s, g) = (
-            host(saved).unwrap_or_default(),
-            host(dy).unwrap_or_default(),
-        );
+        let (s, g) = (host(saved), host(dy));
         let mut dx = vec![0.0; s.len()];
         match self {
             Unary::Gelu => math::gelu_backward(&s, &g, &mut dx),
@@ -140,41 +143,47 @@ fn unary_ad(op: Unary, x: FloatTensor<Ad>) -> FloatTensor<Ad> {
     record(UnaryNode(op), [&x], y, || saved)
 }
 
-fn is_f32(t: &NdArrayTensor) -> bool {
-    matches!(t, NdArrayTensor::F32(_))
+/// Runs `ad` when `A` is the arguments on `Autodiff<NdArray<f32>>`, `nd` when on
+/// `NdArray<f32>`; any other backend gets `args` back. The closures' types name the concrete
+/// argument and result types; the result is the caller's type again (the same type, shown by
+/// the successful `cast`).
+fn on_ndarray<A: 'static, R: 'static, AAd: 'static, RAd: 'static, ANd: 'static, RNd: 'static>(
+    args: A,
+    ad: impl FnOnce(AAd) -> RAd,
+    nd: impl FnOnce(ANd) -> RNd,
+) -> Result<R, A> {
+    let args = match cast::<A, AAd>(args) {
+        Ok(a) => return Ok(uncast(ad(a))),
+        Err(a) => a,
+    };
+    match cast::<A, ANd>(args) {
+        Ok(a) => Ok(uncast(nd(a))),
+        Err(a) => Err(a),
+    }
 }
 
-/// Runs `op` when `B` is ndarray (`f32`), else gives `x` back.
+/// Whether a tensor holds `f32` (an `NdArray<f32>` tensor can hold another float type).
+fn is_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    t.dtype() == burn::tensor::DType::F32
+}
+
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// Runs `op` when `B` is ndarray and `x` is `f32`, else gives `x` back.
 pub(super) fn try_unary<B: Backend, const D: usize>(
     op: Unary,
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    let x = match cast::<Tensor<B, D>, Tensor<Ad, D>>(x) {
-        Ok(x) => {
-            let p = x.into_primitive().tensor();
-            if !is_f32(&p.primitive) {
-                return Err(uncast(Tensor::<Ad, D>::from_primitive(
-                    TensorPrimitive::Float(p),
-                )));
-            }
-            let y = float::<Ad, D>(unary_ad(op, p));
-            return Ok(uncast(y));
-        }
-        Err(x) => x,
-    };
-    match cast::<Tensor<B, D>, Tensor<Nd, D>>(x) {
-        Ok(x) => {
-            let p = x.into_primitive().tensor();
-            if !is_f32(&p) {
-                return Err(uncast(Tensor::<Nd, D>::from_primitive(
-                    TensorPrimitive::Float(p),
-                )));
-            }
-            let y = float::<Nd, D>(op.forward(&p));
-            Ok(uncast(y))
-        }
-        Err(x) => Err(x),
+    if !is_f32(&x) {
+        return Err(x);
     }
+    on_ndarray(
+        x,
+        |x: Tensor<Ad, D>| float::<Ad, D>(unary_ad(op, prim(x))),
+        |x: Tensor<Nd, D>| float::<Nd, D>(op.forward(&prim(x))),
+    )
 }
 
 fn layer_norm_forward(
@@ -183,11 +192,7 @@ fn layer_norm_forward(
     beta: &NdArrayTensor,
     eps: f32,
 ) -> NdArrayTensor {
-    let (xs, g, b) = (
-        host(x).unwrap_or_default(),
-        host(gamma).unwrap_or_default(),
-        host(beta).unwrap_or_default(),
-    );
+    let (xs, g, b) = (host(x), host(gamma), host(beta));
     let mut y = vec![0.0; xs.len()];
     math::layer_norm_forward(&xs, &g, &b, eps, &mut y);
     from_host(y, x)
@@ -210,11 +215,7 @@ impl Backward<Nd, 3> for LayerNormNode {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let LayerNormState { x, gamma, eps } = ops.state;
         let dy = grads.consume::<Nd>(&ops.node);
-        let (xs, g, d) = (
-            host(&x).unwrap_or_default(),
-            host(&gamma).unwrap_or_default(),
-            host(&dy).unwrap_or_default(),
-        );
+        let (xs, g, d) = (host(&x), host(&gamma), host(&dy));
         let mut dx = vec![0.0; xs.len()];
         let (dgamma, dbeta) = math::layer_norm_backward(&xs, &g, &d, eps, &mut dx);
         let [px, pg, pb] = ops.parents;
@@ -247,82 +248,49 @@ fn layer_norm_ad(
 /// The parts of a layer norm call, as one value so they travel through `cast` together.
 pub(super) type NormArgs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>);
 
-/// Layer norm over the last dimension when `B` is ndarray (`f32`), else the arguments back.
+/// Layer norm over the last dimension when `B` is ndarray, the tensors are `f32` and γ and β
+/// have the last dimension's size; else the arguments back (the composed form then reports a
+/// shape error as Burn does).
 pub(super) fn try_layer_norm<B: Backend, const D: usize>(
     args: NormArgs<B, D>,
     eps: f32,
 ) -> Result<Tensor<B, D>, NormArgs<B, D>> {
-    let args = match cast::<NormArgs<B, D>, NormArgs<Ad, D>>(args) {
-        Ok((x, g, b)) => {
-            let (x, g, b) = (
-                x.into_primitive().tensor(),
-                g.into_primitive().tensor(),
-                b.into_primitive().tensor(),
-            );
-            if ![&x.primitive, &g.primitive, &b.primitive]
-                .into_iter()
-                .all(is_f32)
-            {
-                let back: NormArgs<Ad, D> = (float(x), float(g), float(b));
-                return Err(uncast(back));
-            }
-            let y: Tensor<Ad, D> = float(layer_norm_ad(x, g, b, eps));
-            return Ok(uncast(y));
-        }
-        Err(args) => args,
-    };
-    match cast::<NormArgs<B, D>, NormArgs<Nd, D>>(args) {
-        Ok((x, g, b)) => {
-            let (x, g, b) = (
-                x.into_primitive().tensor(),
-                g.into_primitive().tensor(),
-                b.into_primitive().tensor(),
-            );
-            if ![&x, &g, &b].into_iter().all(is_f32) {
-                let back: NormArgs<Nd, D> = (float(x), float(g), float(b));
-                return Err(uncast(back));
-            }
-            let y = float::<Nd, D>(layer_norm_forward(&x, &g, &b, eps));
-            Ok(uncast(y))
-        }
-        Err(args) => Err(args),
+    let (x, g, b) = &args;
+    let width = x.dims()[D - 1];
+    if !(is_f32(x) && is_f32(g) && is_f32(b) && g.dims() == [width] && b.dims() == [width]) {
+        return Err(args);
     }
+    on_ndarray(
+        args,
+        |(x, g, b): NormArgs<Ad, D>| float::<Ad, D>(layer_norm_ad(prim(x), prim(g), prim(b), eps)),
+        |(x, g, b): NormArgs<Nd, D>| {
+            float::<Nd, D>(layer_norm_forward(&prim(x), &prim(g), &prim(b), eps))
+        },
+    )
 }
 
 /// The arguments of an attention call, as one value for `cast`.
 pub(super) type AttnArgs<B> = (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 4>);
 
 /// The sizes when the fused kernel applies: `f32` tensors, `q`, `k` and `v` of one shape whose
-/// last dimension divides into the heads, and a bias that broadcasts (see [`bias_fits`]).
-fn fused_dims(
-    q: &NdArrayTensor,
-    k: &NdArrayTensor,
-    v: &NdArrayTensor,
-    bias: &NdArrayTensor,
-    heads: usize,
-) -> Option<Dims> {
-    if ![q, k, v, bias].into_iter().all(is_f32) || k.shape() != q.shape() || v.shape() != q.shape()
-    {
+/// last dimension divides into the heads, and a bias broadcastable to `[batch, heads, seq,
+/// seq]` with each dimension full or 1.
+fn attention_dims<B: Backend>(args: &AttnArgs<B>, heads: usize) -> Option<Dims> {
+    let (q, k, v, bias) = args;
+    let [batch, seq, hidden] = q.dims();
+    let f32s = is_f32(q) && is_f32(k) && is_f32(v) && is_f32(bias);
+    if !f32s || k.dims() != q.dims() || v.dims() != q.dims() || heads == 0 || hidden % heads != 0 {
         return None;
     }
-    let [batch, seq, hidden] = q.shape().dims::<3>();
-    if heads == 0 || hidden % heads != 0 {
-        return None;
-    }
-    let d = Dims {
+    let full = [batch, heads, seq, seq];
+    let dims = bias.dims();
+    let fits = dims[3] == seq && dims.iter().zip(full).all(|(&a, f)| a == f || a == 1);
+    fits.then_some(Dims {
         batch,
         seq,
         heads,
         head_dim: hidden / heads,
-    };
-    bias_fits(bias, &d).then_some(d)
-}
-
-/// Whether `bias` broadcasts to `[batch, heads, seq, seq]` with each dimension full or 1.
-fn bias_fits(bias: &NdArrayTensor, d: &Dims) -> bool {
-    let dims = bias.shape().dims::<4>();
-    let full = [d.batch, d.heads, d.seq, d.seq];
-    dims[3] == d.seq && dims.iter().zip(full).all(|(&a, f)| a == f || a == 1)
+    })
 }
 
 fn attention_forward(
@@ -333,12 +301,7 @@ fn attention_forward(
     d: Dims,
     mask: Option<Mask>,
 ) -> (NdArrayTensor, NdArrayTensor) {
-    let (qs, ks, vs, bs) = (
-        host(q).unwrap_or_default(),
-        host(k).unwrap_or_default(),
-        host(v).unwrap_or_default(),
-        host(bias).unwrap_or_default(),
-    );
+    let (qs, ks, vs, bs) = (host(q), host(k), host(v), host(bias));
     let bias = Bias {
         values: &bs,
         dims: bias.shape().dims::<4>(),
@@ -369,11 +332,11 @@ impl Backward<Nd, 3> for AttentionNode {
         let st = ops.state;
         let dout = grads.consume::<Nd>(&ops.node);
         let (qs, ks, vs, ps, ds) = (
-            host(&st.q).unwrap_or_default(),
-            host(&st.k).unwrap_or_default(),
-            host(&st.v).unwrap_or_default(),
-            host(&st.probs).unwrap_or_default(),
-            host(&dout).unwrap_or_default(),
+            host(&st.q),
+            host(&st.k),
+            host(&st.v),
+            host(&st.probs),
+            host(&dout),
         );
         let grads_qkv = attn::backward(&qs, &ks, &vs, &ps, &ds, st.dims, st.mask);
         for (parent, g) in ops.parents.into_iter().zip(grads_qkv) {
@@ -384,33 +347,26 @@ impl Backward<Nd, 3> for AttentionNode {
     }
 }
 
-/// Attention when `B` is ndarray (`f32`) and the bias needs no gradient, else the arguments back.
+/// Attention when `B` is ndarray and [`attention_dims`] applies, else the arguments back. A
+/// bias that needs a gradient (a trained relative-position bias) takes the composed form.
 pub(super) fn try_attention<B: Backend>(
     args: AttnArgs<B>,
     heads: usize,
     dropout: &burn::nn::Dropout,
 ) -> Result<Tensor<B, 3>, AttnArgs<B>> {
-    let args = match cast::<AttnArgs<B>, AttnArgs<Ad>>(args) {
-        Ok((q, k, v, bias)) => {
-            let device = q.device();
-            let (q, k, v, bias) = (
-                q.into_primitive().tensor(),
-                k.into_primitive().tensor(),
-                v.into_primitive().tensor(),
-                bias.into_primitive().tensor(),
-            );
-            let dims = fused_dims(
-                &q.primitive,
-                &k.primitive,
-                &v.primitive,
-                &bias.primitive,
-                heads,
-            );
-            let Some(d) = dims.filter(|_| bias.node.requirement.is_none()) else {
-                let back: AttnArgs<Ad> = (float(q), float(k), float(v), float(bias));
-                return Err(uncast(back));
-            };
-            let mask = super::dropout::host_mask::<Ad>(dropout, &device);
+    let Some(d) = attention_dims(&args, heads) else {
+        return Err(args);
+    };
+    on_ndarray(
+        args,
+        |(q, k, v, bias): AttnArgs<Ad>| {
+            let (q, k, v, bias) = (prim(q), prim(k), prim(v), prim(bias));
+            if !bias.node.requirement.is_none() {
+                let (q, k, v) = (float::<Ad, 3>(q), float::<Ad, 3>(k), float::<Ad, 3>(v));
+                let bias = float::<Ad, 4>(bias);
+                return super::composed::attention(q, k, v, bias, heads, dropout);
+            }
+            let mask = super::dropout::host_mask::<Ad>(dropout, &Default::default());
             let (ctx, probs) = attention_forward(
                 &q.primitive,
                 &k.primitive,
@@ -419,36 +375,23 @@ pub(super) fn try_attention<B: Backend>(
                 d,
                 mask,
             );
-            let out = record(AttentionNode, [&q, &k, &v], ctx, || AttentionState {
-                q: q.primitive.clone(),
-                k: k.primitive.clone(),
-                v: v.primitive.clone(),
-                probs,
-                dims: d,
-                mask,
-            });
-            return Ok(uncast(float::<Ad, 3>(out)));
-        }
-        Err(args) => args,
-    };
-    match cast::<AttnArgs<B>, AttnArgs<Nd>>(args) {
-        Ok((q, k, v, bias)) => {
-            let (q, k, v, bias) = (
-                q.into_primitive().tensor(),
-                k.into_primitive().tensor(),
-                v.into_primitive().tensor(),
-                bias.into_primitive().tensor(),
-            );
-            let Some(d) = fused_dims(&q, &k, &v, &bias, heads) else {
-                let back: AttnArgs<Nd> = (float(q), float(k), float(v), float(bias));
-                return Err(uncast(back));
-            };
+            float(record(AttentionNode, [&q, &k, &v], ctx, || {
+                AttentionState {
+                    q: q.primitive.clone(),
+                    k: k.primitive.clone(),
+                    v: v.primitive.clone(),
+                    probs,
+                    dims: d,
+                    mask,
+                }
+            }))
+        },
+        |(q, k, v, bias): AttnArgs<Nd>| {
             // Without autodiff, dropout is the identity.
-            let (ctx, _) = attention_forward(&q, &k, &v, &bias, d, None);
-            Ok(uncast(float::<Nd, 3>(ctx)))
-        }
-        Err(args) => Err(args),
-    }
+            let (ctx, _) = attention_forward(&prim(q), &prim(k), &prim(v), &prim(bias), d, None);
+            float::<Nd, 3>(ctx)
+        },
+    )
 }
 
 fn float<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
@@ -474,7 +417,7 @@ fn with_mat<R>(t: &NdArrayTensor, f: impl FnOnce(Mat<'_>) -> R) -> R {
             }
         }
     }
-    let owned = host(t).unwrap_or_default();
+    let owned = host(t);
     f(Mat::row_major(&owned, rows, cols))
 }
 
@@ -529,34 +472,22 @@ impl Backward<Nd, 2> for MatmulNode {
 /// The two operands of a product, as one value for `cast`.
 pub(super) type MatmulArgs<B> = (Tensor<B, 2>, Tensor<B, 2>);
 
-fn matmul_fits(a: &NdArrayTensor, b: &NdArrayTensor) -> bool {
-    is_f32(a) && is_f32(b) && a.shape().dims::<2>()[1] == b.shape().dims::<2>()[0]
-}
-
-/// `a · b` through [`gemm`] when `B` is ndarray (`f32`), else the operands back.
+/// `a · b` through [`gemm`] when `B` is ndarray and both are `f32` with matching inner
+/// dimensions, else the operands back.
 pub(super) fn try_matmul<B: Backend>(args: MatmulArgs<B>) -> Result<Tensor<B, 2>, MatmulArgs<B>> {
-    let args = match cast::<MatmulArgs<B>, MatmulArgs<Ad>>(args) {
-        Ok((a, b)) => {
-            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-            if !matmul_fits(&a.primitive, &b.primitive) {
-                return Err(uncast::<MatmulArgs<Ad>, _>((float(a), float(b))));
-            }
-            let out = matmul_forward(&a.primitive, &b.primitive);
-            let out = record(MatmulNode, [&a, &b], out, || {
-                (a.primitive.clone(), b.primitive.clone())
-            });
-            return Ok(uncast(float::<Ad, 2>(out)));
-        }
-        Err(args) => args,
-    };
-    match cast::<MatmulArgs<B>, MatmulArgs<Nd>>(args) {
-        Ok((a, b)) => {
-            let (a, b) = (a.into_primitive().tensor(), b.into_primitive().tensor());
-            if !matmul_fits(&a, &b) {
-                return Err(uncast::<MatmulArgs<Nd>, _>((float(a), float(b))));
-            }
-            Ok(uncast(float::<Nd, 2>(matmul_forward(&a, &b))))
-        }
-        Err(args) => Err(args),
+    let (a, b) = &args;
+    if !(is_f32(a) && is_f32(b) && a.dims()[1] == b.dims()[0]) {
+        return Err(args);
     }
+    on_ndarray(
+        args,
+        |(a, b): MatmulArgs<Ad>| {
+            let (a, b) = (prim(a), prim(b));
+            let out = matmul_forward(&a.primitive, &b.primitive);
+            float::<Ad, 2>(record(MatmulNode, [&a, &b], out, || {
+                (a.primitive.clone(), b.primitive.clone())
+            }))
+        },
+        |(a, b): MatmulArgs<Nd>| float::<Nd, 2>(matmul_forward(&prim(a), &prim(b))),
+    )
 }

@@ -1,7 +1,8 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 //! Whole-model costs on all-MiniLM-L6-v2 (`cargo xtask assets minilm`), batch 16 × 128 tokens:
 //! one training step of LoRA, DoRA and full fine-tuning, one BiDoRA iteration (lower step +
-//! upper step with the DARTS hypergradient), and inference of the base model, the adapted
+//! upper step with the DARTS hypergradient; also with its finite differences on half the batch),
+//! and inference of the base model, the adapted
 //! model and the merged model. The same shapes, settings and token ids as
 //! `scripts/bench/peft_step.py`, so the two can be compared. Also a small-batch LoRA step
 //! (4 × 32 tokens, where fixed costs dominate) and `gemm/2048x384x1536`, the rate of the
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
-use bidora_benches::{bench_iteration, print_peak_rss, selected, AD};
+use bidora_benches::{bench_iteration, bench_iteration_fd, print_peak_rss, selected, AD};
 use bidora_bilevel::BilevelProblem;
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use burn::module::AutodiffModule;
@@ -79,6 +80,15 @@ impl BilevelProblem<AD> for Classification {
             labels.clone(),
         )
     }
+    /// The first examples; the bench's batches have no padding to cut.
+    fn sub_batch(&self, (inputs, labels): &Batch, fraction: f64) -> Option<Batch> {
+        let rows = labels.dims()[0];
+        let n = ((rows as f64 * fraction).ceil() as usize).clamp(1, rows);
+        Some((
+            inputs.clone().map(|t| t.slice(0..n)),
+            labels.clone().slice(0..n),
+        ))
+    }
     fn regularizer(&self, m: &Model<AD>) -> Option<Tensor<AD, 1>> {
         self.ortho
             .then(|| bidora_adapters::regularizer::orthogonality(m, OrthoOptions::default()))
@@ -130,6 +140,16 @@ fn training(c: &mut Criterion) {
         let bilevel = method == Some(AdapterMethod::Bidora);
         let problem = Classification { ortho: bilevel };
         bench_iteration(&mut group, name, &problem, &model, &batch, bilevel, &device);
+    }
+    if selected("minilm_step/bidora_darts_fd_half") {
+        let model = load::<AD>(&device)
+            .with_adapters(&adapter(AdapterMethod::Bidora))
+            .expect("adapters");
+        let problem = Classification { ortho: true };
+        let name = "bidora_darts_fd_half";
+        bench_iteration_fd(
+            &mut group, name, &problem, &model, &batch, true, 0.5, &device,
+        );
     }
     if selected("minilm_step/lora_small") {
         let model = load::<AD>(&device)

@@ -141,6 +141,36 @@ pub fn bench_iteration<P>(
     P::Module: AdapterHost<AD>,
     P::Batch: Clone,
 {
+    let fd_fraction = bidora_bilevel::DEFAULT_FD_FRACTION;
+    bench_iteration_fd(
+        group,
+        name,
+        problem,
+        module,
+        batch,
+        bilevel,
+        fd_fraction,
+        device,
+    );
+}
+
+/// [`bench_iteration`] with the finite-difference passes on `fd_fraction` of the batch
+/// (`TrainConfig::fd_fraction`).
+#[allow(clippy::too_many_arguments)]
+pub fn bench_iteration_fd<P>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    problem: &P,
+    module: &P::Module,
+    batch: &P::Batch,
+    bilevel: bool,
+    fd_fraction: f64,
+    device: &burn::tensor::Device<AD>,
+) where
+    P: BilevelProblem<AD>,
+    P::Module: AdapterHost<AD>,
+    P::Batch: Clone,
+{
     let part = ParamPartition::of(module);
     let (groups, mode) = if bilevel {
         (ParamGroups::new(part.lower(), part.upper()), Mode::Bilevel)
@@ -154,6 +184,7 @@ pub fn bench_iteration<P>(
             alpha: 0.01,
             xi: 1.0,
         },
+        fd_fraction,
         ..TrainConfig::default()
     };
     #[allow(clippy::clone_on_copy)] // not Copy on every backend

@@ -52,6 +52,10 @@ const MODEL_CASES: &[(&str, &str)] = &[
     ("minilm_step/lora", "LoRA step"),
     ("minilm_step/dora", "DoRA step"),
     ("minilm_step/bidora_darts", "BiDoRA iteration (DARTS)"),
+    (
+        "minilm_step/bidora_darts_fd_half",
+        "BiDoRA iteration, finite differences on half the batch",
+    ),
     ("minilm_step/full", "full fine-tuning step"),
     ("minilm_step/lora_small", "LoRA step, batch 4 × 32"),
     ("minilm_inference/base", "inference, base model"),
@@ -397,6 +401,7 @@ fn case_gflop(id: &str) -> Option<f64> {
         // 128 tokens instead of 2048.
         "minilm_step/lora_small" => Some(92.0 / 16.0),
         "minilm_step/bidora_darts" => Some(4.0 * 92.0),
+        "minilm_step/bidora_darts_fd_half" => Some(3.0 * 92.0),
         "minilm_inference/base" | "minilm_inference/dora_adapted" | "minilm_inference/merged" => {
             Some(46.0)
         }
@@ -559,6 +564,13 @@ fn render(
             "- BiDoRA iteration ≤ 3 × DoRA step: {:.2} × — {}",
             b / d,
             check(b / d <= 3.0)
+        )?;
+    }
+    if let (Some(b), Some(d)) = (get("minilm_step/bidora_darts_fd_half"), dora) {
+        writeln!(
+            s,
+            "  - with `--fd-fraction 0.5` (not the default; docs/PERFORMANCE.md): {:.2} ×",
+            b / d
         )?;
     }
     if let (Some(m), Some(b)) = (get("minilm_inference/merged"), get("minilm_inference/base")) {

@@ -11,6 +11,10 @@ use crate::TrainError;
 /// Weight γ of the orthogonality regulariser (docs/METHOD.md §3).
 pub const DEFAULT_GAMMA: f64 = 1e-5;
 
+/// The fraction of the training batch the hypergradient's finite-difference passes use: all
+/// of it (docs/METHOD.md §4).
+pub const DEFAULT_FD_FRACTION: f64 = 1.0;
+
 /// One level or two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +51,10 @@ pub struct TrainConfig {
     pub gamma: f64,
     /// Hypergradient approximation.
     pub hypergradient: Hypergradient,
+    /// The fraction of the training batch (its first examples) on which the DARTS / Neumann
+    /// finite-difference passes run, in `(0, 1]`: below 1 the mixed term is estimated on a
+    /// sub-batch ([`crate::BilevelProblem::sub_batch`]), cheaper and noisier.
+    pub fd_fraction: f64,
     /// Lower-level optimiser (the only one in single-level mode).
     pub lower: LevelConfig,
     /// Upper-level optimiser.
@@ -73,6 +81,7 @@ impl Default for TrainConfig {
             unroll: 1,
             gamma: DEFAULT_GAMMA,
             hypergradient: Hypergradient::default(),
+            fd_fraction: DEFAULT_FD_FRACTION,
             lower: LevelConfig::default(),
             upper: LevelConfig::default(),
             schedule: Schedule::default(),
@@ -94,6 +103,12 @@ impl TrainConfig {
         }
         if self.unroll == 0 {
             return bad("`unroll` must be at least 1");
+        }
+        if !(self.fd_fraction > 0.0 && self.fd_fraction <= 1.0) {
+            return Err(TrainError::Config(format!(
+                "`fd_fraction` must be in (0, 1], got {}",
+                self.fd_fraction
+            )));
         }
         if !self.gamma.is_finite() || self.gamma < 0.0 {
             return bad("`gamma` must be a non-negative number");

@@ -94,7 +94,7 @@ pub mod stream;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointState};
-pub use config::DEFAULT_GAMMA;
+pub use config::{DEFAULT_FD_FRACTION, DEFAULT_GAMMA};
 pub use error::TrainError;
 pub use hypergrad::{
     hypergradient, Hypergradient, HypergradientMethod, DEFAULT_FD_ALPHA, DEFAULT_NEUMANN_ALPHA,

@@ -24,6 +24,15 @@ pub trait BilevelProblem<B: AutodiffBackend> {
         self.lower_loss(module, batch)
     }
 
+    /// The first `⌈fraction · n⌉` examples of a batch of `n` (at least one), for the
+    /// hypergradient's finite-difference passes on part of the training batch
+    /// ([`crate::TrainConfig::fd_fraction`]). `None` (the default) when the problem cannot
+    /// split its batches; the engine then refuses an `fd_fraction` below 1.
+    fn sub_batch(&self, batch: &Self::Batch, fraction: f64) -> Option<Self::Batch> {
+        let _ = (batch, fraction);
+        None
+    }
+
     /// A regulariser `R(θ)` added to the lower objective with weight `γ`; none by default.
     fn regularizer(&self, module: &Self::Module) -> Option<Tensor<B, 1>> {
         let _ = module;

@@ -23,7 +23,14 @@ pub struct ShuffledBatches<T, F> {
     make_batch: F,
     position: u64,
     epoch: Option<(u64, Vec<usize>)>,
+    /// Each example's length and the window, in batches, sorted by it
+    /// ([`ShuffledBatches::grouped_by_length`]).
+    grouping: Option<(Vec<usize>, usize)>,
 }
+
+/// Batches per window of [`ShuffledBatches::grouped_by_length`] (HF Trainer's
+/// `group_by_length` sorts "megabatches" of 50 batches).
+pub const DEFAULT_LENGTH_WINDOW: usize = 50;
 
 impl<T, F> ShuffledBatches<T, F> {
     /// A stream over `examples`; panics never: an empty set or a zero batch size is an error.
@@ -50,7 +57,36 @@ impl<T, F> ShuffledBatches<T, F> {
             make_batch,
             position: 0,
             epoch: None,
+            grouping: None,
         })
+    }
+
+    /// Puts examples of similar `lengths` (one per example, e.g. tokens) into the same batch,
+    /// so that a dynamically padded batch pads little: each epoch's shuffled order is cut into
+    /// windows of `window` batches, each window is sorted by length (longest first, ties in
+    /// shuffled order), and the full batches are then shuffled among themselves (the partial
+    /// one stays last). Like the plain stream it is a function of `(seed, epoch)`: resuming
+    /// replays it exactly.
+    pub fn grouped_by_length(
+        mut self,
+        lengths: Vec<usize>,
+        window: usize,
+    ) -> Result<Self, crate::TrainError> {
+        if lengths.len() != self.examples.len() {
+            return Err(crate::TrainError::Config(format!(
+                "{} lengths for {} examples",
+                lengths.len(),
+                self.examples.len()
+            )));
+        }
+        if window == 0 {
+            return Err(crate::TrainError::Config(
+                "the length-grouping window must be at least 1 batch".into(),
+            ));
+        }
+        self.grouping = Some((lengths, window));
+        self.epoch = None;
+        Ok(self)
     }
 
     /// Batches per epoch.
@@ -63,10 +99,20 @@ impl<T, F> ShuffledBatches<T, F> {
             let n = self.examples.len();
             let mut order: Vec<usize> = (0..n).collect();
             let mut rng = SplitMix64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            // Fisher–Yates.
-            for i in (1..n).rev() {
-                let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
+            shuffle(&mut order, &mut rng);
+            if let Some((lengths, window)) = &self.grouping {
+                let bs = self.batch_size;
+                for w in order.chunks_mut(window * bs) {
+                    w.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+                }
+                let mut batches: Vec<&[usize]> = order.chunks(bs).collect();
+                let full = if n.is_multiple_of(bs) {
+                    batches.len()
+                } else {
+                    batches.len() - 1
+                };
+                shuffle(&mut batches[..full], &mut rng);
+                order = batches.concat();
             }
             self.epoch = Some((epoch, order));
         }
@@ -104,6 +150,14 @@ impl<T, B, F: FnMut(&[&T]) -> B> BatchStream for ShuffledBatches<T, F> {
     }
 }
 
+/// Fisher–Yates.
+fn shuffle<T>(items: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
 pub use bidora_util::SplitMix64;
 
 #[cfg(test)]
@@ -129,6 +183,79 @@ mod tests {
         s.seek(3);
         let replay: Vec<Vec<u32>> = (0..4).map(|_| s.next_batch()).collect();
         assert_eq!(replay, next);
+    }
+
+    /// Batches of a grouped stream over examples whose length is their value mod 7.
+    fn grouped(n: u32, bs: usize, window: usize) -> impl BatchStream<Batch = Vec<u32>> {
+        let lengths = (0..n).map(|x| (x % 7) as usize).collect();
+        ShuffledBatches::new((0..n).collect::<Vec<u32>>(), bs, 7, |b: &[&u32]| {
+            b.iter().map(|x| **x).collect::<Vec<u32>>()
+        })
+        .unwrap()
+        .grouped_by_length(lengths, window)
+        .unwrap()
+    }
+
+    #[test]
+    fn length_grouping_keeps_epochs_permutations_and_pads_less() {
+        let (n, bs) = (100u32, 4);
+        let mut s = grouped(n, bs, 5);
+        let epoch: Vec<Vec<u32>> = (0..25).map(|_| s.next_batch()).collect();
+        let mut all = epoch.concat();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..n).collect::<Vec<_>>(),
+            "each epoch is a permutation"
+        );
+        // Padding: the sum over batches of (longest × size − total length).
+        let pad = |batches: &[Vec<u32>]| -> u32 {
+            batches
+                .iter()
+                .map(|b| {
+                    let l: Vec<u32> = b.iter().map(|x| x % 7).collect();
+                    l.iter().max().unwrap() * l.len() as u32 - l.iter().sum::<u32>()
+                })
+                .sum()
+        };
+        let mut plain =
+            ShuffledBatches::new((0..n).collect::<Vec<u32>>(), bs, 7, |b: &[&u32]| {
+                b.iter().map(|x| **x).collect::<Vec<u32>>()
+            })
+            .unwrap();
+        let plain_epoch: Vec<Vec<u32>> = (0..25).map(|_| plain.next_batch()).collect();
+        // 20 examples per window, about 3 per length: most batches hold one or two lengths.
+        assert!(
+            pad(&epoch) * 3 < pad(&plain_epoch),
+            "{} vs {}",
+            pad(&epoch),
+            pad(&plain_epoch)
+        );
+        // Batches are shuffled after sorting: not longest-first within every window.
+        let firsts: Vec<u32> = epoch.iter().step_by(5).map(|b| b[0] % 7).collect();
+        assert_ne!(firsts, vec![6; 5], "{firsts:?}");
+        // The next epoch differs, and seeking replays.
+        let next: Vec<Vec<u32>> = (0..25).map(|_| s.next_batch()).collect();
+        assert_ne!(next, epoch);
+        s.seek(25);
+        assert_eq!((0..25).map(|_| s.next_batch()).collect::<Vec<_>>(), next);
+        let mut again = grouped(n, bs, 5);
+        assert_eq!(
+            (0..25).map(|_| again.next_batch()).collect::<Vec<_>>(),
+            epoch
+        );
+    }
+
+    #[test]
+    fn length_grouping_keeps_the_partial_batch_last_and_checks_its_input() {
+        let mut s = grouped(10, 4, 50);
+        let sizes: Vec<usize> = (0..3).map(|_| s.next_batch().len()).collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+        let make = |b: &[&u8]| b.len();
+        let s = ShuffledBatches::new(vec![1u8, 2], 1, 0, make).unwrap();
+        assert!(s.grouped_by_length(vec![1], 5).is_err());
+        let s = ShuffledBatches::new(vec![1u8, 2], 1, 0, make).unwrap();
+        assert!(s.grouped_by_length(vec![1, 2], 0).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{Mode, RetrainConfig, TrainConfig};
 pub use crate::events::{Control, Data, EvalFn, Evaluation, Event, Hooks, Outcome, Phase};
-use crate::hypergrad::{hypergradient, lower_objective_grads};
+use crate::hypergrad::{hypergradient, lower_objective_grads, Hypergradient};
 use crate::params::{gradients, to_gradients_params, ParamVec};
 use crate::problem::{BilevelProblem, ParamGroups};
 use crate::resume::RunState;
@@ -197,12 +197,13 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 TrainError::Config("bi-level training needs a validation stream".into())
             })?;
             let val_batch = val.next_batch();
+            let fd_batch = self.fd_batch(&batch)?;
             let mut reseed = |sub: u64| self.reseed(Phase::Search, step, sub);
             let h = hypergradient(
                 self.problem,
                 &module,
                 &run.groups,
-                &batch,
+                fd_batch.as_ref().unwrap_or(&batch),
                 &val_batch,
                 self.config.hypergradient,
                 self.config.gamma,
@@ -225,6 +226,19 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             lr: (lr_lo, lr_up),
         };
         Ok((module, event))
+    }
+
+    /// The part of the training batch the finite differences run on: `None` for all of it.
+    fn fd_batch(&self, batch: &P::Batch) -> Result<Option<P::Batch>, TrainError> {
+        let f = self.config.fd_fraction;
+        if f >= 1.0 || self.config.hypergradient == Hypergradient::FirstOrder {
+            return Ok(None);
+        }
+        self.problem.sub_batch(batch, f).map(Some).ok_or_else(|| {
+            TrainError::Config(format!(
+                "`fd_fraction` {f} needs a problem that splits its batches (`BilevelProblem::sub_batch`)"
+            ))
+        })
     }
 
     /// One retraining step: the direction on D_tr ∪ D_val, magnitudes frozen.

@@ -480,6 +480,10 @@ impl BilevelProblem<AB> for Regression {
             .mean()
             .reshape([1])
     }
+    fn sub_batch(&self, (x, y): &Batch, fraction: f64) -> Option<Batch> {
+        let n = ((x.dims()[0] as f64 * fraction).ceil() as usize).max(1);
+        Some((x.clone().slice(0..n), y.clone().slice(0..n)))
+    }
     fn regularizer(&self, net: &Net<AB>) -> Option<Tensor<AB, 1>> {
         if self.gamma_reg {
             orthogonality(net, OrthoOptions::default())
@@ -648,6 +652,96 @@ fn each_level_changes_only_its_own_parameters() {
     }
     for i in [3, 5] {
         assert_ne!(after[i], start[i], "direction/head must move");
+    }
+}
+
+/// [`Regression`] that records the first input value and the row count of every batch its
+/// loss sees, and that may refuse to split batches.
+struct Recording {
+    inner: Regression,
+    splits: bool,
+    seen: std::cell::RefCell<Vec<(usize, f32)>>,
+}
+
+impl BilevelProblem<AB> for Recording {
+    type Module = Net<AB>;
+    type Batch = Batch;
+    fn lower_loss(&self, net: &Net<AB>, b: &Batch) -> Tensor<AB, 1> {
+        let first = host(b.0.clone().slice([0..1, 0..1]))[0];
+        self.seen.borrow_mut().push((b.0.dims()[0], first));
+        self.inner.lower_loss(net, b)
+    }
+    fn sub_batch(&self, b: &Batch, fraction: f64) -> Option<Batch> {
+        self.splits
+            .then(|| self.inner.sub_batch(b, fraction))
+            .flatten()
+    }
+    fn regularizer(&self, net: &Net<AB>) -> Option<Tensor<AB, 1>> {
+        self.inner.regularizer(net)
+    }
+}
+
+/// The batches each pass of one BiDoRA iteration sees: `(rows, first input value)` for the
+/// lower step, the validation loss, and the `+` and `−` passes.
+fn passes_with_fd_fraction(
+    fd_fraction: f64,
+    hypergradient: Hypergradient,
+    splits: bool,
+) -> Result<Vec<(usize, f32)>, TrainError> {
+    let problem = Recording {
+        inner: Regression { gamma_reg: true },
+        splits,
+        seen: Default::default(),
+    };
+    let module = net(0.0, 5);
+    let p = ParamPartition::of(&module);
+    let cfg = TrainConfig {
+        fd_fraction,
+        ..config(Mode::Bilevel, 1, hypergradient)
+    };
+    let trainer = Trainer::new(&problem, ParamGroups::new(p.lower(), p.upper()), cfg, dev())?;
+    let mut train = stream(examples(48, 1, false), 11);
+    let mut val = stream(examples(16, 2, true), 12);
+    let data = Data {
+        train: &mut train,
+        val: Some(&mut val),
+        retrain: None,
+    };
+    trainer.run(module, data, Hooks::default(), None)?;
+    Ok(problem.seen.into_inner())
+}
+
+#[test]
+fn fd_fraction_runs_the_finite_differences_on_the_first_part_of_the_training_batch() {
+    let _guard = serial();
+    let darts = Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    };
+    let full = passes_with_fd_fraction(1.0, darts, true).unwrap();
+    let (train, val) = (full[0], full[1]);
+    assert_eq!(train.0, 8);
+    assert_eq!(val.0, 8);
+    assert_ne!(train.1, val.1, "the validation batch is another batch");
+    assert_eq!(full, vec![train, val, train, train]);
+    // Half: the ± passes see the first 4 training examples; 0.3 of 8 rounds up to 3.
+    for (f, rows) in [(0.5, 4), (0.3, 3), (0.01, 1)] {
+        let part = (rows, train.1);
+        assert_eq!(
+            passes_with_fd_fraction(f, darts, true).unwrap(),
+            vec![train, val, part, part],
+            "fd_fraction {f}"
+        );
+    }
+    // First order has no finite difference, so no split is needed.
+    let first = passes_with_fd_fraction(0.5, Hypergradient::FirstOrder, false).unwrap();
+    assert_eq!(first, vec![train, val]);
+    // A problem that cannot split its batches is refused, with the reason.
+    let err = passes_with_fd_fraction(0.5, darts, false).unwrap_err();
+    assert!(err.to_string().contains("sub_batch"), "{err}");
+    for bad in [0.0, -0.5, 1.5, f64::NAN] {
+        let err = passes_with_fd_fraction(bad, darts, true).unwrap_err();
+        assert!(err.to_string().contains("fd_fraction"), "{bad}: {err}");
     }
 }
 

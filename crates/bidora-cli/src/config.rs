@@ -127,10 +127,20 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training", help = defaults::help("Longest input in tokens", defaults::MAX_LENGTH))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
+    /// Put inputs of similar length into the same batch (less padding, faster steps; HF
+    /// Trainer's `group_by_length`).
+    #[arg(long, help_heading = "Training")]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub group_by_length: bool,
     /// BiDoRA: fraction of the training set held out for the upper level.
     #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: fraction of the training set held out for the upper level", defaults::VAL_FRACTION))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_fraction: Option<f64>,
+    /// Evaluate on this fraction of the training set, held out before anything else, in
+    /// place of the dev set (for choosing settings without looking at dev).
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<f64>,
     /// BiDoRA: weight γ of the orthogonality regulariser.
     #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: weight γ of the orthogonality regulariser", defaults::GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +161,10 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training", help = defaults::help("DARTS / Neumann: finite-difference step ε = fd_alpha / ‖v‖", defaults::FD_ALPHA))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd_alpha: Option<f64>,
+    /// DARTS / Neumann: fraction of the training batch the finite-difference passes use.
+    #[arg(long, help_heading = "Training", help = defaults::help("DARTS / Neumann: fraction of the training batch (its first examples) the finite-difference passes run on", defaults::FD_FRACTION))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_fraction: Option<f64>,
     /// DARTS: weight ξ of the mixed term.
     #[arg(long, help_heading = "Training", help = defaults::help("DARTS: weight ξ of the mixed term", defaults::XI))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,6 +321,8 @@ pub struct Settings {
     pub max_length: usize,
     /// Validation fraction (BiDoRA).
     pub val_fraction: f64,
+    /// Fraction of the training set evaluated on in place of dev (`--holdout`).
+    pub holdout: Option<f64>,
     /// Steps, or epochs to turn into steps once the data size is known.
     pub length: Length,
     /// Engine settings (iterations filled in by [`Settings::train_config`]).
@@ -406,6 +422,7 @@ fn train_config(k: &Knobs, method: Method, seed: u64) -> Result<TrainConfig, Fai
             0.0
         },
         hypergradient: hypergradient(k),
+        fd_fraction: pick(&k.fd_fraction, defaults::FD_FRACTION),
         lower: level(lower_lr, lower_wd),
         upper,
         schedule: schedule(k)?,
@@ -485,6 +502,11 @@ impl Settings {
                 "`val_fraction` must be in (0, 1), got {val_fraction}"
             )));
         }
+        if let Some(h) = k.holdout {
+            if !(h > 0.0 && h < 1.0) {
+                return Err(usage(format!("`holdout` must be in (0, 1), got {h}")));
+            }
+        }
         let length = match (k.iterations, k.epochs) {
             (Some(0), _) => return Err(usage("`iterations` must be at least 1")),
             (Some(n), _) => Length::Iterations(n),
@@ -516,6 +538,7 @@ impl Settings {
             batch_size,
             max_length,
             val_fraction,
+            holdout: k.holdout,
             length,
             train,
             squared_ortho: k.squared_ortho,
@@ -617,6 +640,10 @@ mod tests {
         let base = "task = \"rte\"\nmodel = \"m\"\ndata = \"d\"\n";
         for (extra, needle) in [
             ("val_fraction = 1.5", "val_fraction"),
+            ("holdout = 0.0", "holdout"),
+            ("holdout = 1.0", "holdout"),
+            ("fd_fraction = 1.5", "fd_fraction"),
+            ("fd_fraction = 0.0", "fd_fraction"),
             ("method = \"lora\"\nretrain = true", "retrain"),
             ("dropout = 1.0", "dropout"),
             ("iterations = 0", "iterations"),

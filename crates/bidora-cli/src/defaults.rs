@@ -54,6 +54,8 @@ pub const UNROLL: usize = 1;
 pub const HYPERGRADIENT: HypergradientMethod = HypergradientMethod::Darts;
 /// DARTS / Neumann finite-difference step numerator.
 pub const FD_ALPHA: f64 = bidora_bilevel::DEFAULT_FD_ALPHA;
+/// DARTS / Neumann: the fraction of the training batch the finite differences use.
+pub const FD_FRACTION: f64 = bidora_bilevel::DEFAULT_FD_FRACTION;
 /// DARTS mixed-term weight ξ.
 pub const XI: f64 = bidora_bilevel::DEFAULT_XI;
 /// Neumann series terms.

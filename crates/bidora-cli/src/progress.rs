@@ -15,11 +15,13 @@ pub struct Progress {
     from: usize,
     log_every: usize,
     metric: Option<String>,
+    /// The evaluation set's name (`dev`, `holdout`).
+    eval_set: String,
 }
 
 impl Progress {
-    /// A bar when stdout is a terminal, log lines otherwise.
-    pub fn new() -> Self {
+    /// A bar when stdout is a terminal, log lines otherwise; evaluations are on `eval_set`.
+    pub fn new(eval_set: &str) -> Self {
         Progress {
             bar: None,
             phase: String::new(),
@@ -28,6 +30,7 @@ impl Progress {
             from: 0,
             log_every: 1,
             metric: None,
+            eval_set: eval_set.to_string(),
         }
     }
 
@@ -87,10 +90,14 @@ impl Progress {
         }
     }
 
-    /// A dev evaluation after step `step` (0-based).
+    /// An evaluation after step `step` (0-based).
     pub fn eval(&mut self, step: usize, name: &str, value: f64, best: bool) {
         let step = step + 1;
-        let text = format!("dev {name} {value:.4}{}", if best { " (best)" } else { "" });
+        let text = format!(
+            "{} {name} {value:.4}{}",
+            self.eval_set,
+            if best { " (best)" } else { "" }
+        );
         match &self.bar {
             Some(bar) => bar.println(format!("{} step {step}: {text}", self.phase)),
             None => println!("{} step {step}: {text}", self.phase),

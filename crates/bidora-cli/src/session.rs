@@ -25,7 +25,7 @@ use bidora_models::Architecture;
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use crate::fail::{input, Classify, Fail};
 
@@ -104,6 +104,29 @@ pub struct Batch<B: Backend> {
     pub types: Tensor<B, 2, Int>,
     /// Labels.
     pub labels: Labels<B>,
+}
+
+impl<B: Backend> Batch<B> {
+    /// Its first `n` examples (all of them when `n` is larger), cut to their longest input:
+    /// padding is on the right, so the dropped columns hold only padding.
+    pub fn first(&self, n: usize) -> Self {
+        let [rows, cols] = self.ids.dims();
+        let n = n.clamp(1, rows.max(1));
+        let lens = self.mask.clone().slice(0..n).sum_dim(1).max();
+        let len = (lens.into_scalar().elem::<i64>().max(1) as usize).min(cols);
+        let cut = |t: &Tensor<B, 2, Int>| t.clone().slice([0..n, 0..len]);
+        Batch {
+            ids: cut(&self.ids),
+            mask: cut(&self.mask),
+            types: cut(&self.types),
+            labels: match &self.labels {
+                Labels::None => Labels::None,
+                Labels::Classes(c) => Labels::Classes(c.clone().slice(0..n)),
+                Labels::Scores(v) => Labels::Scores(v.clone().slice(0..n)),
+                Labels::Tags(t) => Labels::Tags(cut(t)),
+            },
+        }
+    }
 }
 
 /// Labels on the device.
@@ -365,6 +388,11 @@ impl<B: AutodiffBackend> BilevelProblem<B> for TaskProblem {
         module.loss(batch)
     }
 
+    fn sub_batch(&self, batch: &Batch<B>, fraction: f64) -> Option<Batch<B>> {
+        let rows = batch.ids.dims()[0];
+        Some(batch.first((rows as f64 * fraction).ceil() as usize))
+    }
+
     fn regularizer(&self, module: &TaskModel<B>) -> Option<Tensor<B, 1>> {
         self.ortho.and_then(|o| orthogonality(module, o))
     }
@@ -490,4 +518,87 @@ pub fn evaluate<B: Backend>(
 /// The tag index predicted for words cut off by truncation: "O" where the label set has it.
 pub fn outside_tag(labels: &[String]) -> usize {
     labels.iter().position(|l| l == "O").unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::NdArray<f32>;
+    type AB = burn::backend::Autodiff<B>;
+
+    fn host<T: Backend>(t: Tensor<T, 2, Int>) -> Vec<i64> {
+        t.into_data().to_vec::<i64>().unwrap()
+    }
+
+    /// Three examples of 2, 4 and 1 tokens in 5 columns (one column of padding beyond the
+    /// longest), tags on each token.
+    fn batch<T: Backend>() -> Batch<T> {
+        let lens = [2, 4, 1];
+        let grid = |f: &dyn Fn(usize, usize) -> i64| {
+            let v: Vec<i64> = (0..3)
+                .flat_map(|i| (0..5).map(move |j| (i, j)))
+                .map(|(i, j)| f(i, j))
+                .collect();
+            Tensor::<T, 2, Int>::from_data(TensorData::new(v, [3, 5]), &Default::default())
+        };
+        let token = |i: usize, j: usize| j < lens[i];
+        Batch {
+            ids: grid(&|i, j| {
+                if token(i, j) {
+                    100 + 10 * i as i64 + j as i64
+                } else {
+                    0
+                }
+            }),
+            mask: grid(&|i, j| token(i, j) as i64),
+            types: grid(&|i, j| if token(i, j) { (j % 2) as i64 } else { 0 }),
+            labels: Labels::Tags(grid(&|i, j| {
+                if token(i, j) {
+                    j as i64
+                } else {
+                    IGNORE_INDEX
+                }
+            })),
+        }
+    }
+
+    #[test]
+    fn first_keeps_the_leading_examples_cut_to_their_longest_input() {
+        let b = batch::<B>();
+        let one = b.first(1);
+        assert_eq!(host(one.ids), vec![100, 101]);
+        assert_eq!(host(one.mask), vec![1, 1]);
+        assert_eq!(host(one.types), vec![0, 1]);
+        let Labels::Tags(t) = one.labels else {
+            panic!("tags")
+        };
+        assert_eq!(host(t), vec![0, 1]);
+        let two = b.first(2);
+        assert_eq!(host(two.ids), vec![100, 101, 0, 0, 110, 111, 112, 113]);
+        assert_eq!(host(two.mask), vec![1, 1, 0, 0, 1, 1, 1, 1]);
+        // More than there are: every example, the all-padding column dropped.
+        let all = b.first(9);
+        assert_eq!(all.ids.dims(), [3, 4]);
+        assert_eq!(host(all.mask)[8..], [1, 0, 0, 0]);
+        // Classes are cut by rows.
+        let classes = Batch {
+            labels: Labels::Classes(Tensor::from_data([7i64, 8, 9], &Default::default())),
+            ..batch::<B>()
+        };
+        let Labels::Classes(c) = classes.first(2).labels else {
+            panic!("classes")
+        };
+        assert_eq!(c.into_data().to_vec::<i64>().unwrap(), vec![7, 8]);
+    }
+
+    #[test]
+    fn the_finite_differences_take_the_first_examples_rounding_up() {
+        let p = TaskProblem { ortho: None };
+        let b = batch::<AB>();
+        for (f, rows, cols) in [(1.0, 3, 4), (0.5, 2, 4), (0.34, 2, 4), (0.2, 1, 2)] {
+            let sub = BilevelProblem::<AB>::sub_batch(&p, &b, f).expect("splits");
+            assert_eq!(sub.ids.dims(), [rows, cols], "fd_fraction {f}");
+        }
+    }
 }

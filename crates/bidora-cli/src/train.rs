@@ -20,9 +20,11 @@ use bidora_adapters::peft::{self, SaveOptions};
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::ParamPartition;
 use bidora_backend::BackendTask;
+use bidora_bilevel::stream::DEFAULT_LENGTH_WINDOW;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
 use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
-use bidora_data::batch::collate;
+use bidora_data::batch::{collate, encode};
+use bidora_data::split;
 use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
 use bidora_records::{AdapterInfo, BestEval, Record, Report};
@@ -143,6 +145,10 @@ impl BackendTask for Job {
     }
 }
 
+/// Mixed into the seed of the `--holdout` split, so that it does not shuffle as BiDoRA's
+/// train/validation split of the rest does.
+const HOLDOUT_SALT: u64 = 0x5EED_0FA0_1D00_0000;
+
 /// Stage 2: everything a run needs, loaded and checked.
 struct Prepared {
     task: TaskInfo,
@@ -170,13 +176,21 @@ impl Prepared {
         device: &B::Device,
     ) -> Result<(Self, TaskModel<B>), Fail> {
         let task = tasks::task(&s.task).usage()?;
-        let data = task.load(&s.data).input()?;
+        let mut data = task.load(&s.data).input()?;
         let kind = task.kind_of(&data);
-        let (eval_name, dev) = data
-            .eval
-            .first()
-            .cloned()
-            .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?;
+        let (eval_name, dev) = match s.holdout {
+            Some(h) => {
+                let (rest, held) =
+                    split::train_val_split(data.train, h, s.seed ^ HOLDOUT_SALT).input()?;
+                data.train = rest;
+                ("holdout".to_string(), held)
+            }
+            None => data
+                .eval
+                .first()
+                .cloned()
+                .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?,
+        };
         let model = TaskModel::<B>::load(&s.model, kind, num_labels(kind, &data.labels), device)?;
         let tok = ModelTokenizer::load(&s.model)?;
         let model = match &s.adapter {
@@ -187,8 +201,7 @@ impl Prepared {
         let bilevel = s.method == Method::Bidora;
         let (groups, train, val) = if bilevel {
             let (tr, val) =
-                bidora_data::split::train_val_split(data.train.clone(), s.val_fraction, s.seed)
-                    .input()?;
+                split::train_val_split(data.train.clone(), s.val_fraction, s.seed).input()?;
             (
                 ParamGroups::new(partition.lower(), partition.upper()),
                 tr,
@@ -258,7 +271,15 @@ impl Prepared {
         make: &'a dyn Fn(&[&Example]) -> Batch<B>,
     ) -> Result<Streams<'a, B>, Fail> {
         let stream = |examples: Vec<Example>, seed: u64| {
-            ShuffledBatches::new(examples, s.batch_size, seed, make).input()
+            let lengths = s.knobs.group_by_length.then(|| {
+                let len = |e: &Example| encode(e, &self.tok, s.max_length).ids.len();
+                examples.iter().map(len).collect::<Vec<usize>>()
+            });
+            let plain = ShuffledBatches::new(examples, s.batch_size, seed, make).input()?;
+            match lengths {
+                Some(l) => plain.grouped_by_length(l, DEFAULT_LENGTH_WINDOW).input(),
+                None => Ok(plain),
+            }
         };
         let train = stream(self.train.clone(), s.seed)?;
         let val = match &self.val {
@@ -339,8 +360,13 @@ fn train_model<B: AutodiffBackend>(
         }
         Some(_) => None,
     };
-    let (mut log, recovered) =
-        RunLog::open(&s.out, &prep.primary(), resume.as_ref(), baseline.as_ref())?;
+    let (mut log, recovered) = RunLog::open(
+        &s.out,
+        &prep.eval_name,
+        &prep.primary(),
+        resume.as_ref(),
+        baseline.as_ref(),
+    )?;
     let untrained = baseline.or(recovered);
 
     let make =
@@ -353,7 +379,7 @@ fn train_model<B: AutodiffBackend>(
             Evaluation::single(&prep.primary(), f64::NAN, true)
         })
     };
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(&prep.eval_name);
     let retrain_offset = prep.config.iterations;
     let mut on_event = |e: &Event| -> Control {
         show_progress(&mut progress, e);
@@ -500,6 +526,7 @@ impl RunLog {
     /// the baseline.
     fn open(
         out: &Path,
+        eval_set: &str,
         primary: &str,
         resume: Option<&Checkpoint>,
         baseline: Option<&Evaluation>,
@@ -521,6 +548,7 @@ impl RunLog {
             kept.push((r.to_line(), r));
         }
         let mut curves = Curves {
+            eval_set: eval_set.to_string(),
             metric_name: primary.to_string(),
             ..Curves::default()
         };
@@ -710,6 +738,8 @@ struct Curves {
     lower: Vec<(f64, f64)>,
     upper: Vec<(f64, f64)>,
     metric: Vec<(f64, f64)>,
+    /// `dev`, or `holdout` with `--holdout`.
+    eval_set: String,
     metric_name: String,
 }
 
@@ -756,7 +786,7 @@ impl Curves {
                 ],
             },
             Panel {
-                title: format!("dev {}", self.metric_name),
+                title: format!("{} {}", self.eval_set, self.metric_name),
                 y_label: self.metric_name.clone(),
                 series: vec![Series {
                     name: self.metric_name.clone(),

@@ -655,3 +655,41 @@ fn predict_with_a_peft_dora_adapter_reproduces_peft_logits() {
         .fold(0.0f32, f32::max);
     assert!(e <= 1e-4, "logits: max abs error {e}");
 }
+
+#[test]
+fn holdout_fd_fraction_and_group_by_length_are_wired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let args = train_args(&data, &out, "bidora", 4);
+        let text = stdout_of(bidora().args(&args).args(["--eval-every", "2"]).args(extra));
+        (out, text)
+    };
+    let (held, text) = run("holdout", &["--holdout", "0.25"]);
+    assert!(text.contains("holdout accuracy"), "{text}");
+    let report = json(&held.join("report.json"));
+    assert_eq!(report["eval_set"], "holdout");
+    // 48 training sentences, 12 held out (6 per class); of the other 18 per class BiDoRA
+    // holds 4 out for its upper level (20%, rounded).
+    let (tr, val) = (
+        report["train_examples"].as_u64().unwrap(),
+        report["validation_examples"].as_u64().unwrap(),
+    );
+    assert_eq!((tr, val), (28, 8));
+    let config = std::fs::read_to_string(held.join("config.toml")).unwrap();
+    assert!(config.contains("holdout = 0.25"), "{config}");
+    // The finite differences on half the batch give another adapter than on all of it.
+    let adapter =
+        |dir: &Path| std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
+    let (full, _) = run("full", &[]);
+    let (half, _) = run("half", &["--fd-fraction", "0.5"]);
+    let (again, _) = run("again", &["--fd-fraction", "1"]);
+    assert_eq!(adapter(&full), adapter(&again));
+    assert_ne!(adapter(&full), adapter(&half));
+    // Grouping by length batches other examples together, the same ones on every run.
+    let (grouped, _) = run("grouped", &["--group-by-length"]);
+    let (grouped_again, _) = run("grouped-again", &["--group-by-length"]);
+    assert_ne!(adapter(&full), adapter(&grouped));
+    assert_eq!(adapter(&grouped), adapter(&grouped_again));
+}

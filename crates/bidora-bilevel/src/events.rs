@@ -84,6 +84,9 @@ pub enum Event {
         upper_loss: Option<f64>,
         /// Learning rates used (lower, upper).
         lr: (f64, f64),
+        /// When an upper step ran: `‖∂L_val/∂M‖` and the norm of the second-order term the
+        /// hypergradient subtracts from it (`None` for first order), before clipping.
+        hypergradient_norms: Option<(f64, Option<f64>)>,
     },
     /// An evaluation.
     Eval {

@@ -103,6 +103,11 @@ pub struct HypergradientResult<B: AutodiffBackend> {
     pub grad: ParamVec<B::InnerBackend>,
     /// `L_val` on the validation batch.
     pub upper_loss: f64,
+    /// `‖∂L_val/∂M‖`, the direct term's norm.
+    pub direct_norm: f64,
+    /// The norm of what the method subtracts from the direct term (DARTS: `ξ·∇²_{M,θ}L_tr·v`;
+    /// Neumann: the mixed term with `H⁻¹v`); `None` for the first-order method.
+    pub mixed_norm: Option<f64>,
 }
 
 /// Computes the hypergradient of `problem` at `module`.
@@ -137,9 +142,10 @@ where
     let grads = loss.backward();
     let g_direct = gradients::<B, _>(&grads, module, &groups.upper);
     let v = gradients::<B, _>(&grads, module, &groups.lower);
+    let direct_norm = g_direct.norm();
 
     let grad = match method {
-        Hypergradient::FirstOrder => g_direct,
+        Hypergradient::FirstOrder => g_direct.clone(),
         Hypergradient::Darts { alpha, xi } => {
             let mixed = central_difference(
                 problem,
@@ -153,7 +159,7 @@ where
             );
             match mixed {
                 Some(m) => g_direct.add_scaled(&m, -xi),
-                None => g_direct,
+                None => g_direct.clone(),
             }
         }
         Hypergradient::Neumann { iterations, alpha } => {
@@ -188,11 +194,20 @@ where
             );
             match mixed {
                 Some(m) => g_direct.add_scaled(&m, -1.0),
-                None => g_direct,
+                None => g_direct.clone(),
             }
         }
     };
-    Ok(HypergradientResult { grad, upper_loss })
+    let mixed_norm = match method {
+        Hypergradient::FirstOrder => None,
+        _ => Some(g_direct.add_scaled(&grad, -1.0).norm()),
+    };
+    Ok(HypergradientResult {
+        grad,
+        upper_loss,
+        direct_norm,
+        mixed_norm,
+    })
 }
 
 /// Central difference, along `d` (over the lower parameters), of the gradient of the lower

@@ -192,6 +192,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         let (lower_loss, mut module) =
             self.lower_step(module, run, &batch, &ids, lr_lo, "lower", step)?;
         let mut upper_loss = None;
+        let mut hypergradient_norms = None;
         if self.config.mode == Mode::Bilevel && (step + 1).is_multiple_of(self.config.unroll) {
             let val = ctx.data.val.as_deref_mut().ok_or_else(|| {
                 TrainError::Config("bi-level training needs a validation stream".into())
@@ -211,6 +212,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             )
             .map_err(|e| with_step(e, step))?;
             check_finite("upper loss", h.upper_loss, step)?;
+            hypergradient_norms = Some((h.direct_norm, h.mixed_norm));
             let mut hg = h.grad;
             self.clip(&mut hg, "hypergradient", step)?;
             let gp = to_gradients_params::<B, _>(&module, &hg);
@@ -224,6 +226,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             lower_loss,
             upper_loss,
             lr: (lr_lo, lr_up),
+            hypergradient_norms,
         };
         Ok((module, event))
     }
@@ -269,6 +272,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             lower_loss: loss,
             upper_loss: None,
             lr: (lr, 0.0),
+            hypergradient_norms: None,
         };
         Ok((module, event))
     }

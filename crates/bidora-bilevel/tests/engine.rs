@@ -190,6 +190,46 @@ fn darts_hypergradient_equals_ift_with_identity_hessian() {
 }
 
 #[test]
+fn the_hypergradient_reports_its_terms_norms() {
+    const I: [f64; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    let (problem, module, groups) = quad();
+    let run = |method| {
+        hypergradient(
+            &problem,
+            &module,
+            &groups,
+            &(),
+            &(),
+            method,
+            0.0,
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let darts = run(Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    });
+    let direct: Vec<f64> = (0..2).map(|j| C * (M0[j] - U[j]) as f64).collect();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let mixed: Vec<f64> = direct
+        .iter()
+        .zip(analytic(&I))
+        .map(|(d, h)| d - h)
+        .collect();
+    assert!((darts.direct_norm / norm(&direct) - 1.0).abs() < 1e-5);
+    let got = darts.mixed_norm.expect("DARTS has a second-order term");
+    assert!(
+        (got / norm(&mixed) - 1.0).abs() < 1e-3,
+        "{got} vs {}",
+        norm(&mixed)
+    );
+    let first = run(Hypergradient::FirstOrder);
+    assert_eq!(first.mixed_norm, None);
+    assert_eq!(first.direct_norm, darts.direct_norm);
+}
+
+#[test]
 fn neumann_hypergradient_approaches_the_exact_ift_value() {
     let exact = analytic(&PINV);
     let few = rel(

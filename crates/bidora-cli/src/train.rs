@@ -481,6 +481,7 @@ fn record_of(e: &Event, retrain_offset: usize) -> Option<Record> {
             lower_loss,
             upper_loss,
             lr,
+            hypergradient_norms,
             ..
         } => Some(Record::Step {
             phase: record_phase(*phase),
@@ -490,6 +491,8 @@ fn record_of(e: &Event, retrain_offset: usize) -> Option<Record> {
             upper_loss: *upper_loss,
             lr_lower: lr.0,
             lr_upper: lr.1,
+            direct_norm: hypergradient_norms.map(|n| n.0),
+            mixed_norm: hypergradient_norms.and_then(|n| n.1),
         }),
         Event::Eval {
             phase,
@@ -732,12 +735,38 @@ fn majority_accuracy(train: &[Example], dev: &[Example]) -> Option<f64> {
     Some(hits as f64 / dev.len().max(1) as f64)
 }
 
+impl Curves {
+    /// BiDoRA's mechanism: how large the hypergradient's terms are at each upper step.
+    fn hypergradient_panel(&self) -> Panel {
+        let mut series = vec![Series {
+            name: "‖∂L_val/∂m‖ (direct)".into(),
+            points: self.direct.clone(),
+            color: "#9467bd",
+        }];
+        if !self.mixed.is_empty() {
+            series.push(Series {
+                name: "second-order term".into(),
+                points: self.mixed.clone(),
+                color: "#ff7f0e",
+            });
+        }
+        Panel {
+            title: "hypergradient terms (norms)".into(),
+            y_label: "norm".into(),
+            series,
+        }
+    }
+}
+
 /// Curves kept for the plots.
 #[derive(Default)]
 struct Curves {
     lower: Vec<(f64, f64)>,
     upper: Vec<(f64, f64)>,
     metric: Vec<(f64, f64)>,
+    /// BiDoRA: the hypergradient's direct and second-order terms' norms per upper step.
+    direct: Vec<(f64, f64)>,
+    mixed: Vec<(f64, f64)>,
     /// `dev`, or `holdout` with `--holdout`.
     eval_set: String,
     metric_name: String,
@@ -751,11 +780,19 @@ impl Curves {
             Record::Step {
                 lower_loss,
                 upper_loss,
+                direct_norm,
+                mixed_norm,
                 ..
             } => {
                 self.lower.push((step, *lower_loss));
                 if let Some(u) = upper_loss {
                     self.upper.push((step, *u));
+                }
+                if let Some(d) = direct_norm {
+                    self.direct.push((step, *d));
+                }
+                if let Some(m) = mixed_norm {
+                    self.mixed.push((step, *m));
                 }
             }
             Record::Eval { metrics, .. } | Record::Baseline { metrics, .. } => {
@@ -768,7 +805,7 @@ impl Curves {
     }
 
     fn write(&self, out: &Path) -> anyhow::Result<()> {
-        let panels = [
+        let mut panels = vec![
             Panel {
                 title: "training loss".into(),
                 y_label: "loss".into(),
@@ -795,6 +832,9 @@ impl Curves {
                 }],
             },
         ];
+        if !self.direct.is_empty() {
+            panels.push(self.hypergradient_panel());
+        }
         let svg = plot::svg(&panels);
         atomic_write(&out.join("curves.svg"), svg.as_bytes())?;
         atomic_write(&out.join("curves.png"), &plot::png(&svg)?)?;

@@ -683,6 +683,18 @@ fn holdout_fd_fraction_and_group_by_length_are_wired() {
     let adapter =
         |dir: &Path| std::fs::read(dir.join("adapter/adapter_model.safetensors")).unwrap();
     let (full, _) = run("full", &[]);
+    // Every BiDoRA step logs its hypergradient's two terms (an upper step after each).
+    let steps: Vec<serde_json::Value> = records(&full)
+        .into_iter()
+        .filter(|r| r["event"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 4);
+    for r in &steps {
+        for key in ["direct_norm", "mixed_norm"] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v > 0.0 && v.is_finite(), "{key} in {r}");
+        }
+    }
     let (half, _) = run("half", &["--fd-fraction", "0.5"]);
     let (again, _) = run("again", &["--fd-fraction", "1"]);
     assert_eq!(adapter(&full), adapter(&again));

@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {"event":"baseline","phase":"search","step":0,"metrics":{"accuracy":0.5}}
-//! {"event":"step","phase":"search","step":0,"lower_loss":0.69,"upper_loss":0.70,"lr_lower":1e-4,"lr_upper":1e-4}
+//! {"event":"step","phase":"search","step":0,"lower_loss":0.69,"upper_loss":0.70,"lr_lower":1e-4,"lr_upper":1e-4,"direct_norm":0.02,"mixed_norm":0.05}
 //! {"event":"eval","phase":"search","step":7,"metrics":{"accuracy":0.75},"is_best":true}
 //! {"event":"checkpoint","phase":"search","step":8}
 //! ```
@@ -44,6 +44,13 @@ pub enum Record {
         lr_lower: f64,
         /// Upper-level learning rate of the step.
         lr_upper: f64,
+        /// BiDoRA, when an upper step ran: `‖∂L_val/∂M‖`, the hypergradient's direct term.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direct_norm: Option<f64>,
+        /// BiDoRA (DARTS / Neumann), when an upper step ran: the norm of the second-order
+        /// term subtracted from the direct one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mixed_norm: Option<f64>,
     },
     /// A dev evaluation after a step.
     Eval {
@@ -148,6 +155,8 @@ mod tests {
             upper_loss: None,
             lr_lower: 1e-3,
             lr_upper: 0.0,
+            direct_norm: None,
+            mixed_norm: None,
         }
     }
 

@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-use bidora_benches::{bench_iteration, AD};
+use bidora_benches::{bench_iteration, Iteration, AD, BIDORA};
 
 const D: usize = 384;
 const TOKENS: usize = 512;
@@ -78,9 +78,12 @@ fn step(c: &mut Criterion) {
     ];
     for (name, method) in cases {
         let module = net(method, &device);
-        let bilevel = method == AdapterMethod::Bidora;
+        let iteration = match method {
+            AdapterMethod::Bidora => BIDORA,
+            _ => Iteration::Single,
+        };
         bench_iteration(
-            &mut group, name, &Problem, &module, &batch, bilevel, &device,
+            &mut group, name, &Problem, &module, &batch, iteration, &device,
         );
     }
     group.finish();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
-use bidora_benches::{bench_iteration, bench_iteration_fd, print_peak_rss, selected, AD};
+use bidora_benches::{bench_iteration, print_peak_rss, selected, Iteration, AD, BIDORA};
 use bidora_bilevel::BilevelProblem;
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use burn::module::AutodiffModule;
@@ -139,17 +139,19 @@ fn training(c: &mut Criterion) {
         };
         let bilevel = method == Some(AdapterMethod::Bidora);
         let problem = Classification { ortho: bilevel };
-        bench_iteration(&mut group, name, &problem, &model, &batch, bilevel, &device);
+        let iteration = if bilevel { BIDORA } else { Iteration::Single };
+        bench_iteration(
+            &mut group, name, &problem, &model, &batch, iteration, &device,
+        );
     }
     if selected("minilm_step/bidora_darts_fd_half") {
         let model = load::<AD>(&device)
             .with_adapters(&adapter(AdapterMethod::Bidora))
             .expect("adapters");
         let problem = Classification { ortho: true };
+        let half = Iteration::Bilevel { fd_fraction: 0.5 };
         let name = "bidora_darts_fd_half";
-        bench_iteration_fd(
-            &mut group, name, &problem, &model, &batch, true, 0.5, &device,
-        );
+        bench_iteration(&mut group, name, &problem, &model, &batch, half, &device);
     }
     if selected("minilm_step/lora_small") {
         let model = load::<AD>(&device)
@@ -163,7 +165,7 @@ fn training(c: &mut Criterion) {
             &problem,
             &model,
             &small,
-            false,
+            Iteration::Single,
             &device,
         );
     }

@@ -123,54 +123,44 @@ impl<T: Clone> BatchStream for Fixed<T> {
     fn seek(&mut self, _: u64) {}
 }
 
-/// Benchmarks one training iteration of `module` through the engine as `name` in `group`: one
-/// single-level step (LoRA, DoRA or full fine-tuning: whatever `module` trains), or with
-/// `bilevel` one BiDoRA iteration (lower step + upper step with the DARTS hypergradient, the
-/// engine's default γ; `problem` decides whether a regulariser exists). The same `batch` feeds
-/// both levels; the backend's `sync` is inside the timed region.
+/// What one benchmarked iteration trains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Iteration {
+    /// One single-level step (LoRA, DoRA or full fine-tuning: whatever the module trains).
+    Single,
+    /// One BiDoRA iteration: a lower step and an upper step with the DARTS hypergradient, its
+    /// finite differences on `fd_fraction` of the batch (`TrainConfig::fd_fraction`).
+    Bilevel {
+        /// 1 for the method's whole batch.
+        fd_fraction: f64,
+    },
+}
+
+/// A BiDoRA iteration at the method's settings.
+pub const BIDORA: Iteration = Iteration::Bilevel {
+    fd_fraction: bidora_bilevel::DEFAULT_FD_FRACTION,
+};
+
+/// Benchmarks one training iteration of `module` through the engine as `name` in `group`
+/// (the engine's default γ; `problem` decides whether a regulariser exists). The same `batch`
+/// feeds both levels; the backend's `sync` is inside the timed region.
 pub fn bench_iteration<P>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     problem: &P,
     module: &P::Module,
     batch: &P::Batch,
-    bilevel: bool,
+    iteration: Iteration,
     device: &burn::tensor::Device<AD>,
 ) where
     P: BilevelProblem<AD>,
     P::Module: AdapterHost<AD>,
     P::Batch: Clone,
 {
-    let fd_fraction = bidora_bilevel::DEFAULT_FD_FRACTION;
-    bench_iteration_fd(
-        group,
-        name,
-        problem,
-        module,
-        batch,
-        bilevel,
-        fd_fraction,
-        device,
-    );
-}
-
-/// [`bench_iteration`] with the finite-difference passes on `fd_fraction` of the batch
-/// (`TrainConfig::fd_fraction`).
-#[allow(clippy::too_many_arguments)]
-pub fn bench_iteration_fd<P>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    problem: &P,
-    module: &P::Module,
-    batch: &P::Batch,
-    bilevel: bool,
-    fd_fraction: f64,
-    device: &burn::tensor::Device<AD>,
-) where
-    P: BilevelProblem<AD>,
-    P::Module: AdapterHost<AD>,
-    P::Batch: Clone,
-{
+    let (bilevel, fd_fraction) = match iteration {
+        Iteration::Single => (false, bidora_bilevel::DEFAULT_FD_FRACTION),
+        Iteration::Bilevel { fd_fraction } => (true, fd_fraction),
+    };
     let part = ParamPartition::of(module);
     let (groups, mode) = if bilevel {
         (ParamGroups::new(part.lower(), part.upper()), Mode::Bilevel)

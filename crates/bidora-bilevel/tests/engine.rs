@@ -157,20 +157,18 @@ fn rel(got: &[f32], want: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
+/// The hypergradient of the quadratic problem (one batch, no regulariser, no randomness).
+fn on_quad(
+    (problem, module, groups): &(QuadProblem, Quad<AB>, ParamGroups),
+    method: Hypergradient,
+) -> bidora_bilevel::hypergrad::HypergradientResult<AB> {
+    hypergradient(problem, module, groups, &(), &(), method, 0.0, &mut |_| {}).unwrap()
+}
+
 fn hyper(method: Hypergradient) -> Vec<f32> {
-    let (problem, module, groups) = quad();
-    let r = hypergradient(
-        &problem,
-        &module,
-        &groups,
-        &(),
-        &(),
-        method,
-        0.0,
-        &mut |_| {},
-    )
-    .unwrap();
-    host(r.grad.get(groups.upper[0]).unwrap().clone())
+    let q = quad();
+    let r = on_quad(&q, method);
+    host(r.grad.get(q.2.upper[0]).unwrap().clone())
 }
 
 #[test]
@@ -192,20 +190,8 @@ fn darts_hypergradient_equals_ift_with_identity_hessian() {
 #[test]
 fn the_hypergradient_reports_its_terms_norms() {
     const I: [f64; 9] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
-    let (problem, module, groups) = quad();
-    let run = |method| {
-        hypergradient(
-            &problem,
-            &module,
-            &groups,
-            &(),
-            &(),
-            method,
-            0.0,
-            &mut |_| {},
-        )
-        .unwrap()
-    };
+    let q = quad();
+    let run = |method| on_quad(&q, method);
     let darts = run(Hypergradient::Darts {
         alpha: 0.01,
         xi: 1.0,
@@ -255,8 +241,8 @@ fn neumann_hypergradient_approaches_the_exact_ift_value() {
 
 #[test]
 fn hypergradient_leaves_the_module_bitwise_untouched() {
-    let (problem, module, groups) = quad();
-    let before = (host(module.theta.val()), host(module.m.val()));
+    let q = quad();
+    let before = (host(q.1.theta.val()), host(q.1.m.val()));
     for method in [
         Hypergradient::Darts {
             alpha: 0.01,
@@ -267,18 +253,8 @@ fn hypergradient_leaves_the_module_bitwise_untouched() {
             alpha: 0.3,
         },
     ] {
-        hypergradient(
-            &problem,
-            &module,
-            &groups,
-            &(),
-            &(),
-            method,
-            0.0,
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!((host(module.theta.val()), host(module.m.val())), before);
+        on_quad(&q, method);
+        assert_eq!((host(q.1.theta.val()), host(q.1.m.val())), before);
     }
 }
 

@@ -261,7 +261,7 @@ impl<B: Backend> AdaptedLinear<B> {
         if self.settings.low_rank_norm {
             low_rank_column_norm(w, a, b, self.settings.scaling)
         } else {
-            column_norm(w + a.matmul(b).mul_scalar(self.settings.scaling))
+            column_norm(w + bidora_backend::kernels::matmul(a, b).mul_scalar(self.settings.scaling))
         }
     }
 

@@ -144,24 +144,20 @@ where
     let v = gradients::<B, _>(&grads, module, &groups.lower);
     let direct_norm = g_direct.norm();
 
-    let grad = match method {
-        Hypergradient::FirstOrder => g_direct.clone(),
-        Hypergradient::Darts { alpha, xi } => {
-            let mixed = central_difference(
-                problem,
-                module,
-                train_batch,
-                &v,
-                alpha,
-                gamma,
-                reseed,
-                &groups.upper,
-            );
-            match mixed {
-                Some(m) => g_direct.add_scaled(&m, -xi),
-                None => g_direct.clone(),
-            }
-        }
+    // The second-order term `m` and its weight: h = ∂L_val/∂M − weight·m.
+    let second_order = match method {
+        Hypergradient::FirstOrder => None,
+        Hypergradient::Darts { alpha, xi } => central_difference(
+            problem,
+            module,
+            train_batch,
+            &v,
+            alpha,
+            gamma,
+            reseed,
+            &groups.upper,
+        )
+        .map(|m| (m, xi)),
         Hypergradient::Neumann { iterations, alpha } => {
             // p_0 = v; acc = Σ_j (I − αH)^j v.
             let mut p = v.clone();
@@ -182,7 +178,7 @@ where
                 acc = acc.add_scaled(&p, 1.0);
             }
             let inv_h_v = acc.scale(alpha);
-            let mixed = central_difference(
+            central_difference(
                 problem,
                 module,
                 train_batch,
@@ -191,16 +187,19 @@ where
                 gamma,
                 reseed,
                 &groups.upper,
-            );
-            match mixed {
-                Some(m) => g_direct.add_scaled(&m, -1.0),
-                None => g_direct.clone(),
-            }
+            )
+            .map(|m| (m, 1.0))
         }
     };
-    let mixed_norm = match method {
-        Hypergradient::FirstOrder => None,
-        _ => Some(g_direct.add_scaled(&grad, -1.0).norm()),
+    // A zero direction (`None` from the difference) makes the term zero, not absent.
+    let mixed_norm = (method != Hypergradient::FirstOrder).then(|| {
+        second_order
+            .as_ref()
+            .map_or(0.0, |(m, w)| m.norm() * w.abs())
+    });
+    let grad = match &second_order {
+        Some((m, w)) => g_direct.add_scaled(m, -w),
+        None => g_direct,
     };
     Ok(HypergradientResult {
         grad,

@@ -735,29 +735,6 @@ fn majority_accuracy(train: &[Example], dev: &[Example]) -> Option<f64> {
     Some(hits as f64 / dev.len().max(1) as f64)
 }
 
-impl Curves {
-    /// BiDoRA's mechanism: how large the hypergradient's terms are at each upper step.
-    fn hypergradient_panel(&self) -> Panel {
-        let mut series = vec![Series {
-            name: "‖∂L_val/∂m‖ (direct)".into(),
-            points: self.direct.clone(),
-            color: "#9467bd",
-        }];
-        if !self.mixed.is_empty() {
-            series.push(Series {
-                name: "second-order term".into(),
-                points: self.mixed.clone(),
-                color: "#ff7f0e",
-            });
-        }
-        Panel {
-            title: "hypergradient terms (norms)".into(),
-            y_label: "norm".into(),
-            series,
-        }
-    }
-}
-
 /// Curves kept for the plots.
 #[derive(Default)]
 struct Curves {
@@ -801,6 +778,27 @@ impl Curves {
                 }
             }
             Record::Checkpoint { .. } => {}
+        }
+    }
+
+    /// BiDoRA's mechanism: how large the hypergradient's terms are at each upper step.
+    fn hypergradient_panel(&self) -> Panel {
+        let mut series = vec![Series {
+            name: "‖∂L_val/∂m‖ (direct)".into(),
+            points: self.direct.clone(),
+            color: "#9467bd",
+        }];
+        if !self.mixed.is_empty() {
+            series.push(Series {
+                name: "second-order term".into(),
+                points: self.mixed.clone(),
+                color: "#ff7f0e",
+            });
+        }
+        Panel {
+            title: "hypergradient terms (norms)".into(),
+            y_label: "norm".into(),
+            series,
         }
     }
 

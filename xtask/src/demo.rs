@@ -50,16 +50,15 @@ const FLAGS: &[&str] = &[
 const ADAPTER_FLAGS: &[&str] = &["--lower-lr", "3e-3", "--dropout", "0"];
 /// Evaluations per run (the last one after the last step).
 const EVALUATIONS: usize = 4;
-/// Seconds per step at the demo's settings on the 2-core machine, for the estimate printed
-/// before `--compare` starts: BiDoRA's measured (docs/DEMO.md), the others from it and the
-/// bench's ratios (a LoRA step ≈ a DoRA step ≈ 1/4.5 of a BiDoRA iteration).
+/// Seconds per step at the demo's settings on the 2-core machine (whole runs of 280 steps,
+/// evaluations included, `--compare` with seed 0; docs/DEMO.md), for the estimate printed
+/// before `--compare` starts. Full fine-tuning's is estimated from the bench's ratio to LoRA.
 const SECONDS_PER_STEP: &[(&str, f64)] = &[
-    ("lora", 0.21),
-    ("dora", 0.23),
-    ("bidora", 1.0),
-    ("full", 0.33),
+    ("lora", 0.19),
+    ("dora", 0.21),
+    ("bidora", 0.87),
+    ("full", 0.32),
 ];
-
 /// Runs the demo.
 pub fn run(o: &Options) -> Result<()> {
     let methods: Vec<&str> = if o.compare {

@@ -33,7 +33,6 @@ use bidora_data::batch::{collate, BatchLabels, Encoding, HostBatch};
 use bidora_data::Example;
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use bidora_models::tokenizer::Tokenizer;
-use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 type Model = BertForSequenceClassification<AD>;
@@ -157,7 +156,7 @@ fn probe(module: &Model, groups: &ParamGroups, pairs: &[(Batch, Batch, Batch)]) 
     let mut out = Probe::default();
     for (k, (train, other, val)) in pairs.iter().enumerate() {
         // The same dropout masks in every call for this pair.
-        let mut reseed = |sub: u64| AD::seed(&device, 1000 * k as u64 + sub);
+        let mut reseed = |sub: u64| bidora_backend::seed::<AD>(&device, 1000 * k as u64 + sub);
         let mut h = |batch: &Batch, method| {
             hypergradient(
                 &Problem,
@@ -228,7 +227,7 @@ fn main() {
     let make = |items: &[&Example]| Batch::of(&collate(items, &tok, MAX_LEN));
 
     let device = Default::default();
-    AD::seed(&device, SEED);
+    bidora_backend::seed::<AD>(&device, SEED);
     let adapter = AdapterConfig::new(AdapterMethod::Bidora)
         .with_rank(8, 16.0)
         .with_dropout(0.1)

@@ -26,6 +26,10 @@ g-qv-b32-lr3e-3-s300 --method bidora --iterations 300 --lower-lr 3e-3 --max-leng
 g-u2-lr2e-3-s700     --method bidora --iterations 700 --lower-lr 2e-3 --max-length 48 --group-by-length --batch-size 16 --unroll 2
 g-b32-u2-lr2e-3-s450 --method bidora --iterations 450 --lower-lr 2e-3 --max-length 48 --group-by-length --batch-size 32 --unroll 2
 g-b32-d0-lr3e-3-s300 --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0
+g-b32-d0-pool-s300   --method bidora --iterations 300 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0 --targets query,value,pooler.dense
+g-b32-d0-lora-s900   --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0
+g-b32-d0-lora-s900-seed1 --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0 --seed 1
+g-b32-d0-lora-s900-seed2 --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0 --seed 2
 LIST
 )
 while read -r name flags; do

@@ -86,10 +86,14 @@ impl<B: Backend> AdaptedLinear<B> {
         let a = match config.init_a {
             InitA::Kaiming => {
                 let bound = 1.0 / (d_in as f64).sqrt();
-                Tensor::<B, 2>::random([d_in, r], Distribution::Uniform(-bound, bound), &device)
+                bidora_backend::random::<B, 2>(
+                    [d_in, r],
+                    Distribution::Uniform(-bound, bound),
+                    &device,
+                )
             }
             InitA::Gaussian => {
-                Tensor::<B, 2>::random([d_in, r], Distribution::Normal(0.0, 1.0), &device)
+                bidora_backend::random::<B, 2>([d_in, r], Distribution::Normal(0.0, 1.0), &device)
             }
         };
         let b = Tensor::<B, 2>::zeros([r, d_out], &device);

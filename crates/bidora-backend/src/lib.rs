@@ -35,6 +35,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
 #[doc(hidden)]
 pub use burn as __burn;
@@ -234,9 +235,34 @@ fn not_compiled(kind: BackendKind) -> BackendError {
     }
 }
 
-/// Seeds the backend's random number generator on `device` (dropout masks, random init).
+/// Seeds the run's random stream: this thread's host stream ([`bidora_util::rng`]), which every
+/// draw that shapes a run comes from ([`random`], dropout masks), and the backend's own
+/// generator on `device`, for code that still calls `Tensor::random`.
 pub fn seed<B: Backend>(device: &B::Device, seed: u64) {
+    bidora_util::rng::seed(seed);
     B::seed(device, seed);
+}
+
+/// A tensor of `shape` drawn from `distribution` by the host stream (see [`seed`]) and
+/// uploaded to `device`: the same seed gives the same values on every backend, which
+/// `Tensor::random` (each backend's own generator) does not.
+pub fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    distribution: Distribution,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    use bidora_util::rng;
+    let n = shape.iter().product();
+    let values = match distribution {
+        Distribution::Default => rng::uniform(n, 0.0, 1.0),
+        Distribution::Uniform(low, high) => rng::uniform(n, low, high),
+        Distribution::Normal(mean, std) => rng::normal(n, mean, std),
+        Distribution::Bernoulli(p) => rng::uniform(n, 0.0, 1.0)
+            .into_iter()
+            .map(|u| f32::from(f64::from(u) < p))
+            .collect(),
+    };
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Whether `B`'s tensors live in host memory (ndarray, also under autodiff), so that building a
@@ -293,7 +319,7 @@ fn run_with<B: AutodiffBackend, T: BackendTask>(
     task: T,
 ) -> T::Output {
     if let Some(s) = seed {
-        B::seed(&device, s);
+        self::seed::<B>(&device, s);
     }
     task.run::<B>(device)
 }
@@ -464,6 +490,30 @@ mod tests {
         for kind in BackendKind::compiled() {
             let out = run(&Device::new(kind), Some(1), Mean(vec![1.0, 2.0, 6.0])).unwrap();
             assert_eq!(out, 3.0, "backend {kind}");
+        }
+    }
+
+    /// What `run` seeded, `random` draws: the host stream's values, uploaded.
+    struct Draw;
+    impl BackendTask for Draw {
+        type Output = Vec<f32>;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Vec<f32> {
+            let normal = random::<B, 2>([3, 5], Distribution::Normal(1.0, 2.0), &device);
+            let uniform = random::<B, 1>([7], Distribution::Uniform(-1.0, 1.0), &device);
+            let mut v = normal.into_data().to_vec::<f32>().unwrap();
+            v.extend(uniform.into_data().to_vec::<f32>().unwrap());
+            v
+        }
+    }
+
+    #[test]
+    fn one_seed_draws_the_same_values_on_every_compiled_backend() {
+        bidora_util::rng::seed(9);
+        let mut want = bidora_util::rng::normal(15, 1.0, 2.0);
+        want.extend(bidora_util::rng::uniform(7, -1.0, 1.0));
+        for kind in BackendKind::compiled() {
+            let got = run(&Device::new(kind), Some(9), Draw).unwrap();
+            assert_eq!(got, want, "backend {kind}");
         }
     }
 

@@ -186,7 +186,6 @@ fn kernels_run_without_autodiff_too() {
 #[test]
 fn attention_equals_the_composed_form_with_dropout_and_every_bias_shape() {
     use burn::nn::DropoutConfig;
-    use burn::tensor::backend::Backend;
     let device = Default::default();
     let (b, s, heads, hd) = (2, 24, 3, 8);
     let h = heads * hd;
@@ -223,7 +222,7 @@ fn attention_equals_the_composed_form_with_dropout_and_every_bias_shape() {
             ) -> Tensor<AD, 3>;
             let run = |f: Attn| {
                 let [q, k, v] = [1, 2, 3].map(|salt| values([b, s, h], salt).require_grad());
-                AD::seed(&device, 11);
+                bidora_backend::seed::<AD>(&device, 11);
                 let y = f(
                     q.clone(),
                     k.clone(),

@@ -57,7 +57,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         &self.config
     }
 
-    /// Seeds the backend for one pass of one step: the same `(phase, step, sub)` always draws
+    /// Seeds the run's stream (host and backend) for one pass of one step: the same `(phase, step, sub)` always draws
     /// the same numbers, so no random state needs saving and the DARTS `±` passes share masks.
     fn reseed(&self, phase: Phase, step: usize, sub: u64) {
         let phase_tag = match phase {
@@ -70,7 +70,11 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
                 ^ (step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)
                 ^ sub.wrapping_mul(0xD6E8_FEB8_6659_FD93),
         );
-        B::seed(&self.device, rng.next_u64());
+        let seed = rng.next_u64();
+        // The host stream draws what shapes the run (dropout keys); the backend's generator
+        // serves problems that call `Tensor::random` themselves.
+        bidora_util::rng::seed(seed);
+        B::seed(&self.device, seed);
     }
 
     /// Runs the whole schedule: the search (or single-level training) and, if configured, the

@@ -436,7 +436,7 @@ fn darts_plus_and_minus_passes_share_their_dropout_mask() {
     let _guard = serial();
     let seed_of = |sub: u64| 1000 + sub;
     // The mask of the `±` passes: what a draw after reseed(2) gives.
-    AB::seed(&dev(), seed_of(2));
+    bidora_backend::seed::<AB>(&dev(), seed_of(2));
     let mask = host(wave_mask());
     assert!(
         mask.contains(&0.0) && mask.contains(&1.0),
@@ -445,15 +445,17 @@ fn darts_plus_and_minus_passes_share_their_dropout_mask() {
     let masked: Vec<f32> = WAVE_TRAIN.iter().zip(&mask).map(|(a, k)| a * k).collect();
     let norm_v = dot(&wave_v(), &wave_v()).sqrt();
     let want = wave_h(&rows(&masked), Some(0.01 / norm_v));
-    let got: Vec<f64> = wave_hyper(true, 0.01, &mut |sub| AB::seed(&dev(), seed_of(sub)))
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let got: Vec<f64> = wave_hyper(true, 0.01, &mut |sub| {
+        bidora_backend::seed::<AB>(&dev(), seed_of(sub))
+    })
+    .iter()
+    .map(|&x| x as f64)
+    .collect();
     assert!(max_diff(&got, &want) < 2e-4, "{got:?} vs {want:?}");
     let mut calls = 0;
     let unshared: Vec<f64> = wave_hyper(true, 0.01, &mut |sub| {
         calls += 1;
-        AB::seed(&dev(), seed_of(sub) + 7 * calls)
+        bidora_backend::seed::<AB>(&dev(), seed_of(sub) + 7 * calls)
     })
     .iter()
     .map(|&x| x as f64)
@@ -536,7 +538,7 @@ fn net_init(dropout: f64, seed: u64, init_seed: u64) -> Net<AB> {
     let config = AdapterConfig::new(AdapterMethod::Bidora)
         .with_rank(2, 4.0)
         .with_dropout(dropout);
-    AB::seed(&dev(), init_seed);
+    bidora_backend::seed::<AB>(&dev(), init_seed);
     let layer = AdaptedLinear::new(base, &config).unwrap();
     let head: Linear<AB> = LinearConfig::new(D, 2).init(&dev());
     // Burn initialises parameters lazily, on first use; force it now, while the seed holds.
@@ -846,7 +848,7 @@ fn bilevel_training_lowers_validation_loss_on_a_planted_shift() {
         (darts, 0.0),
     ] {
         let config = AdapterConfig::new(AdapterMethod::Bidora).with_rank(2, 2.0);
-        AB::seed(&dev(), 1);
+        bidora_backend::seed::<AB>(&dev(), 1);
         let base = Linear {
             weight: Param::from_tensor(w0.clone()),
             bias: None,

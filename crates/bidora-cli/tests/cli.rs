@@ -4,106 +4,15 @@
 //! `predict` on a PEFT DoRA adapter of the real all-MiniLM-L6-v2 against PEFT's logits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+
+mod common;
 use bidora_adapters::tensor_io::read_safetensors;
-
-fn tiny_bert() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
-}
-
-fn bidora() -> Command {
-    let mut c = Command::cargo_bin("bidora").unwrap();
-    c.env_remove("RUST_LOG");
-    c
-}
-
-/// An SST-2-style folder: positive sentences use positive words.
-fn sst2(dir: &Path) -> PathBuf {
-    let data = dir.join("sst2");
-    std::fs::create_dir_all(&data).unwrap();
-    let good = ["good", "great", "fine", "best", "fun", "love", "funny"];
-    let bad = ["bad", "awful", "boring", "worst", "dull", "hate", "sad"];
-    let things = ["movie", "film", "plot", "story", "music", "ending", "actor"];
-    let rows = |n: usize, offset: usize| {
-        let mut s = String::from("sentence\tlabel\n");
-        for i in 0..n {
-            let k = i + offset;
-            let positive = k.is_multiple_of(2);
-            let word = if positive { good[k % 7] } else { bad[k % 7] };
-            s.push_str(&format!(
-                "the {} was really {word} .\t{}\n",
-                things[(k / 2) % 7],
-                u8::from(positive)
-            ));
-        }
-        s
-    };
-    std::fs::write(data.join("train.tsv"), rows(48, 0)).unwrap();
-    std::fs::write(data.join("dev.tsv"), rows(14, 100)).unwrap();
-    data
-}
-
-fn train_args(data: &Path, out: &Path, method: &str, iterations: usize) -> Vec<String> {
-    [
-        "train",
-        "--task",
-        "sst2",
-        "--model",
-        tiny_bert().to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--method",
-        method,
-        "--iterations",
-        &iterations.to_string(),
-        "--batch-size",
-        "8",
-        "--max-length",
-        "16",
-        "--lower-lr",
-        "5e-3",
-        "--rank",
-        "4",
-        "--out",
-        out.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Replaces the value of `flag` in `args`.
-fn set(args: &mut [String], flag: &str, value: &str) {
-    let i = args.iter().position(|a| a == flag).unwrap();
-    args[i + 1] = value.to_string();
-}
-
-/// The records of a run's `metrics.jsonl`.
-fn records(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn stdout_of(c: &mut Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{bidora, json, records, set, sst2, stdout_of, tiny_bert, train_args};
 
 #[test]
 fn help_teaches_the_commands_methods_and_exit_codes() {

@@ -235,7 +235,7 @@ pub(crate) fn embedding<B: Backend>(
 /// A freshly initialised linear layer as HF initialises heads: N(0, 0.02) weight, zero bias.
 pub(crate) fn fresh_linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
     Linear {
-        weight: Param::from_tensor(Tensor::random(
+        weight: Param::from_tensor(bidora_backend::random(
             [d_in, d_out],
             burn::tensor::Distribution::Normal(0.0, 0.02),
             device,

@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod rng;
+
 /// A failed atomic write: what was being done, to which file, and why.
 #[derive(Debug)]
 pub struct WriteError {

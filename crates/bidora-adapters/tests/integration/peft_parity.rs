@@ -162,7 +162,6 @@ bidora_backend::backend_tests! {
 #[test]
 fn forward_draws_its_mask_from_the_seeded_dropout() {
     use burn::backend::{Autodiff, NdArray};
-    use burn::tensor::backend::Backend;
     type B = Autodiff<NdArray<f32>>;
     let device = Default::default();
     let g = Golden::load();
@@ -173,9 +172,9 @@ fn forward_draws_its_mask_from_the_seeded_dropout() {
         .expect("a DoRA dropout case");
     let layer = build::<B>(&g, case, false, case.dropout, &device);
     let x: Tensor<B, 3> = upload::<B, 3>(g.get(case, "x"), &device);
-    B::seed(&device, 11);
+    bidora_backend::seed::<B>(&device, 11);
     let y = host(layer.forward(x.clone()));
-    B::seed(&device, 11);
+    bidora_backend::seed::<B>(&device, 11);
     let dropped = bidora_adapters::dropout::dropout(&layer.dropout, x.clone());
     let kept = host(dropped.clone())
         .data

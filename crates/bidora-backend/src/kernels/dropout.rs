@@ -1,16 +1,17 @@
-//! Dropout whose mask is cheap to draw on the CPU.
+//! Dropout whose mask is cheap to draw and the same on every backend.
 //!
-//! Burn 0.21's `Dropout` draws one Bernoulli sample per element through its seeded ChaCha
-//! generator, on one thread: on MiniLM (batch 16 × 128) that was ~13% of a training step, as
-//! much as a third of the matrix products. [`dropout`] draws a single 64-bit key from the
-//! backend's generator (so `Backend::seed` still makes runs reproducible, and the DARTS `+`/`−`
-//! passes still share masks) and expands it with a counter-based SplitMix64 stream, four 16-bit
-//! uniforms per draw. On other backends than ndarray the mask is drawn on the device as Burn does,
-//! since building it on the host would mean a transfer.
+//! Burn 0.21's `Dropout` draws one Bernoulli sample per element through the backend's own
+//! generator (on ndarray its seeded ChaCha, on one thread: ~13% of a MiniLM training step at
+//! batch 16 × 128; on a GPU another generator, so the same seed gives other masks). [`dropout`]
+//! draws a single 64-bit key from the run's host stream ([`bidora_util::rng`], seeded by
+//! `bidora_backend::seed` and reseeded by the engine per pass, so the DARTS `+`/`−` passes
+//! share masks) and expands it on the host with a counter-based SplitMix64 stream, four 16-bit
+//! uniforms per draw. On ndarray the fused kernels read the mask in place; on WGPU and CUDA it
+//! is uploaded (4 bytes per element: the cost of the same masks everywhere).
 
 use burn::nn::Dropout;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 /// Applies `dropout` as in training when the backend records gradients (autodiff), else returns
@@ -20,10 +21,7 @@ pub fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tens
     if d.prob <= 0.0 || !B::ad_enabled(&device) {
         return x;
     }
-    if !crate::tensors_in_host_memory::<B>(&device) {
-        return d.forward(x);
-    }
-    let mask = keep_mask(draw_key::<B>(&device), x.shape().num_elements(), d.prob);
+    let mask = keep_mask(draw_key(), x.shape().num_elements(), d.prob);
     let mask =
         Tensor::<B, 1>::from_data(TensorData::new(mask, [x.shape().num_elements()]), &device)
             .reshape(x.shape());
@@ -31,23 +29,15 @@ pub fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tens
 }
 
 /// The mask `dropout` would apply now: `None` when it would be the identity (no autodiff, or
-/// probability 0). Draws the key from the backend's generator, as `dropout` does.
+/// probability 0). Draws the key from the host stream, as `dropout` does.
 #[cfg(feature = "ndarray")]
 pub(crate) fn host_mask<B: Backend>(d: &Dropout, device: &B::Device) -> Option<Mask> {
-    (d.prob > 0.0 && B::ad_enabled(device)).then(|| Mask::new(draw_key::<B>(device), d.prob))
+    (d.prob > 0.0 && B::ad_enabled(device)).then(|| Mask::new(draw_key(), d.prob))
 }
 
-/// 64 bits from the backend's seeded generator (two 32-bit draws): the key of one mask.
-pub(crate) fn draw_key<B: Backend>(device: &B::Device) -> u64 {
-    let halves = Tensor::<B, 1, Int>::random([2], Distribution::Uniform(0.0, 4294967296.0), device)
-        .into_data()
-        .convert::<i64>();
-    let v: Vec<i64> = halves.to_vec().unwrap_or_default();
-    let (hi, lo) = (
-        v.first().copied().unwrap_or(0),
-        v.get(1).copied().unwrap_or(0),
-    );
-    ((hi as u64) << 32) ^ (lo as u64 & 0xffff_ffff)
+/// The key of one mask: the next 64 bits of the run's host stream.
+pub(crate) fn draw_key() -> u64 {
+    bidora_util::rng::next_u64()
 }
 
 /// `n` mask values: 0 with probability `prob` (to 1/65536), else `1 / (1 − prob)`.
@@ -159,12 +149,12 @@ mod tests {
     }
 
     #[test]
-    fn follows_the_backend_seed_and_is_identity_without_autodiff() {
+    fn follows_the_run_seed_and_is_identity_without_autodiff() {
         let device = Default::default();
         let d = DropoutConfig::new(0.5).init();
         let x = Tensor::<AD, 2>::ones([64, 64], &device);
         let draw = |seed| {
-            AD::seed(&device, seed);
+            crate::seed::<AD>(&device, seed);
             dropout(&d, x.clone()).into_data().to_vec::<f32>().unwrap()
         };
         let (a, b, c) = (draw(1), draw(1), draw(2));
@@ -175,7 +165,7 @@ mod tests {
         assert!((1800..2300).contains(&zeros), "{zeros} of 4096 dropped");
         // Gradients flow through the kept elements only, scaled.
         let x = x.require_grad();
-        AD::seed(&device, 1);
+        crate::seed::<AD>(&device, 1);
         let y = dropout(&d, x.clone());
         let g = x
             .grad(&y.sum().backward())

@@ -21,7 +21,8 @@ if [ -f "$bin/COMMIT" ] && command -v git >/dev/null && [ -d .git ] &&
     [ "$(git rev-parse HEAD 2>/dev/null)" != "$(cat "$bin/COMMIT")" ]; then
     echo "warning: binaries built at $(cat "$bin/COMMIT"), checkout at $(git rev-parse HEAD)" >&2
 fi
-export CARGO_BIN_EXE_bidora="$PWD/$bin/bidora"
+bin=$(cd "$bin" && pwd)
+export CARGO_BIN_EXE_bidora="$bin/bidora"
 export CARGO_MANIFEST_DIR="$PWD/crates/bidora-cli"
 export BIDORA_PARITY_BACKENDS="cpu,$backend"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"

@@ -1,6 +1,7 @@
 //! Plumbing shared by the bidora crates, written once: atomic file writes, the SplitMix64
-//! generator behind every seeded draw on the host (data splits, batch order, dropout keys,
-//! per-step reseeding), and the folder of the asset cache. No tensor library, no other crate of
+//! generator behind every seeded draw on the host (data splits, batch order, per-step
+//! reseeding) and the run's host stream built on it ([`rng`]: initialisation, dropout keys),
+//! and the folder of the asset cache. No tensor library, no other crate of
 //! ours: every layer may depend on it.
 
 use std::io::Write;

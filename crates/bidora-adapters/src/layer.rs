@@ -279,6 +279,23 @@ impl<B: Backend> AdaptedLinear<B> {
                 .mul_scalar(self.settings.scaling)
     }
 
+    /// How far the magnitudes have moved from their initial value `‖W0‖` (per output column):
+    /// `‖m − ‖W0‖‖₂ / ‖‖W0‖‖₂`, 0 at initialisation; `None` for LoRA. BiDoRA's upper level
+    /// trains `m` alone, so this is where its effect shows.
+    pub fn magnitude_drift(&self) -> Option<f64> {
+        let m = self.magnitude.as_ref()?.val().detach();
+        let w0 = column_norm(self.weight.val().detach());
+        let norm = |t: Tensor<B, 1>| -> f64 {
+            let v = t
+                .into_data()
+                .convert::<f64>()
+                .to_vec::<f64>()
+                .unwrap_or_default();
+            v.iter().map(|x| x * x).sum::<f64>().sqrt()
+        };
+        Some(norm(m - w0.clone()) / norm(w0))
+    }
+
     /// The DoRA factor `m ⊘ n`, `[out]`; `None` for LoRA.
     pub fn magnitude_factor(&self) -> Option<Tensor<B, 1>> {
         self.magnitude

@@ -27,6 +27,10 @@ pub struct Evaluation {
     pub primary: String,
     /// Whether a larger primary metric is better.
     pub higher_is_better: bool,
+    /// Quantities measured with the evaluation that do not rank runs (the CLI records each
+    /// adapted layer's magnitude drift here, as `magnitude_drift.<layer path>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub diagnostics: BTreeMap<String, f64>,
 }
 
 impl Evaluation {
@@ -36,6 +40,7 @@ impl Evaluation {
             metrics: BTreeMap::from([(name.to_string(), value)]),
             primary: name.to_string(),
             higher_is_better,
+            diagnostics: BTreeMap::new(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context;
 use bidora_adapters::peft::{self, SaveOptions};
 use bidora_adapters::regularizer::OrthoOptions;
-use bidora_adapters::ParamPartition;
+use bidora_adapters::{AdapterHost, ParamPartition};
 use bidora_backend::BackendTask;
 use bidora_bilevel::stream::DEFAULT_LENGTH_WINDOW;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
@@ -261,6 +261,7 @@ impl Prepared {
             metrics,
             primary: self.primary(),
             higher_is_better: true,
+            diagnostics: magnitude_drifts(m),
         })
     }
 
@@ -462,6 +463,20 @@ fn show_progress(progress: &mut Progress, e: &Event) {
     }
 }
 
+/// Prefix of the per-layer magnitude drifts among an evaluation's diagnostics.
+pub const DRIFT_PREFIX: &str = "magnitude_drift.";
+
+/// Each adapted layer's magnitude drift `‖m − ‖W0‖‖ / ‖‖W0‖‖` (DoRA, BiDoRA; none for LoRA
+/// or full fine-tuning), as `magnitude_drift.<layer path>`.
+fn magnitude_drifts<B: burn::tensor::backend::Backend>(m: &TaskModel<B>) -> BTreeMap<String, f64> {
+    m.adapters()
+        .into_iter()
+        .filter_map(|(path, layer)| {
+            Some((format!("{DRIFT_PREFIX}{path}"), layer.magnitude_drift()?))
+        })
+        .collect()
+}
+
 /// The engine's phase as the run's files name it.
 fn record_phase(p: Phase) -> bidora_records::Phase {
     match p {
@@ -505,6 +520,7 @@ fn record_of(e: &Event, retrain_offset: usize) -> Option<Record> {
             global_step: global(*phase, *step),
             metrics: evaluation.metrics.clone(),
             is_best: *is_best,
+            diagnostics: evaluation.diagnostics.clone(),
         }),
         Event::Checkpoint { phase, step, .. } => Some(Record::Checkpoint {
             phase: record_phase(*phase),
@@ -566,6 +582,7 @@ impl RunLog {
                     metrics: metrics.clone(),
                     primary: primary.to_string(),
                     higher_is_better: true,
+                    diagnostics: BTreeMap::new(),
                 });
             }
         }
@@ -744,6 +761,9 @@ struct Curves {
     /// BiDoRA: the hypergradient's direct and second-order terms' norms per upper step.
     direct: Vec<(f64, f64)>,
     mixed: Vec<(f64, f64)>,
+    /// DoRA / BiDoRA: the magnitudes' relative drift per evaluation, mean and largest layer.
+    drift_mean: Vec<(f64, f64)>,
+    drift_max: Vec<(f64, f64)>,
     /// `dev`, or `holdout` with `--holdout`.
     eval_set: String,
     metric_name: String,
@@ -772,7 +792,27 @@ impl Curves {
                     self.mixed.push((step, *m));
                 }
             }
-            Record::Eval { metrics, .. } | Record::Baseline { metrics, .. } => {
+            Record::Eval {
+                metrics,
+                diagnostics,
+                ..
+            } => {
+                if let Some(m) = metrics.get(&self.metric_name) {
+                    self.metric.push((step, *m));
+                }
+                let drifts: Vec<f64> = diagnostics
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(DRIFT_PREFIX))
+                    .map(|(_, v)| *v)
+                    .collect();
+                if !drifts.is_empty() {
+                    let mean = drifts.iter().sum::<f64>() / drifts.len() as f64;
+                    let max = drifts.iter().fold(0f64, |a, &b| a.max(b));
+                    self.drift_mean.push((step, mean));
+                    self.drift_max.push((step, max));
+                }
+            }
+            Record::Baseline { metrics, .. } => {
                 if let Some(m) = metrics.get(&self.metric_name) {
                     self.metric.push((step, *m));
                 }
@@ -799,6 +839,26 @@ impl Curves {
             title: "hypergradient terms (norms)".into(),
             y_label: "norm".into(),
             series,
+        }
+    }
+
+    /// DoRA / BiDoRA: how far the magnitudes have moved from ‖W0‖, over the adapted layers.
+    fn drift_panel(&self) -> Panel {
+        Panel {
+            title: "magnitude drift ‖m − ‖W0‖‖ / ‖‖W0‖‖".into(),
+            y_label: "relative drift".into(),
+            series: vec![
+                Series {
+                    name: "mean over layers".into(),
+                    points: self.drift_mean.clone(),
+                    color: "#8c564b",
+                },
+                Series {
+                    name: "largest layer".into(),
+                    points: self.drift_max.clone(),
+                    color: "#e377c2",
+                },
+            ],
         }
     }
 
@@ -832,6 +892,9 @@ impl Curves {
         ];
         if !self.direct.is_empty() {
             panels.push(self.hypergradient_panel());
+        }
+        if !self.drift_mean.is_empty() {
+            panels.push(self.drift_panel());
         }
         let svg = plot::svg(&panels);
         atomic_write(&out.join("curves.svg"), svg.as_bytes())?;

@@ -93,7 +93,7 @@ fn train(args: &[String], backend: &str) {
 }
 
 /// The numbers of one `metrics.jsonl` record, by name, with their tolerance: losses, the
-/// hypergradient's term norms and the evaluation metrics.
+/// hypergradient's term norms, the evaluation metrics and the magnitudes' drift per layer.
 fn numbers(record: &serde_json::Value) -> Vec<(String, f64, f64)> {
     let mut out = Vec::new();
     for key in ["lower_loss", "upper_loss", "direct_norm", "mixed_norm"] {
@@ -106,6 +106,11 @@ fn numbers(record: &serde_json::Value) -> Vec<(String, f64, f64)> {
             Some((k.clone(), v.as_f64()?, METRIC_TOLERANCE))
         };
         out.extend(m.iter().filter_map(metric));
+    }
+    if let Some(d) = record["diagnostics"].as_object() {
+        let drift =
+            |(k, v): (&String, &serde_json::Value)| Some((k.clone(), v.as_f64()?, LOSS_TOLERANCE));
+        out.extend(d.iter().filter_map(drift));
     }
     out
 }

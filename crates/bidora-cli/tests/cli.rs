@@ -614,3 +614,56 @@ fn holdout_fd_fraction_and_group_by_length_are_wired() {
     assert_ne!(adapter(&full), adapter(&grouped));
     assert_eq!(adapter(&grouped), adapter(&grouped_again));
 }
+
+/// Every evaluation of a DoRA or BiDoRA run records each adapted layer's magnitude drift
+/// `‖m − ‖W0‖‖ / ‖‖W0‖‖`; the last one equals the drift of the saved adapter's magnitudes
+/// against the base model's weights, and `curves.svg` plots it. LoRA has no magnitudes.
+#[test]
+fn dora_and_bidora_runs_record_the_magnitude_drift_per_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = sst2(tmp.path());
+    let base = read_safetensors(&tiny_bert().join("model.safetensors")).unwrap();
+    for method in ["lora", "dora", "bidora"] {
+        let out = tmp.path().join(method);
+        let args = train_args(&data, &out, method, 4);
+        stdout_of(bidora().args(&args).args(["--eval-every", "2"]));
+        let evals: Vec<_> = records(&out)
+            .into_iter()
+            .filter(|r| r["event"] == "eval")
+            .collect();
+        assert_eq!(evals.len(), 2, "{method}");
+        let last = evals[1]["diagnostics"].as_object();
+        if method == "lora" {
+            assert!(last.is_none(), "LoRA: {:?}", evals[1]);
+            continue;
+        }
+        let last = last.unwrap();
+        assert_eq!(last.len(), 4, "2 layers × query, value: {last:?}");
+        let adapter = read_safetensors(&out.join("adapter/adapter_model.safetensors")).unwrap();
+        for (key, drift) in last {
+            let path = key.strip_prefix("magnitude_drift.").unwrap();
+            // The tiny model's file has no `bert.` prefix. PyTorch layout [out, in]: the norm
+            // of each output is a row norm.
+            let w0 = &base.tensors[&format!("{}.weight", path.trim_start_matches("bert."))];
+            let d_in = w0.shape[1];
+            let norms: Vec<f64> = w0
+                .data
+                .chunks(d_in)
+                .map(|row| row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt())
+                .collect();
+            let m =
+                &adapter.tensors[&format!("base_model.model.{path}.lora_magnitude_vector")].data;
+            let l2 = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+            let want = l2(&mut m.iter().zip(&norms).map(|(&a, b)| a as f64 - b))
+                / l2(&mut norms.iter().copied());
+            let got = drift.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-6 * want.max(1e-3),
+                "{method} {path}: logged {got}, from the files {want}"
+            );
+            assert!(got > 0.0, "{method} {path}: the magnitudes moved");
+        }
+        let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+        assert!(svg.contains("magnitude drift"), "{method}: no drift panel");
+    }
+}

@@ -3,13 +3,15 @@
 //! ```json
 //! {"event":"baseline","phase":"search","step":0,"metrics":{"accuracy":0.5}}
 //! {"event":"step","phase":"search","step":0,"lower_loss":0.69,"upper_loss":0.70,"lr_lower":1e-4,"lr_upper":1e-4,"direct_norm":0.02,"mixed_norm":0.05}
-//! {"event":"eval","phase":"search","step":7,"metrics":{"accuracy":0.75},"is_best":true}
+//! {"event":"eval","phase":"search","step":7,"metrics":{"accuracy":0.75},"is_best":true,"diagnostics":{"magnitude_drift.bert.encoder.layer.0.attention.self.query":0.012}}
 //! {"event":"checkpoint","phase":"search","step":8}
 //! ```
 //!
 //! `step` is the 0-based index of the step a `step` or `eval` record follows, and the number of
 //! completed steps for a `checkpoint` record (as in the engine's events). Records of the
 //! retraining phase also carry `global_step`, counted from the start of the search.
+
+use std::collections::BTreeMap;
 
 use crate::{Metrics, Phase};
 use serde::{Deserialize, Serialize};
@@ -65,6 +67,11 @@ pub enum Record {
         metrics: Metrics,
         /// Whether it is the best so far.
         is_best: bool,
+        /// Quantities measured with the evaluation that do not rank runs: each adapted layer's
+        /// magnitude drift `‖m − ‖W0‖‖ / ‖‖W0‖‖` as `magnitude_drift.<layer path>` (DoRA and
+        /// BiDoRA).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        diagnostics: BTreeMap<String, f64>,
     },
     /// A checkpoint was written.
     Checkpoint {

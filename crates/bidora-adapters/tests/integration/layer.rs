@@ -77,6 +77,27 @@ fn settings(norm_mode: NormMode, low_rank_norm: bool) -> LayerSettings {
 
 bidora_backend::backend_tests! {
     #[test]
+    fn magnitude_drift_is_the_relative_change_from_the_initial_norms() {
+        let dev = device();
+        let s = settings(NormMode::Exact, false);
+        // Columns (3, 4) and (0, 1) in Burn's [in, out] layout: ‖W0‖ = (5, 1).
+        let w = tensor::<TestInner, 2>(vec![3.0, 0.0, 4.0, 1.0], [2, 2], &dev);
+        let (a, b) = (Tensor::zeros([2, 1], &dev), Tensor::zeros([1, 2], &dev));
+        let layer = |m: Option<Vec<f64>>| {
+            let m = m.map(|v| tensor::<TestInner, 1>(v, [2], &dev));
+            AdaptedLinear::from_parts(w.clone(), None, a.clone(), b.clone(), m, 0.0, s).unwrap()
+        };
+        // m = (6, 1): ‖(1, 0)‖ / ‖(5, 1)‖ = 1/√26.
+        let drift = layer(Some(vec![6.0, 1.0])).magnitude_drift().unwrap();
+        assert!((drift - 1.0 / 26f64.sqrt()).abs() < 1e-7, "{drift}");
+        // m = (5, 3): 2/√26; at init (m = ‖W0‖) zero; LoRA has none.
+        let drift = layer(Some(vec![5.0, 3.0])).magnitude_drift().unwrap();
+        assert!((drift - 2.0 / 26f64.sqrt()).abs() < 1e-7, "{drift}");
+        assert_eq!(layer(Some(vec![5.0, 1.0])).magnitude_drift(), Some(0.0));
+        assert_eq!(layer(None).magnitude_drift(), None);
+    }
+
+    #[test]
     fn output_at_init_equals_the_base_layer_exactly() {
         let dev = device();
         let x = tensor::<TestBackend, 3>(values(2 * 3 * 12, 9), [2, 3, 12], &dev);

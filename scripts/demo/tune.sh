@@ -30,6 +30,7 @@ g-b32-d0-pool-s300   --method bidora --iterations 300 --lower-lr 3e-3 --max-leng
 g-b32-d0-lora-s900   --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0
 g-b32-d0-lora-s900-seed1 --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0 --seed 1
 g-b32-d0-lora-s900-seed2 --method lora --iterations 900 --lower-lr 3e-3 --max-length 48 --group-by-length --batch-size 32 --dropout 0 --seed 2
+g-b32-full-s700-seed1 --method full --iterations 700 --lower-lr 5e-5 --max-length 48 --group-by-length --batch-size 32 --seed 1
 LIST
 )
 while read -r name flags; do

@@ -141,6 +141,12 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holdout: Option<f64>,
+    /// At each evaluation, also evaluate on this many examples of the training data (D_tr for
+    /// BiDoRA, spread evenly over it), recorded as `train.<metric>` in `metrics.jsonl`'s
+    /// diagnostics: the train − dev gap along the run.
+    #[arg(long, help_heading = "Training")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_eval: Option<usize>,
     /// BiDoRA: weight γ of the orthogonality regulariser.
     #[arg(long, help_heading = "Training", help = defaults::help("BiDoRA: weight γ of the orthogonality regulariser", defaults::GAMMA))]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -323,6 +329,8 @@ pub struct Settings {
     pub val_fraction: f64,
     /// Fraction of the training set evaluated on in place of dev (`--holdout`).
     pub holdout: Option<f64>,
+    /// Training examples also evaluated at each evaluation (`--train-eval`; 0: none).
+    pub train_eval: usize,
     /// Steps, or epochs to turn into steps once the data size is known.
     pub length: Length,
     /// Engine settings (iterations filled in by [`Settings::train_config`]).
@@ -539,6 +547,7 @@ impl Settings {
             max_length,
             val_fraction,
             holdout: k.holdout,
+            train_eval: k.train_eval.unwrap_or(0),
             length,
             train,
             squared_ortho: k.squared_ortho,

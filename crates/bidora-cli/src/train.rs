@@ -160,6 +160,8 @@ struct Prepared {
     train: Vec<Example>,
     /// D_val (BiDoRA only).
     val: Option<Vec<Example>>,
+    /// `--train-eval`: the training examples also evaluated at each evaluation.
+    train_probe: Vec<Example>,
     tok: ModelTokenizer,
     groups: ParamGroups,
     config: TrainConfig,
@@ -218,6 +220,7 @@ impl Prepared {
         check_tokenization(&tok, &dev, s.max_length)?;
         let config = s.train_config(train.len().div_ceil(s.batch_size))?;
         let majority = majority_accuracy(&train, &dev);
+        let train_probe = spread(&train, s.train_eval);
         let prepared = Prepared {
             task,
             kind,
@@ -226,6 +229,7 @@ impl Prepared {
             dev,
             train,
             val,
+            train_probe,
             tok,
             groups,
             config,
@@ -239,29 +243,43 @@ impl Prepared {
         self.task.primary().name().to_string()
     }
 
-    /// The dev metrics of `m`, as the engine's evaluation.
+    /// The dev metrics of `m`, as the engine's evaluation, with the magnitudes' drift and
+    /// (`--train-eval`) the training probe's metrics as diagnostics.
     fn evaluate<B: AutodiffBackend>(
         &self,
         s: &Settings,
         m: &TaskModel<B>,
         device: &B::Device,
     ) -> Result<Evaluation, Fail> {
-        let metrics = evaluate(
-            &m.valid(),
-            &self.task,
-            self.kind,
-            &self.labels,
-            &self.dev,
-            &self.tok,
-            s.batch_size.max(defaults::EVAL_BATCH_SIZE),
-            s.max_length,
-            device,
-        )?;
+        let inference = m.valid();
+        let on = |examples: &[Example]| {
+            evaluate(
+                &inference,
+                &self.task,
+                self.kind,
+                &self.labels,
+                examples,
+                &self.tok,
+                s.batch_size.max(defaults::EVAL_BATCH_SIZE),
+                s.max_length,
+                device,
+            )
+        };
+        let metrics = on(&self.dev)?;
+        let mut diagnostics = magnitude_drifts(m);
+        if !self.train_probe.is_empty() {
+            let train = on(&self.train_probe)?;
+            diagnostics.extend(
+                train
+                    .into_iter()
+                    .map(|(k, v)| (format!("{TRAIN_PREFIX}{k}"), v)),
+            );
+        }
         Ok(Evaluation {
             metrics,
             primary: self.primary(),
             higher_is_better: true,
-            diagnostics: magnitude_drifts(m),
+            diagnostics,
         })
     }
 
@@ -461,6 +479,18 @@ fn show_progress(progress: &mut Progress, e: &Event) {
         } => progress.eval(*step, &evaluation.primary, evaluation.score(), *is_best),
         _ => {}
     }
+}
+
+/// Prefix of the training probe's metrics among an evaluation's diagnostics (`--train-eval`).
+pub const TRAIN_PREFIX: &str = "train.";
+
+/// `n` examples spread evenly over `examples` (all of them when there are fewer).
+fn spread(examples: &[Example], n: usize) -> Vec<Example> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let stride = (examples.len() / n).max(1);
+    examples.iter().step_by(stride).take(n).cloned().collect()
 }
 
 /// Prefix of the per-layer magnitude drifts among an evaluation's diagnostics.

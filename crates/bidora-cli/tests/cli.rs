@@ -12,7 +12,7 @@ use assert_cmd::Command;
 
 mod common;
 use bidora_adapters::tensor_io::read_safetensors;
-use common::{bidora, json, records, set, sst2, stdout_of, tiny_bert, train_args};
+use common::{bidora, json, records, set, sst2, stdout_of, stsb, tiny_bert, train_args};
 
 #[test]
 fn help_teaches_the_commands_methods_and_exit_codes() {
@@ -666,4 +666,51 @@ fn dora_and_bidora_runs_record_the_magnitude_drift_per_layer() {
         let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
         assert!(svg.contains("magnitude drift"), "{method}: no drift panel");
     }
+}
+
+/// `--train-eval N` evaluates N training examples at each evaluation; with N at least the
+/// training set, the last value is what `bidora eval` of the saved adapter gives on the
+/// training file (LoRA trains on all of it). On a regression task, so the value is continuous.
+#[test]
+fn train_eval_records_the_training_metric_the_adapter_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = stsb(tmp.path());
+    let out = tmp.path().join("run");
+    let mut args = train_args(&data, &out, "lora", 6);
+    set(&mut args, "--task", "stsb");
+    stdout_of(
+        bidora()
+            .args(&args)
+            .args(["--eval-every", "3", "--train-eval", "100"]),
+    );
+    let evals: Vec<_> = records(&out)
+        .into_iter()
+        .filter(|r| r["event"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2);
+    let train = evals[1]["diagnostics"]["train.pearson"].as_f64().unwrap();
+    let dev = evals[1]["metrics"]["pearson"].as_f64().unwrap();
+    assert_ne!(train, dev);
+    // The training pairs as an evaluation file.
+    let as_dev = tmp.path().join("train-as-dev");
+    std::fs::create_dir_all(&as_dev).unwrap();
+    std::fs::copy(data.join("train.tsv"), as_dev.join("dev.tsv")).unwrap();
+    let e = stdout_of(bidora().args([
+        "eval",
+        "--model",
+        tiny_bert().to_str().unwrap(),
+        "--task",
+        "stsb",
+        "--data",
+        as_dev.to_str().unwrap(),
+        "--max-length",
+        "16",
+        "--adapter",
+        out.join("adapter").to_str().unwrap(),
+    ]));
+    let value = format!("{train:.4}");
+    assert!(
+        e.contains("pearson") && e.contains(&value),
+        "{e} vs {value}"
+    );
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod glue;
 mod results;
 
 /// The test command of the README, which CI runs too.
@@ -65,6 +66,14 @@ enum Cmd {
     /// minutes on 2 CPU cores. Finished runs under --runs are reused and interrupted ones
     /// resumed, so the sweep can be stopped and continued.
     Results(results::Options),
+    /// The GLUE grid at convergence (issue 18): RTE, MRPC, STS-B, CoLA with LoRA, DoRA and
+    /// BiDoRA (+ its retraining phase), a learning-rate search on a holdout of the training set,
+    /// then five seeds on dev; writes docs/RESULTS-GLUE.md with paired BiDoRA − DoRA intervals.
+    ///
+    /// Resumable: finished runs are copied to docs/results/glue/ and never repeated (a fresh
+    /// clone continues from there); interrupted runs resume from their checkpoint. Sized for
+    /// about 8 hours of 2 CPU cores for RTE and MRPC (see the report's "Cost").
+    Glue(glue::Options),
     /// Run what CI runs: type-check the CUDA backend, then the README's test command
     /// (tests on ndarray and on WGPU).
     Ci,
@@ -505,6 +514,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Demo(o) => demo::run(&o),
         Cmd::Bench(o) => bench::run(&o),
         Cmd::Results(o) => results::run(&o),
+        Cmd::Glue(o) => glue::run(&o),
         Cmd::Ci => ci(),
         Cmd::Golden { pythonpath, python } => golden(&pythonpath, &python),
     }

@@ -490,7 +490,7 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
 }
 
 /// Builds the CLI in release and returns its path.
-fn build_cli() -> Result<PathBuf> {
+pub(crate) fn build_cli() -> Result<PathBuf> {
     crate::cargo_executables(
         Command::new("cargo").args(["build", "--release", "-p", "bidora-cli"]),
         "bidora-cli",
@@ -499,51 +499,53 @@ fn build_cli() -> Result<PathBuf> {
     .context("cargo did not report the bidora executable")
 }
 
-/// Runs one training (or resumes it), after checking that a folder left by an earlier sweep
-/// was made with the same arguments.
+/// Runs one training of the sweep (or resumes it).
 fn train(exe: &Path, r: &Run, threads: usize) -> Result<()> {
-    let args_file = r.dir.with_extension("args.json");
-    let want = serde_json::to_string_pretty(&r.args)?;
-    if r.dir.exists() {
+    train_run(exe, &r.dir, &r.args, threads)
+        .with_context(|| format!("{} {} seed {}", r.task.name, r.variant, r.seed))
+}
+
+/// Runs `bidora` with `args` into `dir`, or resumes it from its checkpoint, after checking that
+/// a folder left by an earlier sweep was made with the same arguments.
+pub(crate) fn train_run(exe: &Path, dir: &Path, args: &[String], threads: usize) -> Result<()> {
+    let args_file = dir.with_extension("args.json");
+    let want = serde_json::to_string_pretty(args)?;
+    if dir.exists() {
         let had = std::fs::read_to_string(&args_file).unwrap_or_default();
         if had != want {
             bail!(
                 "{} was made with other settings than this sweep's (see {}); move it away or \
                  choose another --runs folder",
-                r.dir.display(),
+                dir.display(),
                 args_file.display()
             );
         }
     }
     let mut cmd = Command::new(exe);
-    if r.dir.join("checkpoint.bin").is_file() {
-        cmd.arg("train").arg("--resume").arg(&r.dir);
+    if dir.join("checkpoint.bin").is_file() {
+        cmd.arg("train").arg("--resume").arg(dir);
     } else {
-        if r.dir.exists() {
+        if dir.exists() {
             // Stopped before its first checkpoint: nothing to keep but the resolved config.
-            let aside = r
-                .dir
-                .with_extension(format!("stale-{}", std::process::id()));
-            std::fs::rename(&r.dir, &aside)
-                .with_context(|| format!("moving {} aside", r.dir.display()))?;
+            let aside = dir.with_extension(format!("stale-{}", std::process::id()));
+            std::fs::rename(dir, &aside)
+                .with_context(|| format!("moving {} aside", dir.display()))?;
+        }
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
         }
         write_atomic(&args_file, want.as_bytes())?;
         // Threads change the speed, not the result: left out of the compared arguments.
-        cmd.args(&r.args)
+        cmd.args(args)
             .args(["--threads", &threads.to_string()])
             .arg("--out")
-            .arg(&r.dir);
+            .arg(dir);
     }
     let st = cmd
         .status()
         .with_context(|| format!("starting {}", exe.display()))?;
     if !st.success() {
-        bail!(
-            "{} {} seed {} failed with {st}",
-            r.task.name,
-            r.variant,
-            r.seed
-        );
+        bail!("`bidora train` into {} failed with {st}", dir.display());
     }
     Ok(())
 }

@@ -36,6 +36,15 @@ pub struct Options {
     /// Stop after the learning-rate search.
     #[arg(long)]
     pub search_only: bool,
+    /// After the main stage, BiDoRA's ablations (γ = 0, first-order, magnitudes fixed) on this
+    /// task, five seeds each, at BiDoRA's chosen rate (≈ 3 h on MRPC).
+    #[arg(long)]
+    pub ablations: Option<String>,
+    /// After the main stage, BiDoRA with the official code's hyperparameters on every task,
+    /// five seeds (r = 4, weight decay 0.1, adapter dropout 0, unscaled update, Gaussian A;
+    /// warm-up 10% and equal rates are the defaults already).
+    #[arg(long)]
+    pub official: bool,
     /// Rebuild the report from the finished runs without training.
     #[arg(long)]
     pub report_only: bool,
@@ -110,6 +119,8 @@ const METHODS: [&str; 3] = ["lora", "dora", "bidora"];
 enum Stage {
     Search,
     Main,
+    /// A BiDoRA variant, run like the main stage without retraining: (folder name, flags).
+    Variant(&'static str, &'static [&'static str]),
 }
 
 impl Stage {
@@ -117,9 +128,41 @@ impl Stage {
         match self {
             Stage::Search => "search",
             Stage::Main => "main",
+            Stage::Variant(name, _) => name,
         }
     }
 }
+
+/// The ablations of `--ablations` and the arm of `--official`, as in `cargo xtask results`.
+const ABLATIONS: [(&str, &str, &[&str]); 3] = [
+    ("BiDoRA γ = 0", "ablation-gamma0", &["--gamma", "0"]),
+    (
+        "BiDoRA first-order",
+        "ablation-first-order",
+        &["--hypergradient", "first_order"],
+    ),
+    // At upper lr 0 the hypergradient is not used: the cheaper one.
+    (
+        "BiDoRA magnitudes fixed",
+        "ablation-fixed-magnitudes",
+        &["--hypergradient", "first_order", "--upper-lr", "0"],
+    ),
+];
+const OFFICIAL: (&str, &str, &[&str]) = (
+    "BiDoRA, official hyperparameters",
+    "official",
+    &[
+        "--rank",
+        "4",
+        "--lower-weight-decay",
+        "0.1",
+        "--dropout",
+        "0",
+        "--no-scaling",
+        "--init",
+        "gaussian",
+    ],
+);
 
 /// One planned run.
 struct Run {
@@ -158,6 +201,10 @@ impl Run {
         match self.stage {
             Stage::Search => a.extend(["--holdout".into(), "0.1".into()]),
             Stage::Main => a.extend(["--train-eval".into(), TRAIN_PROBE.to_string()]),
+            Stage::Variant(_, flags) => {
+                a.extend(["--train-eval".into(), TRAIN_PROBE.to_string()]);
+                a.extend(flags.iter().map(|f| f.to_string()));
+            }
         }
         if self.stage == Stage::Main && self.method == "bidora" {
             a.push("--retrain".into());
@@ -193,21 +240,37 @@ pub fn run(o: &Options) -> Result<()> {
             let search = plan_search(&[task]);
             execute(&search, &runs, &model, &exe, &glue, o)?;
             if !o.search_only {
-                execute(
-                    &plan_main(&[task], &o.seeds, &search, &runs),
-                    &runs,
-                    &model,
-                    &exe,
-                    &glue,
-                    o,
-                )?;
+                let main = plan_main(&[task], &o.seeds, &search, &runs);
+                execute(&main, &runs, &model, &exe, &glue, o)?;
+                let variants = plan_variants(&[task], o, &main);
+                execute(&variants, &runs, &model, &exe, &glue, o)?;
             }
         }
     }
     let main = plan_main(&tasks, &o.seeds, &search, &runs);
     let report = render(&tasks, &search, &main, &runs);
     write_atomic(&root().join("docs/RESULTS-GLUE.md"), report.as_bytes())?;
-    eprintln!("wrote docs/RESULTS-GLUE.md");
+    let curves: Vec<_> = tasks
+        .iter()
+        .map(|t| curves_panel(t, &main, &runs))
+        .collect();
+    let curves = bidora_plot::lines::svg(&curves);
+    write_atomic(
+        &root().join("docs/results-glue-curves.svg"),
+        curves.as_bytes(),
+    )?;
+    let paired: Vec<_> = tasks
+        .iter()
+        .map(|t| paired_panel(t, &main, &runs))
+        .collect();
+    let paired = bidora_plot::bars::svg(&paired);
+    write_atomic(
+        &root().join("docs/results-glue-paired.svg"),
+        paired.as_bytes(),
+    )?;
+    eprintln!(
+        "wrote docs/RESULTS-GLUE.md, docs/results-glue-curves.svg, docs/results-glue-paired.svg"
+    );
     Ok(())
 }
 
@@ -269,6 +332,37 @@ fn plan_main(tasks: &[&'static GlueTask], seeds: &[u64], search: &[Run], runs: &
                     seed,
                 });
             }
+        }
+    }
+    plan
+}
+
+/// The BiDoRA variants asked for (`--ablations TASK`, `--official`), at BiDoRA's main rate.
+fn plan_variants(tasks: &[&'static GlueTask], o: &Options, main: &[Run]) -> Vec<Run> {
+    let mut plan = Vec::new();
+    for &task in tasks {
+        let mut stages: Vec<Stage> = Vec::new();
+        if o.ablations.as_deref() == Some(task.name) {
+            stages.extend(
+                ABLATIONS
+                    .iter()
+                    .map(|(_, dir, flags)| Stage::Variant(dir, flags)),
+            );
+        }
+        if o.official {
+            stages.push(Stage::Variant(OFFICIAL.1, OFFICIAL.2));
+        }
+        for r in main
+            .iter()
+            .filter(|r| r.task.name == task.name && r.method == "bidora")
+        {
+            plan.extend(stages.iter().map(|&stage| Run {
+                stage,
+                task,
+                method: "bidora",
+                lr: r.lr,
+                seed: r.seed,
+            }));
         }
     }
     plan
@@ -428,8 +522,9 @@ fn arm_scores(
             } else {
                 search
             };
-            let report: Report = bidora_records::read_json(&dir.join("report.json")).ok()?;
-            Some((r.seed, (s, report.wall_time_s)))
+            let wall = bidora_records::read_json::<Report>(&dir.join("report.json"))
+                .map_or(f64::NAN, |rep| rep.wall_time_s);
+            Some((r.seed, (s, wall)))
         })
         .collect()
 }
@@ -442,6 +537,10 @@ fn render(tasks: &[&'static GlueTask], search: &[Run], main: &[Run], runs: &Path
          on query/value, α = 16, dropout 0.1, warm-up 10%, linear decay, weight decay 0.01; \
          BiDoRA: DARTS, exact norm, γ = 1e-5, 20% validation split). Metrics ×100; intervals \
          are 95% Student t over seeds.\n\n",
+    );
+    s.push_str(
+        "![dev metric against step, mean over seeds](results-glue-curves.svg)\n\n\
+         ![paired differences against DoRA with 95% intervals](results-glue-paired.svg)\n\n",
     );
     s.push_str(COST);
     render_search(&mut s, tasks, search, runs);
@@ -500,7 +599,7 @@ fn render_search(s: &mut String, tasks: &[&'static GlueTask], search: &[Run], ru
     s.push('\n');
 }
 
-fn render_task(s: &mut String, task: &GlueTask, main: &[Run], runs: &Path) {
+fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Path) {
     let _ = writeln!(
         s,
         "## {} ({}, {} epochs, {} tokens, dev)\n\n| arm | final | best | train − dev at final | wall per run |\n|---|---|---|---|---|",
@@ -543,6 +642,140 @@ fn render_task(s: &mut String, task: &GlueTask, main: &[Run], runs: &Path) {
         fmt_ci(&paired(2, 1)),
         fmt_ci(&paired(3, 1))
     );
+    render_variants(s, task, main, runs, &arms[2]);
+}
+
+/// The BiDoRA variants that have finished runs on `task`, paired with BiDoRA (end of search).
+fn render_variants(
+    s: &mut String,
+    task: &'static GlueTask,
+    main: &[Run],
+    runs: &Path,
+    bidora: &BTreeMap<u64, (Scores, f64)>,
+) {
+    let all = ABLATIONS.iter().chain(std::iter::once(&OFFICIAL));
+    let mut rows = String::new();
+    for &(label, dir, flags) in all {
+        let plan: Vec<Run> = main
+            .iter()
+            .filter(|r| r.task.name == task.name && r.method == "bidora")
+            .map(|r| Run {
+                stage: Stage::Variant(dir, flags),
+                task,
+                method: "bidora",
+                lr: r.lr,
+                seed: r.seed,
+            })
+            .collect();
+        let arm = arm_scores(&plan, runs, task, "bidora", Phase::Search);
+        if arm.is_empty() {
+            continue;
+        }
+        let finals: Vec<f64> = arm.values().map(|(sc, _)| sc.final_).collect();
+        let paired: Vec<f64> = arm
+            .iter()
+            .filter_map(|(seed, (sc, _))| Some(sc.final_ - bidora.get(seed)?.0.final_))
+            .collect();
+        let _ = writeln!(
+            rows,
+            "| {label} | {} | {} |",
+            fmt_ci(&finals),
+            fmt_ci(&paired)
+        );
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "| variant (no retraining) | final | paired − BiDoRA |\n|---|---|---|\n{rows}"
+        );
+    }
+}
+
+/// A run's dev evaluations: (step from the start of the search, primary metric).
+fn eval_points(dir: &Path, metric: &str) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .filter_map(|r| match &r {
+            Record::Eval { metrics, .. } => Some((r.plot_step(), *metrics.get(metric)?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The mean over seeds of each evaluation of `method`'s finished main runs on `task`, at the
+/// steps every seed evaluated at.
+fn mean_curve(task: &GlueTask, main: &[Run], runs: &Path, method: &str) -> Vec<(f64, f64)> {
+    let curves: Vec<Vec<(f64, f64)>> = main
+        .iter()
+        .filter(|r| r.task.name == task.name && r.method == method)
+        .filter_map(|r| Some(eval_points(&finished(r, runs)?, task.metric)))
+        .collect();
+    let Some(first) = curves.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .filter_map(|&(step, _)| {
+            let at: Vec<f64> = curves
+                .iter()
+                .filter_map(|c| c.iter().find(|p| p.0 == step).map(|p| p.1))
+                .collect();
+            (at.len() == curves.len())
+                .then(|| (step, 100.0 * at.iter().sum::<f64>() / at.len() as f64))
+        })
+        .collect()
+}
+
+/// Dev metric against step, mean over seeds, one line per method (BiDoRA's retraining phase
+/// continues its line after the search).
+fn curves_panel(task: &GlueTask, main: &[Run], runs: &Path) -> bidora_plot::lines::Panel {
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+    let labels = ["LoRA", "DoRA", "BiDoRA (then retraining)"];
+    bidora_plot::lines::Panel {
+        title: format!("{} dev {} (mean over seeds)", task.dir, task.metric),
+        y_label: format!("{} × 100", task.metric),
+        series: METHODS
+            .iter()
+            .zip(labels.iter().zip(colors))
+            .map(|(m, (label, color))| bidora_plot::lines::Series {
+                name: label.to_string(),
+                points: mean_curve(task, main, runs, m),
+                color,
+            })
+            .collect(),
+    }
+}
+
+/// The paired differences against DoRA (final, ×100) with their 95% t half-widths.
+fn paired_panel(task: &GlueTask, main: &[Run], runs: &Path) -> bidora_plot::bars::BarPanel {
+    let dora = arm_scores(main, runs, task, "dora", Phase::Search);
+    let bars = [
+        ("BiDoRA - DoRA", Phase::Search),
+        ("BiDoRA+retrain - DoRA", Phase::Retrain),
+    ]
+    .into_iter()
+    .map(|(label, phase)| {
+        let diffs: Vec<f64> = arm_scores(main, runs, task, "bidora", phase)
+            .iter()
+            .filter_map(|(seed, (s, _))| Some(100.0 * (s.final_ - dora.get(seed)?.0.final_)))
+            .collect();
+        let (m, h) = if diffs.len() >= 2 {
+            mean_ci(&diffs)
+        } else {
+            (0.0, 0.0)
+        };
+        bidora_plot::bars::Bar {
+            label: label.into(),
+            stats: (diffs.len() >= 2).then_some((m, h)),
+        }
+    })
+    .collect();
+    bidora_plot::bars::BarPanel {
+        title: format!("{}: paired, final (95% CI)", task.dir),
+        baseline: None,
+        bars,
+    }
 }
 
 #[cfg(test)]
@@ -556,6 +789,64 @@ mod tests {
         assert_eq!(m, 3.0);
         assert!((h - 2.776 * 0.5f64.sqrt()).abs() < 1e-12, "{h}");
         assert!(mean_ci(&[2.0]).1.is_nan());
+    }
+
+    /// A finished run folder whose only evaluation per phase scores `search` (and `retrain`).
+    fn fake_run(runs: &Path, r: &Run, search: f64, retrain: Option<f64>) {
+        let dir = runs.join(r.rel());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = format!(
+            r#"{{"event":"eval","phase":"search","step":9,"metrics":{{"accuracy":{search}}},"is_best":true}}"#
+        );
+        if let Some(v) = retrain {
+            text.push_str(&format!(
+                "\n{{\"event\":\"eval\",\"phase\":\"retrain\",\"step\":9,\"global_step\":19,\"metrics\":{{\"accuracy\":{v}}},\"is_best\":true}}"
+            ));
+        }
+        std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+        std::fs::write(dir.join("report.json"), "{}").unwrap();
+    }
+
+    #[test]
+    fn the_report_pairs_bidora_with_dora_by_seed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mrpc = &TASKS[1];
+        let run = |method, seed| Run {
+            stage: Stage::Main,
+            task: mrpc,
+            method,
+            lr: 1e-3,
+            seed,
+        };
+        let main = vec![
+            run("dora", 0),
+            run("dora", 1),
+            run("bidora", 0),
+            run("bidora", 1),
+        ];
+        fake_run(tmp.path(), &main[0], 0.70, None);
+        fake_run(tmp.path(), &main[1], 0.72, None);
+        fake_run(tmp.path(), &main[2], 0.71, Some(0.69));
+        fake_run(tmp.path(), &main[3], 0.75, Some(0.74));
+        let mut s = String::new();
+        render_task(&mut s, mrpc, &main, tmp.path());
+        // Differences 1 and 3 points: mean 2, sd √2, half-width t(1)·√2/√2 = 12.706.
+        assert!(s.contains("BiDoRA − DoRA 2.0 ± 12.7 (n = 2)"), "{s}");
+        // With retraining: −1 and 2: mean 0.5, sd 2.121, half-width 12.706·1.5 = 19.1.
+        assert!(
+            s.contains("BiDoRA + retrain − DoRA 0.5 ± 19.1 (n = 2)"),
+            "{s}"
+        );
+        assert!(s.contains("| DoRA | 71.0 ± 12.7 (n = 2) |"), "{s}");
+        // The curve is the mean over seeds at each evaluation step.
+        assert_eq!(
+            mean_curve(mrpc, &main, tmp.path(), "dora"),
+            vec![(9.0, 71.0)]
+        );
+        assert_eq!(
+            mean_curve(mrpc, &main, tmp.path(), "bidora"),
+            vec![(9.0, 73.0), (19.0, 71.5)]
+        );
     }
 
     #[test]

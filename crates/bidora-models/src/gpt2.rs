@@ -17,6 +17,7 @@ use burn::tensor::{Int, Tensor};
 use serde::Deserialize;
 
 use crate::config::{self, Architecture};
+use crate::generate::{offset_causal_bias, KvCache};
 use crate::layers::{
     causal_bias, conv1d, embedding, example_paths, inject_blocks, layer_norm, no_hits,
     visit_blocks, Block, Freezer, LayerNorm, Projection,
@@ -140,19 +141,76 @@ impl<B: Backend> Gpt2Block<B> {
     /// `x`: `[batch, seq, hidden]`; `bias`: `[batch, 1, seq, seq]` causal + padding bias.
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
-        let hd = h / self.heads;
-        let qkv = self.c_attn.forward(self.ln_1.forward(x.clone()));
-        let part = |i: usize| qkv.clone().slice([0..b, 0..s, i * h..(i + 1) * h]);
-        let (q, k, v) = (part(0), part(1), part(2));
+        let (q, k, v) = self.qkv(x.clone());
         let ctx = if self.scale {
             attention(q, k, v, bias, self.heads, &self.attention_dropout)
         } else {
             // Unscaled scores (`scale_attn_weights = false`): the composed form.
-            let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, hd]).swap_dims(1, 2);
-            let scores = split(q).matmul(split(k).transpose());
-            let probs = dropout(&self.attention_dropout, softmax(scores + bias));
-            probs.matmul(split(v)).swap_dims(1, 2).reshape([b, s, h])
+            let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, h / self.heads]);
+            let (q, k, v) = (split(q), split(k), split(v));
+            let ctx = self.composed_attention(
+                q.swap_dims(1, 2),
+                k.swap_dims(1, 2),
+                v.swap_dims(1, 2),
+                bias,
+            );
+            ctx.swap_dims(1, 2).reshape([b, s, h])
         };
+        self.after_attention(x, ctx)
+    }
+
+    /// [`forward`](Self::forward) after `past` positions, whose keys and values `past` holds
+    /// (`[batch, heads, past, head_dim]`); `bias` is `[batch, 1, seq, past + seq]`. Returns the
+    /// output and the keys and values of all `past + seq` positions.
+    pub fn forward_with(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 4>,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let [b, s, h] = x.dims();
+        let (q, k, v) = self.qkv(x.clone());
+        let split = |t: Tensor<B, 3>| {
+            t.reshape([b, s, self.heads, h / self.heads])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(q), split(k), split(v));
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        let ctx = self.composed_attention(q, k.clone(), v.clone(), bias);
+        let ctx = ctx.swap_dims(1, 2).reshape([b, s, h]);
+        (self.after_attention(x, ctx), (k, v))
+    }
+
+    /// Query, key and value `[batch, seq, hidden]` from the fused `c_attn`.
+    fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+        let [b, s, h] = x.dims();
+        let qkv = self.c_attn.forward(self.ln_1.forward(x));
+        let part = |i: usize| qkv.clone().slice([0..b, 0..s, i * h..(i + 1) * h]);
+        (part(0), part(1), part(2))
+    }
+
+    /// Attention on split heads (`[batch, heads, positions, head_dim]`), scaled by
+    /// 1/√head_dim unless `scale_attn_weights` is off.
+    fn composed_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let hd = q.dims()[3];
+        let mut scores = q.matmul(k.transpose());
+        if self.scale {
+            scores = scores.div_scalar((hd as f64).sqrt());
+        }
+        dropout(&self.attention_dropout, softmax(scores + bias)).matmul(v)
+    }
+
+    /// The attention output's projection and residual, then the MLP and its residual.
+    fn after_attention(&self, x: Tensor<B, 3>, ctx: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x + dropout(&self.dropout, self.attn_proj.forward(ctx));
         let ff = self
             .mlp_proj
@@ -233,6 +291,33 @@ impl<B: Backend> Gpt2<B> {
         self.ln_f.forward(x)
     }
 
+    /// The last hidden state `[batch, seq, hidden]` of `seq` new tokens after the positions in
+    /// `cache`, which then holds them too. No padding: every row has the same positions.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [b, s] = input_ids.dims();
+        let device = input_ids.device();
+        let past = cache.len();
+        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + s) as i64, &device)
+            .unsqueeze::<2>()
+            .repeat_dim(0, b);
+        let mut x = dropout(
+            &self.dropout,
+            self.wte.forward(input_ids) + self.wpe.forward(positions),
+        );
+        let bias = offset_causal_bias::<B>(past, s, &device);
+        let mut layers = std::mem::take(&mut cache.layers).into_iter();
+        for block in &self.blocks {
+            let (out, kv) = block.forward_with(x, bias.clone(), layers.next());
+            x = out;
+            cache.layers.push(kv);
+        }
+        self.ln_f.forward(x)
+    }
+
     /// Adds adapters to every projection whose HF path (`h.0.attn.c_attn`, …) matches.
     pub fn inject(self, config: &AdapterConfig) -> Result<Self, ModelError> {
         config.validate()?;
@@ -295,7 +380,21 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let x = self.transformer.forward(input_ids, attention_mask);
+        self.logits(self.transformer.forward(input_ids, attention_mask))
+    }
+
+    /// Logits `[batch, seq, vocab]` of `seq` new tokens after those in `cache` (see
+    /// [`Gpt2::forward_cached`]).
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        self.logits(self.transformer.forward_cached(input_ids, cache))
+    }
+
+    /// The LM head, tied to the token embeddings.
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let wte = self.transformer.wte.weight.val();
         x.matmul(wte.transpose().unsqueeze::<3>())
     }

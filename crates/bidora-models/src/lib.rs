@@ -7,6 +7,7 @@
 //! - [`gpt2`]: the GPT-2 decoder (HF `Conv1D` weights, fused `c_attn`, tied LM head);
 //! - [`llama`]: Llama-family decoders (RMSNorm, RoPE, grouped-query attention, SwiGLU; covers
 //!   SmolLM2), from safetensors or from GGUF ([`gguf`]);
+//! - [`generate`]: the KV cache and greedy decoding of both decoders;
 //! - [`tokenizer`]: `tokenizer.json`, WordPiece `vocab.txt`, GPT-2 BPE files or a GGUF vocabulary.
 //!
 //! Module paths are HF's, so PEFT adapter files apply with the identity name map
@@ -39,6 +40,7 @@
 pub mod bert;
 pub mod config;
 mod error;
+pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod heads;

@@ -15,10 +15,11 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::config::{self, Architecture};
+use crate::generate::{offset_causal_bias, KvCache};
 use crate::gguf::{Gguf, Value};
 use crate::layers::{
     causal_bias, embedding, example_paths, inject_blocks, linear, no_hits, visit_blocks, Block,
@@ -270,6 +271,20 @@ impl<B: Backend> LlamaLayer<B> {
         sin: Tensor<B, 4>,
         bias: Tensor<B, 4>,
     ) -> Tensor<B, 3> {
+        self.forward_with(x, cos, sin, bias, None).0
+    }
+
+    /// [`forward`](Self::forward) after `past` positions: `past` holds their keys and values
+    /// `[batch, kv_heads, past, head_dim]` (rotated), `bias` is `[batch, 1, seq, past + seq]`.
+    /// Returns the output and the keys and values of all `past + seq` positions.
+    pub fn forward_with(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        bias: Tensor<B, 4>,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let [b, s, _] = x.dims();
         let (h, kv) = (self.heads, self.kv_heads);
         let hx = self.input_norm.forward(x.clone());
@@ -288,11 +303,17 @@ impl<B: Backend> LlamaLayer<B> {
             .swap_dims(1, 2);
         let q = rotate(q, cos.clone(), sin.clone());
         let k = rotate(k, cos, sin);
+        let (k, v) = match past {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        let t = k.dims()[2];
+        let cached = (k.clone(), v.clone());
         // Each key/value head serves h / kv consecutive query heads (HF's repeat_kv).
-        let repeat = |t: Tensor<B, 4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([b, kv, h / kv, s, d])
-                .reshape([b, h, s, d])
+        let repeat = |x: Tensor<B, 4>| {
+            x.unsqueeze_dim::<5>(2)
+                .expand([b, kv, h / kv, t, d])
+                .reshape([b, h, t, d])
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = q.matmul(k.transpose()).div_scalar((d as f64).sqrt()) + bias;
@@ -305,7 +326,7 @@ impl<B: Backend> LlamaLayer<B> {
         let ff = self
             .down_proj
             .forward(silu(self.gate_proj.forward(hx.clone())) * self.up_proj.forward(hx));
-        x + ff
+        (x + ff, cached)
     }
 }
 
@@ -373,12 +394,18 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Rotary tables `cos`, `sin`: `[1, 1, seq, head_dim]` for positions `0..seq`.
-    fn rotary(&self, s: usize, d: usize, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// Rotary tables `cos`, `sin`: `[1, 1, seq, head_dim]` for positions `start..start + seq`.
+    fn rotary(
+        &self,
+        start: usize,
+        s: usize,
+        d: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let half = d / 2;
         let mut cos = Vec::with_capacity(s * d);
         let mut sin = Vec::with_capacity(s * d);
-        for pos in 0..s {
+        for pos in start..start + s {
             let angles: Vec<f64> = (0..half)
                 .map(|i| pos as f64 / self.rope_theta.powf(2.0 * i as f64 / d as f64))
                 .collect();
@@ -406,10 +433,37 @@ impl<B: Backend> Llama<B> {
             Some(l) => x.dims()[2] / l.heads,
             None => 2,
         };
-        let (cos, sin) = self.rotary(s, d, &device);
+        let (cos, sin) = self.rotary(0, s, d, &device);
         let bias = causal_bias(attention_mask);
         for layer in &self.layers {
             x = layer.forward(x, cos.clone(), sin.clone(), bias.clone());
+        }
+        self.norm.forward(x)
+    }
+
+    /// The last hidden state `[batch, seq, hidden]` of `seq` new tokens after the positions in
+    /// `cache`, which then holds them too. No padding: every row has the same positions.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let [_, s] = input_ids.dims();
+        let device = input_ids.device();
+        let past = cache.len();
+        let mut x = self.embed_tokens.forward(input_ids);
+        let d = match self.layers.first() {
+            Some(l) => x.dims()[2] / l.heads,
+            None => 2,
+        };
+        let (cos, sin) = self.rotary(past, s, d, &device);
+        let bias = offset_causal_bias::<B>(past, s, &device);
+        let mut layers = std::mem::take(&mut cache.layers).into_iter();
+        for layer in &self.layers {
+            let (out, kv) =
+                layer.forward_with(x, cos.clone(), sin.clone(), bias.clone(), layers.next());
+            x = out;
+            cache.layers.push(kv);
         }
         self.norm.forward(x)
     }
@@ -552,7 +606,21 @@ impl<B: Backend> LlamaForCausalLM<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let x = self.model.forward(input_ids, attention_mask);
+        self.logits(self.model.forward(input_ids, attention_mask))
+    }
+
+    /// Logits `[batch, seq, vocab]` of `seq` new tokens after those in `cache` (see
+    /// [`Llama::forward_cached`]).
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        self.logits(self.model.forward_cached(input_ids, cache))
+    }
+
+    /// The head (tied to the embeddings when the checkpoint has no `lm_head`).
+    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => x.matmul(
@@ -608,35 +676,4 @@ fn gguf_to_hf(name: &str) -> Option<String> {
             format!("model.layers.{layer}.{hf}.{param}")
         }
     })
-}
-
-/// Greedy decoding without a cache: appends the most likely next token `new_tokens` times
-/// (stopping early at `stop`), recomputing the whole prefix each step. `forward` maps
-/// `(input_ids, attention_mask)` `[1, seq]` to logits `[1, seq, vocab]`.
-pub fn greedy_continue<B: Backend>(
-    forward: impl Fn(Tensor<B, 2, Int>, Tensor<B, 2, Int>) -> Tensor<B, 3>,
-    prompt: &[u32],
-    new_tokens: usize,
-    stop: Option<u32>,
-    device: &B::Device,
-) -> Vec<u32> {
-    let mut ids: Vec<u32> = prompt.to_vec();
-    for _ in 0..new_tokens {
-        let s = ids.len();
-        let input = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids.iter().map(|t| *t as i64).collect::<Vec<_>>(), [1, s]),
-            device,
-        );
-        let mask = Tensor::<B, 2, Int>::ones([1, s], device);
-        let logits = forward(input, mask);
-        let v = logits.dims()[2];
-        let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
-        let next: i64 = last.argmax(0).into_scalar().elem();
-        let next = u32::try_from(next).unwrap_or(0);
-        ids.push(next);
-        if Some(next) == stop {
-            break;
-        }
-    }
-    ids[prompt.len()..].to_vec()
 }

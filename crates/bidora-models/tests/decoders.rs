@@ -6,11 +6,13 @@
 mod common;
 
 use bidora_adapters::{AdapterConfig, AdapterHost, AdapterMethod};
+use bidora_models::generate::{greedy_cached, greedy_continue, KvCache};
 use bidora_models::gguf::{Gguf, Value};
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::heads::causal_lm_loss;
 use bidora_models::llama::LlamaForCausalLM;
 use bidora_models::ModelError;
+use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 
 #[test]
@@ -193,4 +195,63 @@ fn peft_rslora_on_llama_reproduces_peft_logits() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("match no layer"), "{err}");
+}
+
+/// The KV cache: the prompt fed in two chunks gives the logits of one full pass, and greedy
+/// decoding with the cache (one position per token) picks the tokens of decoding without it,
+/// from the same logits (to 1e-5).
+fn kv_cache_matches_full_passes(
+    full: impl Fn(Tensor<B, 2, Int>, Tensor<B, 2, Int>) -> Tensor<B, 3>,
+    cached: impl Fn(Tensor<B, 2, Int>, &mut KvCache<B>) -> Tensor<B, 3>,
+) {
+    let device = Default::default();
+    let ids = |v: &[u32]| {
+        let data: Vec<i64> = v.iter().map(|&t| t as i64).collect();
+        Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, v.len()]), &device)
+    };
+    let prompt = [5u32, 17, 3, 42, 8, 11, 2];
+    let whole = full(ids(&prompt), Tensor::ones([1, prompt.len()], &device));
+    let mut cache = KvCache::new();
+    let first = cached(ids(&prompt[..3]), &mut cache);
+    assert_eq!(cache.len(), 3);
+    let rest = cached(ids(&prompt[3..]), &mut cache);
+    assert_eq!(cache.len(), prompt.len());
+    let chunked = Tensor::cat(vec![first, rest], 1);
+    let diff = (chunked - whole).abs().max().into_scalar();
+    assert!(diff < 1e-5, "chunked against full: {diff}");
+
+    let new = 12;
+    let plain = greedy_continue(&full, &prompt, new, None, &device);
+    let (tokens, logits) = greedy_cached(&cached, &prompt, new, None, &device);
+    assert_eq!(tokens, plain);
+    // Each step's logits against a full pass over the prompt and the tokens before it.
+    for (k, step) in logits.into_iter().enumerate() {
+        let prefix: Vec<u32> = prompt.iter().chain(&plain[..k]).copied().collect();
+        let s = prefix.len();
+        let all = full(ids(&prefix), Tensor::ones([1, s], &device));
+        let v = all.dims()[2];
+        let want = all.slice([0..1, s - 1..s, 0..v]).reshape([v]);
+        let diff = (step - want).abs().max().into_scalar();
+        assert!(diff < 1e-5, "step {k}: {diff}");
+    }
+}
+
+#[test]
+fn llama_kv_cache_gives_the_logits_and_tokens_of_full_passes() {
+    let (_, model) =
+        LlamaForCausalLM::<B>::load(&fixtures().join("tiny-llama"), &Default::default()).unwrap();
+    kv_cache_matches_full_passes(
+        |i, m| model.forward(i, m),
+        |i, c| model.forward_cached(i, c),
+    );
+}
+
+#[test]
+fn gpt2_kv_cache_gives_the_logits_and_tokens_of_full_passes() {
+    let (_, model) =
+        Gpt2LmHeadModel::<B>::load(&fixtures().join("tiny-gpt2"), &Default::default()).unwrap();
+    kv_cache_matches_full_passes(
+        |i, m| model.forward(i, m),
+        |i, c| model.forward_cached(i, c),
+    );
 }

@@ -6,8 +6,9 @@
 mod common;
 
 use bidora_models::bert::Bert;
+use bidora_models::generate::{greedy_cached, greedy_continue};
 use bidora_models::gguf::Gguf;
-use bidora_models::llama::{greedy_continue, LlamaForCausalLM};
+use bidora_models::llama::LlamaForCausalLM;
 use bidora_models::tokenizer::Tokenizer;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
@@ -58,6 +59,9 @@ fn smollm2_from_gguf_matches_transformers_and_says_paris() {
     assert!(e <= 1e-4, "last-position logits: max abs error {e}");
     let greedy = greedy_continue(|i, m| model.forward(i, m), &prompt, 5, None, &device);
     assert_eq!(greedy, ids_of(&f["greedy"]));
+    // With the KV cache (one position per new token): the same tokens.
+    let (cached, _) = greedy_cached(|i, c| model.forward_cached(i, c), &prompt, 5, None, &device);
+    assert_eq!(cached, greedy);
     let text = tok.decode(&greedy).unwrap();
     assert!(text.starts_with(" Paris"), "{text:?}");
 }

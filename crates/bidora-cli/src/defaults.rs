@@ -41,6 +41,8 @@ pub const BATCH_SIZE: usize = 16;
 pub const MAX_LENGTH: usize = 128;
 /// Longest input in tokens for `predict` (BERT-family position limit).
 pub const PREDICT_MAX_LENGTH: usize = 512;
+/// `bidora generate`: new tokens at most.
+pub const MAX_NEW_TOKENS: usize = 64;
 /// Examples per forward pass when evaluating or predicting (at least this many in training's
 /// dev evaluations).
 pub const EVAL_BATCH_SIZE: usize = 32;

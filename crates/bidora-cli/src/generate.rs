@@ -1,0 +1,321 @@
+//! `bidora generate`: text from a decoder (GPT-2 or Llama layout, an HF folder or a GGUF file),
+//! optionally with a PEFT adapter, through the KV cache: greedy by default, or sampled with a
+//! temperature and top-p from a seed. One `--prompt` streams its tokens to stdout; `--input`
+//! batches a JSONL file of `{"prompt": …}` lines into `--output` (`{"prompt", "completion"}`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use bidora_adapters::peft::PeftAdapter;
+use bidora_backend::BackendTask;
+use bidora_models::config::Architecture;
+use bidora_models::generate::KvCache;
+use bidora_models::gguf::Gguf;
+use bidora_models::gpt2::Gpt2LmHeadModel;
+use bidora_models::llama::LlamaForCausalLM;
+use bidora_models::tokenizer::Tokenizer;
+use bidora_util::atomic_write;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use serde_json::json;
+
+use crate::defaults;
+use crate::fail::{input, usage, Classify, Fail};
+
+/// Arguments of `bidora generate`.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["prompt", "input"])))]
+pub struct GenerateArgs {
+    /// A decoder: an HF folder (GPT-2 or Llama layout: config.json, model.safetensors,
+    /// tokenizer files) or a GGUF file (Llama layout; its own vocabulary).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT LoRA/DoRA adapter folder for the model (`CAUSAL_LM`; HF PEFT's or ours).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// One prompt: its continuation is streamed to stdout.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// A JSONL file of `{"prompt": "..."}` lines (needs --output).
+    #[arg(long, requires = "output")]
+    pub input: Option<PathBuf>,
+    /// Where --input's completions go: one `{"prompt", "completion"}` line each (atomic).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// New tokens at most (decoding stops earlier at the end-of-sequence token).
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sampling: keep the smallest set of tokens whose probabilities reach this (nucleus).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = defaults::SEED)]
+    pub seed: u64,
+    /// `cpu`, `wgpu` or `cuda[:INDEX]`.
+    #[arg(long, default_value = defaults::BACKEND)]
+    pub backend: String,
+}
+
+/// A causal LM of either layout.
+enum Decoder<B: Backend> {
+    Gpt2(Gpt2LmHeadModel<B>),
+    Llama(LlamaForCausalLM<B>),
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Loads the model, its tokenizer and its end-of-sequence token.
+    fn load(path: &Path, device: &B::Device) -> Result<(Self, Tokenizer, Option<u32>), Fail> {
+        if path.is_file() {
+            let (_, model) = LlamaForCausalLM::load_gguf(path, device).input()?;
+            let g = Gguf::read(path).input()?;
+            let eos = g
+                .get("tokenizer.ggml.eos_token_id")
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok());
+            return Ok((
+                Decoder::Llama(model),
+                Tokenizer::from_gguf(&g).input()?,
+                eos,
+            ));
+        }
+        let config = read_config(path)?;
+        let model_type = config["model_type"].as_str().unwrap_or_default();
+        let model = match Architecture::from_model_type(model_type) {
+            Some(Architecture::Gpt2) => {
+                Decoder::Gpt2(Gpt2LmHeadModel::load(path, device).input()?.1)
+            }
+            Some(Architecture::Llama) => {
+                Decoder::Llama(LlamaForCausalLM::load(path, device).input()?.1)
+            }
+            _ => {
+                return Err(input(format!(
+                    "`{}` is a `{model_type}` model; `bidora generate` runs decoders (gpt2, llama)",
+                    path.display()
+                )))
+            }
+        };
+        let eos = match &config["eos_token_id"] {
+            serde_json::Value::Array(ids) => ids.first().and_then(|v| v.as_u64()),
+            v => v.as_u64(),
+        }
+        .and_then(|v| u32::try_from(v).ok());
+        Ok((model, Tokenizer::load(path).input()?, eos))
+    }
+
+    /// Freezes the model and applies the PEFT adapter in `dir`.
+    fn with_adapter(self, dir: &Path) -> Result<Self, Fail> {
+        let adapter = PeftAdapter::load(dir).input()?;
+        let config = adapter.config.to_adapter_config();
+        let same = |p: &str| p.to_string();
+        Ok(match self {
+            Decoder::Gpt2(m) => Decoder::Gpt2(
+                adapter
+                    .apply(m.with_adapters(&config).input()?, &same)
+                    .input()?,
+            ),
+            Decoder::Llama(m) => Decoder::Llama(
+                adapter
+                    .apply(m.with_adapters(&config).input()?, &same)
+                    .input()?,
+            ),
+        })
+    }
+
+    fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+        match self {
+            Decoder::Gpt2(m) => m.forward_cached(ids, cache),
+            Decoder::Llama(m) => m.forward_cached(ids, cache),
+        }
+    }
+}
+
+fn read_config(dir: &Path) -> Result<serde_json::Value, Fail> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read `{}`", path.display()))
+        .input()?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("`{}` is not JSON", path.display()))
+        .input()
+}
+
+/// How the next token is picked.
+#[derive(Clone, Copy)]
+struct Sampling {
+    temperature: f64,
+    top_p: f64,
+}
+
+impl Sampling {
+    /// The next token from the last position's logits: the argmax at temperature 0, else a
+    /// draw from the run's host stream within the top-p nucleus.
+    fn pick(self, logits: &[f32]) -> u32 {
+        let argmax = || {
+            (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                .unwrap_or(0) as u32
+        };
+        if self.temperature <= 0.0 {
+            return argmax();
+        }
+        let top = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let mut p: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i, ((v as f64 - top) / self.temperature).exp()))
+            .collect();
+        let total: f64 = p.iter().map(|x| x.1).sum();
+        p.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (mut kept, mut mass) = (0, 0.0);
+        while kept < p.len() && (kept == 0 || mass < self.top_p * total) {
+            mass += p[kept].1;
+            kept += 1;
+        }
+        let u = bidora_util::rng::uniform(1, 0.0, mass)[0] as f64;
+        let mut acc = 0.0;
+        for &(i, w) in &p[..kept] {
+            acc += w;
+            if u < acc {
+                return i as u32;
+            }
+        }
+        p[kept - 1].0 as u32
+    }
+}
+
+/// Decodes up to `max_new` tokens after `prompt`, calling `on_token` with the text so far.
+fn continue_prompt<B: Backend>(
+    model: &Decoder<B>,
+    prompt: &[u32],
+    max_new: usize,
+    eos: Option<u32>,
+    sampling: Sampling,
+    device: &B::Device,
+    on_token: &mut dyn FnMut(&[u32]),
+) -> Vec<u32> {
+    let mut cache = KvCache::new();
+    let mut out = Vec::new();
+    let mut next_input = prompt.to_vec();
+    for _ in 0..max_new {
+        let s = next_input.len();
+        let data: Vec<i64> = next_input.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, s]), device);
+        let logits = model.forward_cached(ids, &mut cache);
+        let v = logits.dims()[2];
+        let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
+        let last: Vec<f32> = last
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        let next = sampling.pick(&last);
+        if Some(next) == eos {
+            break;
+        }
+        out.push(next);
+        on_token(&out);
+        next_input = vec![next];
+    }
+    out
+}
+
+struct GenerateJob(GenerateArgs);
+
+impl BackendTask for GenerateJob {
+    type Output = Result<(), Fail>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let a = self.0;
+        let (model, tok, eos) = Decoder::<B::InnerBackend>::load(&a.model, &device)?;
+        let model = match &a.adapter {
+            Some(dir) => model.with_adapter(dir)?,
+            None => model,
+        };
+        let sampling = Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+        };
+        let encode = |text: &str| -> Result<Vec<u32>, Fail> {
+            let ids = tok.encode(text, None, usize::MAX).input()?.ids;
+            if ids.is_empty() {
+                return Err(input("the prompt is empty"));
+            }
+            Ok(ids)
+        };
+        let decode = |ids: &[u32]| tok.decode(ids).unwrap_or_default();
+        if let Some(prompt) = &a.prompt {
+            let ids = encode(prompt)?;
+            let mut shown = 0;
+            let mut stdout = std::io::stdout();
+            let mut show = |out: &[u32]| {
+                // Decode the whole continuation and print what is new, so that tokens that
+                // only make characters together come out whole.
+                let text = decode(out);
+                if text.len() > shown && text.is_char_boundary(shown) {
+                    let _ = write!(stdout, "{}", &text[shown..]);
+                    let _ = stdout.flush();
+                    shown = text.len();
+                }
+            };
+            continue_prompt(
+                &model,
+                &ids,
+                a.max_new_tokens,
+                eos,
+                sampling,
+                &device,
+                &mut show,
+            );
+            println!();
+            return Ok(());
+        }
+        let (Some(path), Some(output)) = (&a.input, &a.output) else {
+            return Err(usage("give --prompt, or --input with --output"));
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))
+            .input()?;
+        let mut lines = String::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let where_ = || format!("{}:{}", path.display(), n + 1);
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{}: not JSON: {e}", where_()))
+                .input()?;
+            let prompt = v["prompt"]
+                .as_str()
+                .ok_or_else(|| input(format!("{}: no string field \"prompt\"", where_())))?;
+            let ids = encode(prompt)?;
+            let out = continue_prompt(
+                &model,
+                &ids,
+                a.max_new_tokens,
+                eos,
+                sampling,
+                &device,
+                &mut |_| {},
+            );
+            lines.push_str(&json!({ "prompt": prompt, "completion": decode(&out) }).to_string());
+            lines.push('\n');
+        }
+        atomic_write(output, lines.as_bytes()).runtime()?;
+        eprintln!("completions written to {}", output.display());
+        Ok(())
+    }
+}
+
+/// `bidora generate`.
+pub fn generate(a: GenerateArgs) -> Result<(), Fail> {
+    if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err(usage("--temperature must be ≥ 0 and --top-p in (0, 1]"));
+    }
+    let device = a.backend.parse().usage()?;
+    let seed = a.seed;
+    bidora_backend::run(&device, Some(seed), GenerateJob(a)).usage()?
+}

@@ -803,3 +803,64 @@ fn generate_streams_greedy_text_batches_jsonl_and_samples_reproducibly() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("decoders"), "{err}");
 }
+
+/// `bidora generate --adapter` applies a PEFT adapter to a decoder: on the random-weight
+/// tiny Llama with PEFT's rsLoRA adapter (and a made-up 100-token vocabulary), the CLI's
+/// greedy text is the library's greedy decoding of the adapted model, and differs from the
+/// base model's.
+#[test]
+fn generate_with_a_peft_adapter_is_the_adapted_models_greedy_text() {
+    use bidora_adapters::peft::PeftAdapter;
+    use bidora_models::generate::greedy_cached;
+    use bidora_models::llama::LlamaForCausalLM;
+    use bidora_models::tokenizer::Tokenizer;
+    type B = burn::backend::NdArray<f32>;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("tiny-llama");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("tiny-llama").join(f), model_dir.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend((0..95).map(|i| format!("w{i}")));
+    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let adapter_dir = fixtures.join("tiny-llama_lora");
+    let prompt = "w3 w14 w15 w92 w65";
+    let run = |adapter: bool| {
+        let mut c = bidora();
+        c.args([
+            "generate",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--prompt",
+            prompt,
+        ]);
+        c.args(["--max-new-tokens", "8"]);
+        if adapter {
+            c.args(["--adapter", adapter_dir.to_str().unwrap()]);
+        }
+        stdout_of(&mut c)
+    };
+    let (base, adapted) = (run(false), run(true));
+    assert_ne!(base, adapted);
+    // The library: the same model, adapter, tokens and greedy decoding.
+    let device = Default::default();
+    let (_, model) = LlamaForCausalLM::<B>::load(&model_dir, &device).unwrap();
+    let adapter = PeftAdapter::load(&adapter_dir).unwrap();
+    let model = model
+        .with_adapters(&adapter.config.to_adapter_config())
+        .unwrap();
+    let model = adapter.apply(model, &|p: &str| p.to_string()).unwrap();
+    let tok = Tokenizer::load(&model_dir).unwrap();
+    let ids = tok.encode(prompt, None, usize::MAX).unwrap().ids;
+    // config.json's eos_token_id stops decoding, as the CLI does.
+    let (mut tokens, _) =
+        greedy_cached(|i, c| model.forward_cached(i, c), &ids, 8, Some(2), &device);
+    if tokens.last() == Some(&2) {
+        tokens.pop();
+    }
+    assert_eq!(adapted, format!("{}\n", tok.decode(&tokens).unwrap()));
+}

@@ -1,6 +1,6 @@
 //! `bidora generate`: text from a decoder (GPT-2 or Llama layout, an HF folder or a GGUF file),
-//! optionally with a PEFT adapter, through the KV cache: greedy by default, or sampled with a
-//! temperature and top-p from a seed. One `--prompt` streams its tokens to stdout; `--input`
+//! optionally with a PEFT adapter, through the KV cache: greedy by default, beam search with
+//! `--beams`, or sampled with a temperature and top-p from a seed. One `--prompt` streams its tokens to stdout; `--input`
 //! batches a JSONL file of `{"prompt": …}` lines into `--output` (`{"prompt", "completion"}`).
 
 use std::io::Write;
@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use bidora_adapters::peft::PeftAdapter;
 use bidora_backend::BackendTask;
 use bidora_models::config::Architecture;
-use bidora_models::generate::KvCache;
+use bidora_models::generate::{beam_search, KvCache};
 use bidora_models::gguf::Gguf;
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::llama::LlamaForCausalLM;
@@ -52,6 +52,10 @@ pub struct GenerateArgs {
     /// Sampling: keep the smallest set of tokens whose probabilities reach this (nucleus).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f64,
+    /// Beam search with this many beams (1: greedy or sampling). Beams need --temperature 0
+    /// and do not stream: the best hypothesis is printed when the search ends.
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
     /// Seed of the sampling.
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
@@ -148,6 +152,7 @@ fn read_config(dir: &Path) -> Result<serde_json::Value, Fail> {
 struct Sampling {
     temperature: f64,
     top_p: f64,
+    beams: usize,
 }
 
 impl Sampling {
@@ -187,7 +192,8 @@ impl Sampling {
     }
 }
 
-/// Decodes up to `max_new` tokens after `prompt`, calling `on_token` with the text so far.
+/// Decodes up to `max_new` tokens after `prompt`, calling `on_token` with the tokens so far
+/// (beam search: once, at the end).
 fn continue_prompt<B: Backend>(
     model: &Decoder<B>,
     prompt: &[u32],
@@ -197,6 +203,12 @@ fn continue_prompt<B: Backend>(
     device: &B::Device,
     on_token: &mut dyn FnMut(&[u32]),
 ) -> Vec<u32> {
+    if sampling.beams > 1 {
+        let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
+        let best = beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens;
+        on_token(&best);
+        return best;
+    }
     let mut cache = KvCache::new();
     let mut out = Vec::new();
     let mut next_input = prompt.to_vec();
@@ -237,6 +249,7 @@ impl BackendTask for GenerateJob {
         let sampling = Sampling {
             temperature: a.temperature,
             top_p: a.top_p,
+            beams: a.beams,
         };
         let encode = |text: &str| -> Result<Vec<u32>, Fail> {
             let ids = tok.encode(text, None, usize::MAX).input()?.ids;
@@ -314,6 +327,11 @@ impl BackendTask for GenerateJob {
 pub fn generate(a: GenerateArgs) -> Result<(), Fail> {
     if a.temperature < 0.0 || !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(usage("--temperature must be ≥ 0 and --top-p in (0, 1]"));
+    }
+    if a.beams == 0 || (a.beams > 1 && a.temperature > 0.0) {
+        return Err(usage(
+            "--beams must be at least 1, and beam search needs --temperature 0",
+        ));
     }
     let device = a.backend.parse().usage()?;
     let seed = a.seed;

@@ -80,7 +80,8 @@ enum Command {
     /// `"logits"` (and `"label"` where the names are known) per input.
     Predict(predict::PredictArgs),
     /// Generate text with a decoder (GPT-2 or Llama layout, HF folder or GGUF file), through
-    /// a KV cache: greedy, or sampled with --temperature / --top-p from --seed. One --prompt
+    /// a KV cache: greedy, beam search (--beams), or sampled with --temperature / --top-p
+    /// from --seed. One --prompt
     /// streams to stdout; --input batches a JSONL file of {"prompt": ...} into --output.
     Generate(generate::GenerateArgs),
     /// Merge an adapter into the base weights and write a plain HF model folder

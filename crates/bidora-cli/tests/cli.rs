@@ -863,4 +863,34 @@ fn generate_with_a_peft_adapter_is_the_adapted_models_greedy_text() {
         tokens.pop();
     }
     assert_eq!(adapted, format!("{}\n", tok.decode(&tokens).unwrap()));
+    // Beam search: the library's best hypothesis of three beams.
+    let beams = stdout_of(bidora().args([
+        "generate",
+        "--model",
+        model_dir.to_str().unwrap(),
+        "--adapter",
+        adapter_dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "8",
+        "--beams",
+        "3",
+    ]));
+    let forward = |i, c: &mut _| model.forward_cached(i, c);
+    let best = bidora_models::generate::beam_search(forward, &ids, 3, 8, Some(2), &device);
+    assert_eq!(beams, format!("{}\n", tok.decode(&best.tokens).unwrap()));
+    // Beams and sampling together are a usage error.
+    let out = bidora()
+        .args([
+            "generate",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--prompt",
+            prompt,
+        ])
+        .args(["--beams", "2", "--temperature", "0.7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

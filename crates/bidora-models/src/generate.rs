@@ -1,5 +1,5 @@
 //! Decoding for the causal LMs ([`crate::gpt2`], [`crate::llama`]): the [`KvCache`] that makes
-//! each new token cost one position, and greedy decoding with and without it.
+//! each new token cost one position, greedy decoding with and without it, and beam search.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -32,6 +32,25 @@ impl<B: Backend> KvCache<B> {
     /// Whether nothing has been seen yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The cache of the rows `rows` (in that order, repeats allowed): how beam search follows
+    /// each surviving beam's parent.
+    pub fn select(&self, rows: &[usize], device: &B::Device) -> Self {
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), device);
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone().select(0, idx.clone()),
+                        v.clone().select(0, idx.clone()),
+                    )
+                })
+                .collect(),
+        }
     }
 }
 
@@ -112,4 +131,100 @@ pub fn greedy_continue<B: Backend>(
         }
     }
     ids[prompt.len()..].to_vec()
+}
+
+/// One hypothesis of beam search: its new tokens and the sum of their log-probabilities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Beam {
+    /// The new tokens (the stop token, if it ended the hypothesis, not included).
+    pub tokens: Vec<u32>,
+    /// The sum of the tokens' log-probabilities (the stop token's included).
+    pub score: f64,
+}
+
+/// Log-softmax of one row of logits, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let top = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
+    let log_z = top + sum.ln();
+    row.iter().map(|&v| v as f64 - log_z).collect()
+}
+
+/// Beam search with `width` beams over the [`KvCache`] (one batch row per beam): at each step
+/// every beam's continuations are scored by their summed log-probability and the best `width`
+/// kept; a beam that emits `stop` is finished. Returns the best hypothesis, ranked, as HF's
+/// default, by its log-probability divided by its length. `width = 1` is greedy decoding.
+pub fn beam_search<B: Backend>(
+    forward: impl Fn(Tensor<B, 2, Int>, &mut KvCache<B>) -> Tensor<B, 3>,
+    prompt: &[u32],
+    width: usize,
+    new_tokens: usize,
+    stop: Option<u32>,
+    device: &B::Device,
+) -> Beam {
+    let width = width.max(1);
+    let mut cache = KvCache::new();
+    let mut beams = vec![Beam {
+        tokens: Vec::new(),
+        score: 0.0,
+    }];
+    let mut finished: Vec<Beam> = Vec::new();
+    let mut input: Vec<Vec<u32>> = vec![prompt.to_vec()];
+    for _ in 0..new_tokens {
+        let (rows, s) = (input.len(), input[0].len());
+        let data: Vec<i64> = input.iter().flatten().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [rows, s]), device);
+        let logits = forward(ids, &mut cache);
+        let v = logits.dims()[2];
+        let last: Vec<f32> = logits
+            .slice([0..rows, s - 1..s, 0..v])
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        // Every continuation of every beam, best first.
+        let mut candidates: Vec<(f64, usize, u32)> = Vec::with_capacity(rows * v);
+        for (b, beam) in beams.iter().enumerate() {
+            for (t, lp) in log_softmax(&last[b * v..(b + 1) * v])
+                .into_iter()
+                .enumerate()
+            {
+                candidates.push((beam.score + lp, b, t as u32));
+            }
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut next, mut parents) = (Vec::new(), Vec::new());
+        for (score, parent, token) in candidates {
+            if next.len() == width {
+                break;
+            }
+            let mut tokens = beams[parent].tokens.clone();
+            if Some(token) == stop {
+                finished.push(Beam { tokens, score });
+                continue;
+            }
+            tokens.push(token);
+            next.push(Beam { tokens, score });
+            parents.push(parent);
+        }
+        if next.is_empty() {
+            beams.clear();
+            break;
+        }
+        cache = cache.select(&parents, device);
+        input = next
+            .iter()
+            .map(|b| vec![b.tokens[b.tokens.len() - 1]])
+            .collect();
+        beams = next;
+    }
+    let normalised = |b: &Beam| b.score / (b.tokens.len().max(1) as f64);
+    finished
+        .into_iter()
+        .chain(beams)
+        .max_by(|a, b| normalised(a).total_cmp(&normalised(b)))
+        .unwrap_or(Beam {
+            tokens: Vec::new(),
+            score: 0.0,
+        })
 }

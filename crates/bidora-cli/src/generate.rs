@@ -46,6 +46,9 @@ pub struct GenerateArgs {
     /// New tokens at most (decoding stops earlier at the end-of-sequence token).
     #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
     pub max_new_tokens: usize,
+    /// Stop when the continuation contains this text (cut before it); repeatable.
+    #[arg(long)]
+    pub stop: Vec<String>,
     /// Sampling temperature; 0 decodes greedily.
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
@@ -192,8 +195,8 @@ impl Sampling {
     }
 }
 
-/// Decodes up to `max_new` tokens after `prompt`, calling `on_token` with the tokens so far
-/// (beam search: once, at the end).
+/// Decodes up to `max_new` tokens after `prompt`; `on_token` sees the tokens so far after
+/// each one (beam search: once, at the end) and returns true to stop there.
 fn continue_prompt<B: Backend>(
     model: &Decoder<B>,
     prompt: &[u32],
@@ -201,13 +204,12 @@ fn continue_prompt<B: Backend>(
     eos: Option<u32>,
     sampling: Sampling,
     device: &B::Device,
-    on_token: &mut dyn FnMut(&[u32]),
-) -> Vec<u32> {
+    on_token: &mut dyn FnMut(&[u32]) -> bool,
+) {
     if sampling.beams > 1 {
         let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
-        let best = beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens;
-        on_token(&best);
-        return best;
+        on_token(&beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens);
+        return;
     }
     let mut cache = KvCache::new();
     let mut out = Vec::new();
@@ -229,10 +231,112 @@ fn continue_prompt<B: Backend>(
             break;
         }
         out.push(next);
-        on_token(&out);
+        if on_token(&out) {
+            break;
+        }
         next_input = vec![next];
     }
-    out
+}
+
+/// A loaded decoder and how to continue prompts with it.
+struct Generator<B: Backend> {
+    model: Decoder<B>,
+    tok: Tokenizer,
+    eos: Option<u32>,
+    sampling: Sampling,
+    max_new: usize,
+    stops: Vec<String>,
+    device: B::Device,
+}
+
+impl<B: Backend> Generator<B> {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Fail> {
+        let ids = self.tok.encode(text, None, usize::MAX).input()?.ids;
+        if ids.is_empty() {
+            return Err(input("the prompt is empty"));
+        }
+        Ok(ids)
+    }
+
+    /// The continuation of `prompt`, cut before the first stop string. `on_text` receives it
+    /// piece by piece as it grows, holding back what could still become a stop string.
+    fn complete(&self, prompt: &str, on_text: &mut dyn FnMut(&str)) -> Result<String, Fail> {
+        let ids = self.encode(prompt)?;
+        let hold = self
+            .stops
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let (mut text, mut shown) = (String::new(), 0);
+        let mut on_token = |out: &[u32]| {
+            // Decode the whole continuation, so tokens that only make characters together
+            // come out whole.
+            text = self.tok.decode(out).unwrap_or_default();
+            let cut = self
+                .stops
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min();
+            if let Some(c) = cut {
+                text.truncate(c);
+            }
+            let mut safe = if cut.is_some() {
+                text.len()
+            } else {
+                text.len().saturating_sub(hold)
+            };
+            while !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            if safe > shown && text.is_char_boundary(shown) {
+                on_text(&text[shown..safe]);
+                shown = safe;
+            }
+            cut.is_some()
+        };
+        let s = self.sampling;
+        continue_prompt(
+            &self.model,
+            &ids,
+            self.max_new,
+            self.eos,
+            s,
+            &self.device,
+            &mut on_token,
+        );
+        if text.len() > shown && text.is_char_boundary(shown) {
+            on_text(&text[shown..]);
+        }
+        Ok(text)
+    }
+
+    /// `--input`: one `{"prompt", "completion"}` line per `{"prompt"}` line of `path`.
+    fn batch(&self, path: &Path, output: &Path) -> Result<(), Fail> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))
+            .input()?;
+        let mut lines = String::new();
+        let rows = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        for (n, line) in rows {
+            let where_ = || format!("{}:{}", path.display(), n + 1);
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{}: not JSON: {e}", where_()))
+                .input()?;
+            let prompt = v["prompt"]
+                .as_str()
+                .ok_or_else(|| input(format!("{}: no string field \"prompt\"", where_())))?;
+            let completion = self.complete(prompt, &mut |_| {})?;
+            lines.push_str(&json!({ "prompt": prompt, "completion": completion }).to_string());
+            lines.push('\n');
+        }
+        atomic_write(output, lines.as_bytes()).runtime()?;
+        eprintln!("completions written to {}", output.display());
+        Ok(())
+    }
 }
 
 struct GenerateJob(GenerateArgs);
@@ -246,80 +350,32 @@ impl BackendTask for GenerateJob {
             Some(dir) => model.with_adapter(dir)?,
             None => model,
         };
-        let sampling = Sampling {
-            temperature: a.temperature,
-            top_p: a.top_p,
-            beams: a.beams,
+        let g = Generator {
+            model,
+            tok,
+            eos,
+            sampling: Sampling {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                beams: a.beams,
+            },
+            max_new: a.max_new_tokens,
+            stops: a.stop.clone(),
+            device,
         };
-        let encode = |text: &str| -> Result<Vec<u32>, Fail> {
-            let ids = tok.encode(text, None, usize::MAX).input()?.ids;
-            if ids.is_empty() {
-                return Err(input("the prompt is empty"));
-            }
-            Ok(ids)
-        };
-        let decode = |ids: &[u32]| tok.decode(ids).unwrap_or_default();
-        if let Some(prompt) = &a.prompt {
-            let ids = encode(prompt)?;
-            let mut shown = 0;
-            let mut stdout = std::io::stdout();
-            let mut show = |out: &[u32]| {
-                // Decode the whole continuation and print what is new, so that tokens that
-                // only make characters together come out whole.
-                let text = decode(out);
-                if text.len() > shown && text.is_char_boundary(shown) {
-                    let _ = write!(stdout, "{}", &text[shown..]);
+        match (&a.prompt, &a.input, &a.output) {
+            (Some(prompt), ..) => {
+                let mut stdout = std::io::stdout();
+                g.complete(prompt, &mut |piece| {
+                    let _ = write!(stdout, "{piece}");
                     let _ = stdout.flush();
-                    shown = text.len();
-                }
-            };
-            continue_prompt(
-                &model,
-                &ids,
-                a.max_new_tokens,
-                eos,
-                sampling,
-                &device,
-                &mut show,
-            );
-            println!();
-            return Ok(());
+                })?;
+                println!();
+                Ok(())
+            }
+            (None, Some(path), Some(output)) => g.batch(path, output),
+            _ => Err(usage("give --prompt, or --input with --output")),
         }
-        let (Some(path), Some(output)) = (&a.input, &a.output) else {
-            return Err(usage("give --prompt, or --input with --output"));
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))
-            .input()?;
-        let mut lines = String::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let where_ = || format!("{}:{}", path.display(), n + 1);
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| anyhow!("{}: not JSON: {e}", where_()))
-                .input()?;
-            let prompt = v["prompt"]
-                .as_str()
-                .ok_or_else(|| input(format!("{}: no string field \"prompt\"", where_())))?;
-            let ids = encode(prompt)?;
-            let out = continue_prompt(
-                &model,
-                &ids,
-                a.max_new_tokens,
-                eos,
-                sampling,
-                &device,
-                &mut |_| {},
-            );
-            lines.push_str(&json!({ "prompt": prompt, "completion": decode(&out) }).to_string());
-            lines.push('\n');
-        }
-        atomic_write(output, lines.as_bytes()).runtime()?;
-        eprintln!("completions written to {}", output.display());
-        Ok(())
     }
 }
 

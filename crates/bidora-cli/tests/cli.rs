@@ -738,7 +738,10 @@ fn generate_streams_greedy_text_batches_jsonl_and_samples_reproducibly() {
     };
     let prompt = "The capital of France is";
     let greedy = stdout_of(&mut gen(&["--prompt", prompt]));
-    assert!(greedy.starts_with(" Paris"), "{greedy:?}");
+    assert!(greedy.starts_with(" Paris."), "{greedy:?}");
+    // A stop string ends the text before it, streamed or not.
+    let stopped = stdout_of(&mut gen(&["--prompt", prompt, "--stop", ".", "--stop", "zz"]));
+    assert_eq!(stopped, " Paris\n");
     // A batch of two prompts: the first completion is the streamed one.
     let input = tmp.path().join("in.jsonl");
     std::fs::write(

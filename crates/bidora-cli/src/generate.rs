@@ -132,6 +132,22 @@ impl<B: Backend> Decoder<B> {
         })
     }
 
+    /// The number of token embeddings.
+    fn vocab_size(&self) -> usize {
+        match self {
+            Decoder::Gpt2(m) => m.transformer.wte.weight.dims()[0],
+            Decoder::Llama(m) => m.model.embed_tokens.weight.dims()[0],
+        }
+    }
+
+    /// The most positions the model can take (GPT-2's learned position table), if limited.
+    fn max_positions(&self) -> Option<usize> {
+        match self {
+            Decoder::Gpt2(m) => Some(m.transformer.wpe.weight.dims()[0]),
+            Decoder::Llama(_) => None,
+        }
+    }
+
     fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         match self {
             Decoder::Gpt2(m) => m.forward_cached(ids, cache),
@@ -254,6 +270,23 @@ impl<B: Backend> Generator<B> {
         let ids = self.tok.encode(text, None, usize::MAX).input()?.ids;
         if ids.is_empty() {
             return Err(input("the prompt is empty"));
+        }
+        let vocab = self.model.vocab_size();
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(input(format!(
+                "the tokenizer gives token id {bad}, but the model has {vocab} embeddings: \
+                 tokenizer and model do not match"
+            )));
+        }
+        if let Some(limit) = self.model.max_positions() {
+            if ids.len() + self.max_new > limit {
+                return Err(usage(format!(
+                    "a prompt of {} tokens and --max-new-tokens {} need {} positions; the model has {limit}",
+                    ids.len(),
+                    self.max_new,
+                    ids.len() + self.max_new
+                )));
+            }
         }
         Ok(ids)
     }

@@ -740,7 +740,9 @@ fn generate_streams_greedy_text_batches_jsonl_and_samples_reproducibly() {
     let greedy = stdout_of(&mut gen(&["--prompt", prompt]));
     assert!(greedy.starts_with(" Paris."), "{greedy:?}");
     // A stop string ends the text before it, streamed or not.
-    let stopped = stdout_of(&mut gen(&["--prompt", prompt, "--stop", ".", "--stop", "zz"]));
+    let stopped = stdout_of(&mut gen(&[
+        "--prompt", prompt, "--stop", ".", "--stop", "zz",
+    ]));
     assert_eq!(stopped, " Paris\n");
     // A batch of two prompts: the first completion is the streamed one.
     let input = tmp.path().join("in.jsonl");
@@ -896,4 +898,49 @@ fn generate_with_a_peft_adapter_is_the_adapted_models_greedy_text() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Bad input to `generate` is an error, not a panic: more positions than GPT-2's table holds
+/// (exit 2), and a tokenizer whose ids the model has no embeddings for (exit 3).
+#[test]
+fn generate_refuses_prompts_past_the_positions_and_foreign_tokenizers() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = tmp.path().join("tiny-gpt2");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("tiny-gpt2").join(f), model_dir.join(f)).unwrap();
+    }
+    // 5 specials and w0..w194: ids past the model's 100 embeddings exist.
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend((0..195).map(|i| format!("w{i}")));
+    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let run = |prompt: &str, new: &str| {
+        let out = bidora()
+            .args([
+                "generate",
+                "--model",
+                model_dir.to_str().unwrap(),
+                "--prompt",
+                prompt,
+            ])
+            .args(["--max-new-tokens", new])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let short = "w1 w2 w3";
+    assert_eq!(run(short, "4").0, Some(0));
+    // 3 words and [CLS]/[SEP] = 5 tokens; 5 + 28 > 32 positions.
+    let (code, err) = run(short, "28");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("32") && err.contains("positions"), "{err}");
+    let (code, err) = run("w1 w150", "4");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("155") && err.contains("embeddings"), "{err}");
 }

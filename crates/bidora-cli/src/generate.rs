@@ -10,14 +10,14 @@ use anyhow::{anyhow, Context};
 use bidora_adapters::peft::PeftAdapter;
 use bidora_backend::BackendTask;
 use bidora_models::config::Architecture;
-use bidora_models::generate::{beam_search, KvCache};
+use bidora_models::generate::{beam_search, ids_row, last_position, KvCache};
 use bidora_models::gguf::Gguf;
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::llama::LlamaForCausalLM;
 use bidora_models::tokenizer::Tokenizer;
 use bidora_util::atomic_write;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use serde_json::json;
 
 use crate::defaults;
@@ -231,13 +231,8 @@ fn continue_prompt<B: Backend>(
     let mut out = Vec::new();
     let mut next_input = prompt.to_vec();
     for _ in 0..max_new {
-        let s = next_input.len();
-        let data: Vec<i64> = next_input.iter().map(|&t| i64::from(t)).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, s]), device);
-        let logits = model.forward_cached(ids, &mut cache);
-        let v = logits.dims()[2];
-        let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
-        let last: Vec<f32> = last
+        let logits = model.forward_cached(ids_row(&next_input, device), &mut cache);
+        let last: Vec<f32> = last_position(logits)
             .into_data()
             .convert::<f32>()
             .to_vec()

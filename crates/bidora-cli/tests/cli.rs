@@ -12,7 +12,9 @@ use assert_cmd::Command;
 
 mod common;
 use bidora_adapters::tensor_io::read_safetensors;
-use common::{bidora, json, records, set, sst2, stdout_of, stsb, tiny_bert, train_args};
+use common::{
+    bidora, json, records, set, sst2, stdout_of, stsb, tiny_bert, tiny_decoder, train_args,
+};
 
 #[test]
 fn help_teaches_the_commands_methods_and_exit_codes() {
@@ -820,19 +822,10 @@ fn generate_with_a_peft_adapter_is_the_adapted_models_greedy_text() {
     use bidora_models::llama::LlamaForCausalLM;
     use bidora_models::tokenizer::Tokenizer;
     type B = burn::backend::NdArray<f32>;
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
-    let model_dir = tmp.path().join("tiny-llama");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("tiny-llama").join(f), model_dir.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .map(String::from)
-        .to_vec();
-    vocab.extend((0..95).map(|i| format!("w{i}")));
-    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let adapter_dir = fixtures.join("tiny-llama_lora");
+    let model_dir = tiny_decoder(tmp.path(), "tiny-llama", 95);
+    let adapter_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../bidora-models/tests/fixtures/tiny-llama_lora");
     let prompt = "w3 w14 w15 w92 w65";
     let run = |adapter: bool| {
         let mut c = bidora();
@@ -904,19 +897,9 @@ fn generate_with_a_peft_adapter_is_the_adapted_models_greedy_text() {
 /// (exit 2), and a tokenizer whose ids the model has no embeddings for (exit 3).
 #[test]
 fn generate_refuses_prompts_past_the_positions_and_foreign_tokenizers() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bidora-models/tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
-    let model_dir = tmp.path().join("tiny-gpt2");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures.join("tiny-gpt2").join(f), model_dir.join(f)).unwrap();
-    }
     // 5 specials and w0..w194: ids past the model's 100 embeddings exist.
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .map(String::from)
-        .to_vec();
-    vocab.extend((0..195).map(|i| format!("w{i}")));
-    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let model_dir = tiny_decoder(tmp.path(), "tiny-gpt2", 195);
     let run = |prompt: &str, new: &str| {
         let out = bidora()
             .args([

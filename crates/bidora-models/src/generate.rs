@@ -68,6 +68,24 @@ pub(crate) fn offset_causal_bias<B: Backend>(
     Tensor::from_data(TensorData::new(bias, [1, 1, seq, total]), device)
 }
 
+/// One row of token ids, `[1, len]`.
+pub fn ids_row<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
+}
+
+/// The logits `[vocab]` at the last position of the first row of `logits` `[batch, seq, vocab]`.
+pub fn last_position<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 1> {
+    let [_, s, v] = logits.dims();
+    logits.slice([0..1, s - 1..s, 0..v]).reshape([v])
+}
+
+/// The argmax of `logits` `[vocab]`.
+fn argmax<B: Backend>(logits: Tensor<B, 1>) -> u32 {
+    let next: i64 = logits.argmax(0).into_scalar().elem();
+    u32::try_from(next).unwrap_or(0)
+}
+
 /// Greedy decoding with a [`KvCache`]: the prompt in one pass, then one position per new
 /// token. Returns the new tokens (stopping after `stop`) and, for each, the logits `[vocab]`
 /// it was chosen from.
@@ -82,16 +100,8 @@ pub fn greedy_cached<B: Backend>(
     let (mut out, mut logits) = (Vec::new(), Vec::new());
     let mut input: Vec<u32> = prompt.to_vec();
     for _ in 0..new_tokens {
-        let s = input.len();
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(input.iter().map(|t| *t as i64).collect::<Vec<_>>(), [1, s]),
-            device,
-        );
-        let all = forward(ids, &mut cache);
-        let v = all.dims()[2];
-        let last = all.slice([0..1, s - 1..s, 0..v]).reshape([v]);
-        let next: i64 = last.clone().argmax(0).into_scalar().elem();
-        let next = u32::try_from(next).unwrap_or(0);
+        let last = last_position(forward(ids_row(&input, device), &mut cache));
+        let next = argmax(last.clone());
         out.push(next);
         logits.push(last);
         if Some(next) == stop {
@@ -114,17 +124,8 @@ pub fn greedy_continue<B: Backend>(
 ) -> Vec<u32> {
     let mut ids: Vec<u32> = prompt.to_vec();
     for _ in 0..new_tokens {
-        let s = ids.len();
-        let input = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids.iter().map(|t| *t as i64).collect::<Vec<_>>(), [1, s]),
-            device,
-        );
-        let mask = Tensor::<B, 2, Int>::ones([1, s], device);
-        let logits = forward(input, mask);
-        let v = logits.dims()[2];
-        let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
-        let next: i64 = last.argmax(0).into_scalar().elem();
-        let next = u32::try_from(next).unwrap_or(0);
+        let mask = Tensor::<B, 2, Int>::ones([1, ids.len()], device);
+        let next = argmax(last_position(forward(ids_row(&ids, device), mask)));
         ids.push(next);
         if Some(next) == stop {
             break;

@@ -140,3 +140,20 @@ pub fn stdout_of(c: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A copy of the models crate's random-weight decoder `name` (`tiny-llama`, `tiny-gpt2`) in
+/// `dir`, with a made-up WordPiece vocabulary of the five BERT specials and `w0 … w{words-1}`.
+pub fn tiny_decoder(dir: &Path, name: &str, words: usize) -> PathBuf {
+    let fixtures = crate_dir().join("../bidora-models/tests/fixtures");
+    let model_dir = dir.join(name);
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join(name).join(f), model_dir.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend((0..words).map(|i| format!("w{i}")));
+    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    model_dir
+}

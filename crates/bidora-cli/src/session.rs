@@ -245,7 +245,7 @@ impl<B: Backend> TaskModel<B> {
                     .1,
             ),
             TaskKind::Generation => return Err(input(
-                "generation tasks (e2e) need a decoder model and are not supported by the CLI yet",
+                "generation tasks (e2e, headlines) need a decoder model, and `bidora train` does not train decoders yet (`bidora generate` runs them)",
             )),
         })
     }

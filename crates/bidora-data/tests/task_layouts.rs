@@ -209,6 +209,24 @@ fn real_assets_when_available() {
             d.labels,
             vec!["business", "entertainment", "politics", "sports", "tech"]
         );
+        // The same articles as headline generation: every one has a title and a text.
+        let (n, d) = total("headlines", &bbc);
+        assert_eq!(n, 2_225);
+        let spam = d
+            .train
+            .iter()
+            .chain(&d.eval[0].1)
+            .find(|e| {
+                e.text_a
+                    .starts_with("A brother and sister in the US have been convicted")
+            })
+            .expect("tech/132.txt");
+        assert_eq!(
+            spam.label,
+            Some(bidora_data::example::Label::References(vec![
+                "US duo in first spam conviction".into()
+            ]))
+        );
     } else {
         eprintln!("{} absent (cargo xtask assets bbc): skipped", bbc.display());
     }

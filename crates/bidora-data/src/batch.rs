@@ -135,9 +135,137 @@ pub fn collate(examples: &[&Example], tokenizer: &dyn Tokenizer, max_len: usize)
     }
 }
 
+/// A padded causal-LM training batch in host memory, row-major `[batch, seq_len]`: each row
+/// is `prompt ++ completion ++ [eos]`, right-padded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CausalBatch {
+    /// Rows in the batch.
+    pub batch: usize,
+    /// Padded length (the longest row).
+    pub seq_len: usize,
+    /// Token ids, padded with the pad id.
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// The ids themselves on the completion and its end-of-sequence token, [`IGNORE_INDEX`] on
+    /// the prompt and the padding: the loss is on the completion only (the model shifts them).
+    pub labels: Vec<i64>,
+}
+
+/// One training row of a causal LM: token ids of the prompt (with the model's leading special
+/// tokens) and of the completion (without), and the source line, for errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CausalRow<'a> {
+    /// The prompt's ids.
+    pub prompt: &'a [u32],
+    /// The completion's ids.
+    pub completion: &'a [u32],
+    /// The 1-based line of the example in its file.
+    pub line: usize,
+}
+
+/// Packs `rows` for causal-LM training with dynamic padding. A row longer than `max_len` loses
+/// the start of its prompt, never its completion; an empty completion, or one that does not fit
+/// `max_len` with the end-of-sequence token and one prompt token, is an error naming its line.
+pub fn collate_causal(
+    rows: &[CausalRow<'_>],
+    eos: u32,
+    pad: u32,
+    max_len: usize,
+) -> Result<CausalBatch, crate::DataError> {
+    let mut packed: Vec<(Vec<u32>, usize)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let tail = r.completion.len() + 1;
+        if r.completion.is_empty() {
+            return Err(crate::DataError::Invalid(format!(
+                "line {}: empty completion",
+                r.line
+            )));
+        }
+        if tail + 1 > max_len {
+            return Err(crate::DataError::Invalid(format!(
+                "line {}: the completion has {} tokens; with the end-of-sequence token and one \
+                 prompt token it does not fit the max length {max_len}",
+                r.line,
+                r.completion.len()
+            )));
+        }
+        let keep = r.prompt.len().min(max_len - tail);
+        let mut ids = r.prompt[r.prompt.len() - keep..].to_vec();
+        ids.extend_from_slice(r.completion);
+        ids.push(eos);
+        packed.push((ids, keep));
+    }
+    let seq_len = packed.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+    let n = packed.len();
+    let mut input_ids = vec![i64::from(pad); n * seq_len];
+    let mut attention_mask = vec![0i64; n * seq_len];
+    let mut labels = vec![IGNORE_INDEX; n * seq_len];
+    for (i, (ids, prompt_len)) in packed.iter().enumerate() {
+        for (j, &id) in ids.iter().enumerate() {
+            input_ids[i * seq_len + j] = i64::from(id);
+            attention_mask[i * seq_len + j] = 1;
+            if j >= *prompt_len {
+                labels[i * seq_len + j] = i64::from(id);
+            }
+        }
+    }
+    Ok(CausalBatch {
+        batch: n,
+        seq_len,
+        input_ids,
+        attention_mask,
+        labels,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causal_rows_mask_the_prompt_pad_right_and_truncate_the_prompt_only() {
+        let (eos, pad, x) = (9, 0, IGNORE_INDEX);
+        let rows = [
+            CausalRow {
+                prompt: &[1, 2, 3],
+                completion: &[4, 5],
+                line: 1,
+            },
+            CausalRow {
+                prompt: &[6],
+                completion: &[7],
+                line: 2,
+            },
+        ];
+        let b = collate_causal(&rows, eos, pad, 16).unwrap();
+        assert_eq!((b.batch, b.seq_len), (2, 6));
+        assert_eq!(b.input_ids, vec![1, 2, 3, 4, 5, 9, 6, 7, 9, 0, 0, 0]);
+        assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
+        assert_eq!(b.labels, vec![x, x, x, 4, 5, 9, x, 7, 9, x, x, x]);
+        // Max length 4: the prompt keeps its last token, the completion and EOS stay whole.
+        let b = collate_causal(&rows[..1], eos, pad, 4).unwrap();
+        assert_eq!(b.input_ids, vec![3, 4, 5, 9]);
+        assert_eq!(b.labels, vec![x, 4, 5, 9]);
+        // No room for one prompt token, or nothing to learn: errors naming the line.
+        let err = collate_causal(&rows[..1], eos, pad, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 1") && err.contains("max length 3"),
+            "{err}"
+        );
+        let empty = [CausalRow {
+            prompt: &[1],
+            completion: &[],
+            line: 7,
+        }];
+        let err = collate_causal(&empty, eos, pad, 8).unwrap_err().to_string();
+        assert!(
+            err.contains("line 7") && err.contains("empty completion"),
+            "{err}"
+        );
+    }
 
     /// Characters as tokens: `[1] a [2] b [2]`, words split into characters.
     struct Chars;

@@ -265,13 +265,6 @@ pub fn random<B: Backend, const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Whether `B`'s tensors live in host memory (ndarray, also under autodiff), so that building a
-/// tensor from host data costs a copy, not a device transfer. Kernels that can generate data
-/// faster on the host than through Burn's generic path (dropout masks) ask this.
-pub fn tensors_in_host_memory<B: Backend>(device: &B::Device) -> bool {
-    B::name(device).contains("ndarray")
-}
-
 /// Runs `task` on `device`, after seeding it with `seed` when one is given.
 ///
 /// Fails with [`BackendError::NotCompiled`] when the backend was not built in.
@@ -433,14 +426,6 @@ macro_rules! __cuda_tests {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[cfg(feature = "ndarray")]
-    #[test]
-    fn ndarray_keeps_tensors_in_host_memory() {
-        let device = Default::default();
-        assert!(tensors_in_host_memory::<types::NdArray>(&device));
-        assert!(tensors_in_host_memory::<types::NdArrayAutodiff>(&device));
-    }
 
     #[test]
     fn parses_names_and_aliases() {

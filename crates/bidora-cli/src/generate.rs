@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use bidora_adapters::peft::PeftAdapter;
 use bidora_backend::BackendTask;
 use bidora_models::config::Architecture;
-use bidora_models::generate::{beam_search, ids_row, last_position, KvCache};
+use bidora_models::generate::{beam_search, decode_cached, KvCache};
 use bidora_models::gguf::Gguf;
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::llama::LlamaForCausalLM;
@@ -222,31 +222,21 @@ fn continue_prompt<B: Backend>(
     device: &B::Device,
     on_token: &mut dyn FnMut(&[u32]) -> bool,
 ) {
+    let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
     if sampling.beams > 1 {
-        let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
         on_token(&beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens);
         return;
     }
-    let mut cache = KvCache::new();
-    let mut out = Vec::new();
-    let mut next_input = prompt.to_vec();
-    for _ in 0..max_new {
-        let logits = model.forward_cached(ids_row(&next_input, device), &mut cache);
-        let last: Vec<f32> = last_position(logits)
+    let mut pick = |last: Tensor<B, 1>| {
+        let last: Vec<f32> = last
             .into_data()
             .convert::<f32>()
             .to_vec()
             .unwrap_or_default();
-        let next = sampling.pick(&last);
-        if Some(next) == eos {
-            break;
-        }
-        out.push(next);
-        if on_token(&out) {
-            break;
-        }
-        next_input = vec![next];
-    }
+        sampling.pick(&last)
+    };
+    // `on_token` never sees the end-of-sequence token: decoding stops before it.
+    decode_cached(forward, prompt, max_new, eos, &mut pick, on_token, device);
 }
 
 /// A loaded decoder and how to continue prompts with it.

@@ -86,9 +86,35 @@ fn argmax<B: Backend>(logits: Tensor<B, 1>) -> u32 {
     u32::try_from(next).unwrap_or(0)
 }
 
-/// Greedy decoding with a [`KvCache`]: the prompt in one pass, then one position per new
-/// token. Returns the new tokens (stopping after `stop`) and, for each, the logits `[vocab]`
-/// it was chosen from.
+/// Decoding with a [`KvCache`]: the prompt in one pass, then one position per new token.
+/// `pick` chooses each token from the last position's logits `[vocab]`; `on_token` sees the
+/// new tokens so far after each one and returns true to stop there. Returns the new tokens,
+/// ending with `stop` when it was picked.
+pub fn decode_cached<B: Backend>(
+    forward: impl Fn(Tensor<B, 2, Int>, &mut KvCache<B>) -> Tensor<B, 3>,
+    prompt: &[u32],
+    new_tokens: usize,
+    stop: Option<u32>,
+    pick: &mut dyn FnMut(Tensor<B, 1>) -> u32,
+    on_token: &mut dyn FnMut(&[u32]) -> bool,
+    device: &B::Device,
+) -> Vec<u32> {
+    let mut cache = KvCache::new();
+    let mut out = Vec::new();
+    let mut input: Vec<u32> = prompt.to_vec();
+    for _ in 0..new_tokens {
+        let next = pick(last_position(forward(ids_row(&input, device), &mut cache)));
+        out.push(next);
+        if Some(next) == stop || on_token(&out) {
+            break;
+        }
+        input = vec![next];
+    }
+    out
+}
+
+/// Greedy decoding with a [`KvCache`] ([`decode_cached`] with the argmax). Returns the new
+/// tokens (stopping after `stop`) and, for each, the logits `[vocab]` it was chosen from.
 pub fn greedy_cached<B: Backend>(
     forward: impl Fn(Tensor<B, 2, Int>, &mut KvCache<B>) -> Tensor<B, 3>,
     prompt: &[u32],
@@ -96,19 +122,20 @@ pub fn greedy_cached<B: Backend>(
     stop: Option<u32>,
     device: &B::Device,
 ) -> (Vec<u32>, Vec<Tensor<B, 1>>) {
-    let mut cache = KvCache::new();
-    let (mut out, mut logits) = (Vec::new(), Vec::new());
-    let mut input: Vec<u32> = prompt.to_vec();
-    for _ in 0..new_tokens {
-        let last = last_position(forward(ids_row(&input, device), &mut cache));
-        let next = argmax(last.clone());
-        out.push(next);
-        logits.push(last);
-        if Some(next) == stop {
-            break;
-        }
-        input = vec![next];
-    }
+    let mut logits = Vec::new();
+    let mut pick = |last: Tensor<B, 1>| {
+        logits.push(last.clone());
+        argmax(last)
+    };
+    let out = decode_cached(
+        forward,
+        prompt,
+        new_tokens,
+        stop,
+        &mut pick,
+        &mut |_| false,
+        device,
+    );
     (out, logits)
 }
 

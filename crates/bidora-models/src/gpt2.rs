@@ -140,22 +140,12 @@ pub const BLOCK_PROJECTIONS: [&str; 4] = ["attn.c_attn", "attn.c_proj", "mlp.c_f
 impl<B: Backend> Gpt2Block<B> {
     /// `x`: `[batch, seq, hidden]`; `bias`: `[batch, 1, seq, seq]` causal + padding bias.
     pub fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [b, s, h] = x.dims();
-        let (q, k, v) = self.qkv(x.clone());
-        let ctx = if self.scale {
-            attention(q, k, v, bias, self.heads, &self.attention_dropout)
-        } else {
+        if !self.scale {
             // Unscaled scores (`scale_attn_weights = false`): the composed form.
-            let split = |t: Tensor<B, 3>| t.reshape([b, s, self.heads, h / self.heads]);
-            let (q, k, v) = (split(q), split(k), split(v));
-            let ctx = self.composed_attention(
-                q.swap_dims(1, 2),
-                k.swap_dims(1, 2),
-                v.swap_dims(1, 2),
-                bias,
-            );
-            ctx.swap_dims(1, 2).reshape([b, s, h])
-        };
+            return self.forward_with(x, bias, None).0;
+        }
+        let (q, k, v) = self.qkv(x.clone());
+        let ctx = attention(q, k, v, bias, self.heads, &self.attention_dropout);
         self.after_attention(x, ctx)
     }
 
@@ -276,19 +266,25 @@ impl<B: Backend> Gpt2<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let [b, s] = input_ids.dims();
-        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &input_ids.device())
-            .unsqueeze::<2>()
-            .repeat_dim(0, b);
-        let mut x = dropout(
-            &self.dropout,
-            self.wte.forward(input_ids) + self.wpe.forward(positions),
-        );
+        let mut x = self.embed(input_ids, 0);
         let bias = causal_bias(attention_mask);
         for block in &self.blocks {
             x = block.forward(x, bias.clone());
         }
         self.ln_f.forward(x)
+    }
+
+    /// Token and position embeddings (positions `start..start + seq`), after dropout.
+    fn embed(&self, input_ids: Tensor<B, 2, Int>, start: usize) -> Tensor<B, 3> {
+        let [b, s] = input_ids.dims();
+        let positions =
+            Tensor::<B, 1, Int>::arange(start as i64..(start + s) as i64, &input_ids.device())
+                .unsqueeze::<2>()
+                .repeat_dim(0, b);
+        dropout(
+            &self.dropout,
+            self.wte.forward(input_ids) + self.wpe.forward(positions),
+        )
     }
 
     /// The last hidden state `[batch, seq, hidden]` of `seq` new tokens after the positions in
@@ -298,16 +294,10 @@ impl<B: Backend> Gpt2<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
-        let [b, s] = input_ids.dims();
+        let s = input_ids.dims()[1];
         let device = input_ids.device();
         let past = cache.len();
-        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + s) as i64, &device)
-            .unsqueeze::<2>()
-            .repeat_dim(0, b);
-        let mut x = dropout(
-            &self.dropout,
-            self.wte.forward(input_ids) + self.wpe.forward(positions),
-        );
+        let mut x = self.embed(input_ids, past);
         let bias = offset_causal_bias::<B>(past, s, &device);
         let mut layers = std::mem::take(&mut cache.layers).into_iter();
         for block in &self.blocks {

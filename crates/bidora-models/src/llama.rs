@@ -394,6 +394,11 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The attention heads' width for a hidden size of `hidden` (2 for a model without layers).
+    fn head_dim(&self, hidden: usize) -> usize {
+        self.layers.first().map_or(2, |l| hidden / l.heads)
+    }
+
     /// Rotary tables `cos`, `sin`: `[1, 1, seq, head_dim]` for positions `start..start + seq`.
     fn rotary(
         &self,
@@ -429,10 +434,7 @@ impl<B: Backend> Llama<B> {
         let [_, s] = input_ids.dims();
         let device = input_ids.device();
         let mut x = self.embed_tokens.forward(input_ids);
-        let d = match self.layers.first() {
-            Some(l) => x.dims()[2] / l.heads,
-            None => 2,
-        };
+        let d = self.head_dim(x.dims()[2]);
         let (cos, sin) = self.rotary(0, s, d, &device);
         let bias = causal_bias(attention_mask);
         for layer in &self.layers {
@@ -452,10 +454,7 @@ impl<B: Backend> Llama<B> {
         let device = input_ids.device();
         let past = cache.len();
         let mut x = self.embed_tokens.forward(input_ids);
-        let d = match self.layers.first() {
-            Some(l) => x.dims()[2] / l.heads,
-            None => 2,
-        };
+        let d = self.head_dim(x.dims()[2]);
         let (cos, sin) = self.rotary(past, s, d, &device);
         let bias = offset_causal_bias::<B>(past, s, &device);
         let mut layers = std::mem::take(&mut cache.layers).into_iter();

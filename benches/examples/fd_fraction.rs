@@ -115,6 +115,9 @@ impl bidora_data::batch::Tokenizer for Tok {
     fn encode_words(&self, _: &[String], _: usize) -> Encoding {
         unreachable!("no tagging here")
     }
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.0.encode_plain(text).expect("tokenise")
+    }
     fn pad_id(&self) -> u32 {
         self.0.pad_id()
     }

@@ -549,6 +549,9 @@ pub struct SaveOptions {
     /// Extra tensors in PyTorch layout, keyed by PEFT path without the prefix
     /// (e.g. `classifier.weight`): the saved modules' parameters.
     pub extra_tensors: BTreeMap<String, HostTensor>,
+    /// `fan_in_fan_out` in the config: the base model stores these weights `[in, out]`
+    /// (GPT-2's `Conv1D`).
+    pub fan_in_fan_out: bool,
 }
 
 /// Writes the adapted layers of `host` as a PEFT adapter in `dir` (created if needed):
@@ -569,6 +572,7 @@ pub fn save<B: Backend, H: AdapterHost<B>>(
     let mut peft = PeftConfig::from_adapter_config(config);
     peft.base_model_name_or_path = options.base_model_name_or_path.clone();
     peft.task_type = options.task_type.clone();
+    peft.fan_in_fan_out = options.fan_in_fan_out;
     peft.modules_to_save =
         (!options.modules_to_save.is_empty()).then(|| options.modules_to_save.clone());
     let mut tensors = BTreeMap::new();

@@ -21,6 +21,15 @@ pub struct LoadedAdapter {
 /// Reads an adapter folder (HF PEFT's or ours) and works out its head.
 pub fn load_adapter(model: &Path, dir: &Path) -> Result<LoadedAdapter, Fail> {
     let adapter = PeftAdapter::load(dir).input()?;
+    if adapter.config.task_type.as_deref() == Some("CAUSAL_LM") {
+        // A decoder's adapter: no head, no labels.
+        return Ok(LoadedAdapter {
+            adapter,
+            kind: TaskKind::Generation,
+            num_labels: 0,
+            labels: Vec::new(),
+        });
+    }
     let kind = match adapter.config.task_type.as_deref() {
         Some("TOKEN_CLS") => TaskKind::TokenClassification,
         _ => TaskKind::Classification,

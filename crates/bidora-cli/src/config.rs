@@ -25,7 +25,11 @@ Methods:
 Tasks: cola sst2 mrpc qqp stsb mnli qnli rte wnli (GLUE folders: train.tsv, dev.tsv),
   conll wnut16 (2-column BIO files), movie-sentiment movie-rating tweet-sentiment
   product-sentiment editorial-sentiment (VADER rated sentences), topic (a folder per class),
-  jsonl (your train.jsonl + dev.jsonl with text, optional text_pair, label)
+  jsonl (your train.jsonl + dev.jsonl with text, optional text_pair, label);
+  generation, with a decoder (GPT-2 or Llama layout, HF folder or .gguf): headlines
+  (BBC News article → title), e2e (E2E NLG CSV or source/target JSONL), prompts (your
+  train.jsonl + dev.jsonl with prompt and completion). The loss is on the completion only;
+  dev is scored on greedy (or --beams) outputs with the task's metrics and perplexity.
 
 A TOML file takes the same keys with `_` for `-`, e.g.
   task = \"mrpc\"
@@ -48,7 +52,7 @@ pub struct Knobs {
     #[arg(long, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// HF model folder (config.json, model.safetensors, tokenizer).
+    /// HF model folder (config.json, model.safetensors, tokenizer), or a GGUF file (decoders).
     #[arg(long, value_name = "DIR", help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
@@ -216,6 +220,18 @@ pub struct Knobs {
     #[arg(long, help_heading = "Training")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
+    /// Evaluate on this many examples of the dev set (spread evenly over it) [default: all].
+    #[arg(long, help_heading = "Evaluation")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_examples: Option<usize>,
+    /// Generation tasks: new tokens at most per dev example.
+    #[arg(long, help_heading = "Evaluation", help = defaults::help("Generation tasks: new tokens at most per dev example", defaults::MAX_NEW_TOKENS))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// Generation tasks: beam width of the dev outputs (1: greedy).
+    #[arg(long, help_heading = "Evaluation", help = defaults::help("Generation tasks: beam width of the dev outputs (1: greedy)", 1))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beams: Option<usize>,
     /// Write a checkpoint every this many steps [default: --eval-every].
     #[arg(long, help_heading = "Training")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -337,6 +353,12 @@ pub struct Settings {
     pub train: TrainConfig,
     /// Square the regulariser.
     pub squared_ortho: bool,
+    /// Dev examples evaluated (`--eval-examples`; `None`: all).
+    pub eval_examples: Option<usize>,
+    /// Generation tasks: new tokens at most per dev example.
+    pub max_new_tokens: usize,
+    /// Generation tasks: beam width.
+    pub beams: usize,
 }
 
 /// Run length.
@@ -480,10 +502,9 @@ impl Settings {
             .clone()
             .ok_or_else(|| usage("no task: pass --task (or `task` in the config file)"))?;
         bidora_data::tasks::task(&task).usage()?;
-        let model = k
-            .model
-            .clone()
-            .ok_or_else(|| usage("no model: pass --model DIR (an HF model folder)"))?;
+        let model = k.model.clone().ok_or_else(|| {
+            usage("no model: pass --model DIR (an HF model folder, or a .gguf decoder)")
+        })?;
         let data = k
             .data
             .clone()
@@ -523,6 +544,11 @@ impl Settings {
         if k.threads == Some(0) {
             return Err(usage("`threads` must be at least 1"));
         }
+        if k.eval_examples == Some(0) || k.beams == Some(0) || k.max_new_tokens == Some(0) {
+            return Err(usage(
+                "`eval_examples`, `beams` and `max_new_tokens` must be at least 1",
+            ));
+        }
         let adapter = adapter_config(&k, method)?;
         let train = train_config(&k, method, seed)?;
         let mut filled = k.clone();
@@ -551,6 +577,9 @@ impl Settings {
             length,
             train,
             squared_ortho: k.squared_ortho,
+            eval_examples: k.eval_examples,
+            max_new_tokens: pick(&k.max_new_tokens, defaults::MAX_NEW_TOKENS),
+            beams: pick(&k.beams, 1),
         })
     }
 

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::adapter_folder::{known_labels, load_adapter};
 use crate::defaults;
 use crate::fail::{input, Classify, Fail};
-use crate::session::{evaluate, num_labels, ModelTokenizer, TaskModel};
+use crate::session::{load_task, num_labels, Decoding, Evaluator};
 
 /// Arguments of `bidora eval`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,12 @@ pub struct EvalArgs {
     /// Examples per forward pass.
     #[arg(long, default_value_t = defaults::EVAL_BATCH_SIZE)]
     pub batch_size: usize,
+    /// Generation tasks: new tokens at most per example.
+    #[arg(long, default_value_t = defaults::MAX_NEW_TOKENS)]
+    pub max_new_tokens: usize,
+    /// Generation tasks: beam width (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    pub beams: usize,
 }
 
 struct EvalJob(EvalArgs);
@@ -54,8 +60,7 @@ impl BackendTask for EvalJob {
             .input()?;
         let kind = task.kind_of(&data);
         let num_labels = num_labels(kind, &data.labels);
-        let tok = ModelTokenizer::load(&a.model)?;
-        let model = TaskModel::<B::InnerBackend>::load(&a.model, kind, num_labels, &device)?;
+        let (model, tok, eos) = load_task::<B::InnerBackend>(&a.model, kind, num_labels, &device)?;
         let model = match info {
             Some(info) if info.num_labels != num_labels => {
                 return Err(input(format!(
@@ -68,18 +73,21 @@ impl BackendTask for EvalJob {
             Some(info) => model.with_peft(&info.adapter)?,
             None => model,
         };
+        let evaluator = Evaluator {
+            task: &task,
+            kind,
+            labels: &data.labels,
+            tokenizer: &tok,
+            batch_size: a.batch_size,
+            max_len: a.max_length,
+            decoding: Decoding {
+                eos,
+                max_new_tokens: a.max_new_tokens,
+                beams: a.beams.max(1),
+            },
+        };
         for (name, examples) in &data.eval {
-            let m = evaluate(
-                &model,
-                &task,
-                kind,
-                &data.labels,
-                examples,
-                &tok,
-                a.batch_size,
-                a.max_length,
-                &device,
-            )?;
+            let m = evaluator.metrics(&model, examples, &device)?;
             for (k, v) in &m {
                 println!("{} {name} {k} {v:.4}", a.task);
             }

@@ -9,15 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context};
 use bidora_adapters::peft::PeftAdapter;
 use bidora_backend::BackendTask;
-use bidora_models::config::Architecture;
+use bidora_models::causal::CausalLm;
 use bidora_models::generate::{beam_search, decode_cached, KvCache};
-use bidora_models::gguf::Gguf;
-use bidora_models::gpt2::Gpt2LmHeadModel;
-use bidora_models::llama::LlamaForCausalLM;
 use bidora_models::tokenizer::Tokenizer;
 use bidora_util::atomic_write;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 use serde_json::json;
 
 use crate::defaults;
@@ -67,103 +64,21 @@ pub struct GenerateArgs {
     pub backend: String,
 }
 
-/// A causal LM of either layout.
-enum Decoder<B: Backend> {
-    Gpt2(Gpt2LmHeadModel<B>),
-    Llama(LlamaForCausalLM<B>),
-}
-
-impl<B: Backend> Decoder<B> {
-    /// Loads the model, its tokenizer and its end-of-sequence token.
-    fn load(path: &Path, device: &B::Device) -> Result<(Self, Tokenizer, Option<u32>), Fail> {
-        if path.is_file() {
-            let (_, model) = LlamaForCausalLM::load_gguf(path, device).input()?;
-            let g = Gguf::read(path).input()?;
-            let eos = g
-                .get("tokenizer.ggml.eos_token_id")
-                .and_then(|v| v.as_u64())
-                .and_then(|v| u32::try_from(v).ok());
-            return Ok((
-                Decoder::Llama(model),
-                Tokenizer::from_gguf(&g).input()?,
-                eos,
-            ));
-        }
-        let config = read_config(path)?;
-        let model_type = config["model_type"].as_str().unwrap_or_default();
-        let model = match Architecture::from_model_type(model_type) {
-            Some(Architecture::Gpt2) => {
-                Decoder::Gpt2(Gpt2LmHeadModel::load(path, device).input()?.1)
-            }
-            Some(Architecture::Llama) => {
-                Decoder::Llama(LlamaForCausalLM::load(path, device).input()?.1)
-            }
-            _ => {
-                return Err(input(format!(
-                    "`{}` is a `{model_type}` model; `bidora generate` runs decoders (gpt2, llama)",
-                    path.display()
-                )))
-            }
-        };
-        let eos = match &config["eos_token_id"] {
-            serde_json::Value::Array(ids) => ids.first().and_then(|v| v.as_u64()),
-            v => v.as_u64(),
-        }
-        .and_then(|v| u32::try_from(v).ok());
-        Ok((model, Tokenizer::load(path).input()?, eos))
-    }
-
-    /// Freezes the model and applies the PEFT adapter in `dir`.
-    fn with_adapter(self, dir: &Path) -> Result<Self, Fail> {
-        let adapter = PeftAdapter::load(dir).input()?;
-        let config = adapter.config.to_adapter_config();
-        let same = |p: &str| p.to_string();
-        Ok(match self {
-            Decoder::Gpt2(m) => Decoder::Gpt2(
-                adapter
-                    .apply(m.with_adapters(&config).input()?, &same)
-                    .input()?,
-            ),
-            Decoder::Llama(m) => Decoder::Llama(
-                adapter
-                    .apply(m.with_adapters(&config).input()?, &same)
-                    .input()?,
-            ),
-        })
-    }
-
-    /// The number of token embeddings.
-    fn vocab_size(&self) -> usize {
-        match self {
-            Decoder::Gpt2(m) => m.transformer.wte.weight.dims()[0],
-            Decoder::Llama(m) => m.model.embed_tokens.weight.dims()[0],
-        }
-    }
-
-    /// The most positions the model can take (GPT-2's learned position table), if limited.
-    fn max_positions(&self) -> Option<usize> {
-        match self {
-            Decoder::Gpt2(m) => Some(m.transformer.wpe.weight.dims()[0]),
-            Decoder::Llama(_) => None,
-        }
-    }
-
-    fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
-        match self {
-            Decoder::Gpt2(m) => m.forward_cached(ids, cache),
-            Decoder::Llama(m) => m.forward_cached(ids, cache),
-        }
-    }
-}
-
-fn read_config(dir: &Path) -> Result<serde_json::Value, Fail> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read `{}`", path.display()))
-        .input()?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("`{}` is not JSON", path.display()))
-        .input()
+/// Loads the decoder at `path` (and its PEFT adapter): the model, tokeniser and EOS token.
+fn load_decoder<B: Backend>(
+    path: &Path,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<(CausalLm<B>, Tokenizer, Option<u32>), Fail> {
+    let loaded = CausalLm::load(path, device).input()?;
+    let model = match adapter {
+        Some(dir) => loaded
+            .model
+            .with_peft(&PeftAdapter::load(dir).input()?)
+            .input()?,
+        None => loaded.model,
+    };
+    Ok((model, loaded.tokenizer, loaded.eos))
 }
 
 /// How the next token is picked.
@@ -214,7 +129,7 @@ impl Sampling {
 /// Decodes up to `max_new` tokens after `prompt`; `on_token` sees the tokens so far after
 /// each one (beam search: once, at the end) and returns true to stop there.
 fn continue_prompt<B: Backend>(
-    model: &Decoder<B>,
+    model: &CausalLm<B>,
     prompt: &[u32],
     max_new: usize,
     eos: Option<u32>,
@@ -241,7 +156,7 @@ fn continue_prompt<B: Backend>(
 
 /// A loaded decoder and how to continue prompts with it.
 struct Generator<B: Backend> {
-    model: Decoder<B>,
+    model: CausalLm<B>,
     tok: Tokenizer,
     eos: Option<u32>,
     sampling: Sampling,
@@ -363,11 +278,8 @@ impl BackendTask for GenerateJob {
     type Output = Result<(), Fail>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let a = self.0;
-        let (model, tok, eos) = Decoder::<B::InnerBackend>::load(&a.model, &device)?;
-        let model = match &a.adapter {
-            Some(dir) => model.with_adapter(dir)?,
-            None => model,
-        };
+        let (model, tok, eos) =
+            load_decoder::<B::InnerBackend>(&a.model, a.adapter.as_deref(), &device)?;
         let g = Generator {
             model,
             tok,

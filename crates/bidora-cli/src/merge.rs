@@ -33,6 +33,12 @@ pub fn export<B: Backend>(
             "ForTokenClassification",
             m.bert.family,
         ),
+        TaskModel::Causal(_) => {
+            return Err(usage(
+                "merging and exporting decoders is not supported yet: use the PEFT adapter \
+                 (`bidora generate --adapter`, or PEFT's `PeftModel.from_pretrained`)",
+            ))
+        }
     };
     let text = std::fs::read_to_string(source.join("config.json"))
         .with_context(|| format!("cannot read `{}`", source.join("config.json").display()))

@@ -12,10 +12,16 @@ use bidora_adapters::regularizer::{orthogonality, OrthoOptions};
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{AdaptedLinear, AdapterConfig, AdapterHost};
 use bidora_bilevel::BilevelProblem;
-use bidora_data::batch::{collate, BatchLabels, Encoding, HostBatch, IGNORE_INDEX};
+use bidora_data::batch::{
+    collate, collate_causal, BatchLabels, CausalRow, Encoding, HostBatch, IGNORE_INDEX,
+};
+use bidora_data::prompt::PromptFormat;
 use bidora_data::tasks::{Predictions, TaskInfo, TaskKind};
 use bidora_data::Example;
+use bidora_data::Label;
 use bidora_models::bert::Family;
+use bidora_models::causal::{next_token_targets, CausalLm};
+use bidora_models::generate::{beam_search, decode_cached, greedy_pick, KvCache};
 use bidora_models::heads::{
     cross_entropy, mse_loss, BertForSequenceClassification, BertForTokenClassification,
     SequenceHead,
@@ -37,12 +43,27 @@ pub struct ModelTokenizer {
 }
 
 impl ModelTokenizer {
-    /// Loads the tokeniser of a model folder.
-    pub fn load(dir: &Path) -> Result<Self, Fail> {
-        Ok(ModelTokenizer {
-            inner: Tokenizer::load(dir).input()?,
+    /// Wraps a loaded tokeniser.
+    pub fn new(inner: Tokenizer) -> Self {
+        ModelTokenizer {
+            inner,
             error: RefCell::new(None),
-        })
+        }
+    }
+
+    /// Loads the tokeniser of a model folder, or the vocabulary of a GGUF file.
+    pub fn load(path: &Path) -> Result<Self, Fail> {
+        let inner = if path.is_file() {
+            Tokenizer::from_gguf(&bidora_models::gguf::Gguf::read(path).input()?).input()?
+        } else {
+            Tokenizer::load(path).input()?
+        };
+        Ok(Self::new(inner))
+    }
+
+    /// Text of token ids (special tokens skipped; undecodable ids give an empty text).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids).unwrap_or_default()
     }
 
     /// Fails with the first tokenisation error since the last check.
@@ -78,12 +99,22 @@ impl bidora_data::batch::Tokenizer for ModelTokenizer {
     fn encode_words(&self, words: &[String], max_len: usize) -> Encoding {
         self.keep(self.inner.encode_words(words, max_len))
     }
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        let plain = self
+            .inner
+            .encode_plain(text)
+            .map(|ids| bidora_models::tokenizer::Encoded {
+                ids,
+                ..Default::default()
+            });
+        self.keep(plain).ids
+    }
     fn pad_id(&self) -> u32 {
         self.inner.pad_id()
     }
 }
 
-/// An encoder with the head of a task.
+/// The model of a task: an encoder with its head, or a decoder for generation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum TaskModel<B: Backend> {
@@ -91,6 +122,8 @@ pub enum TaskModel<B: Backend> {
     Sequence(BertForSequenceClassification<B>),
     /// One class per token.
     Tokens(BertForTokenClassification<B>),
+    /// Text generation (GPT-2 or Llama layout).
+    Causal(CausalLm<B>),
 }
 
 /// A batch on the device.
@@ -124,8 +157,52 @@ impl<B: Backend> Batch<B> {
                 Labels::Classes(c) => Labels::Classes(c.clone().slice(0..n)),
                 Labels::Scores(v) => Labels::Scores(v.clone().slice(0..n)),
                 Labels::Tags(t) => Labels::Tags(cut(t)),
+                Labels::Completion(c) => Labels::Completion(c.first(n, len)),
             },
         }
+    }
+}
+
+/// A causal-LM batch's labels: the `[batch × seq]` host labels (for [`Batch::first`]) and,
+/// on the device, the positions whose next token is a target and those targets
+/// ([`CausalLm::next_token_loss`]).
+#[derive(Clone, Debug)]
+pub struct Completion<B: Backend> {
+    host: Vec<i64>,
+    seq_len: usize,
+    /// Flattened `[batch × seq]` positions that predict a target.
+    pub positions: Tensor<B, 1, Int>,
+    /// The tokens they predict.
+    pub targets: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> Completion<B> {
+    fn new(host: Vec<i64>, seq_len: usize, device: &B::Device) -> Self {
+        let (positions, targets) = next_token_targets(&host, seq_len);
+        let n = positions.len();
+        let ints = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [n]), device);
+        Completion {
+            positions: ints(positions),
+            targets: ints(targets),
+            host,
+            seq_len,
+        }
+    }
+
+    /// The labels of the first `rows` rows cut to `cols` columns.
+    fn first(&self, rows: usize, cols: usize) -> Self {
+        let host: Vec<i64> = self
+            .host
+            .chunks(self.seq_len.max(1))
+            .take(rows)
+            .flat_map(|r| r[..cols.min(r.len())].iter().copied())
+            .collect();
+        Completion::new(host, cols, &self.positions.device())
+    }
+
+    /// The number of target tokens.
+    pub fn len(&self) -> usize {
+        self.targets.dims()[0]
     }
 }
 
@@ -140,6 +217,8 @@ pub enum Labels<B: Backend> {
     Scores(Tensor<B, 1>),
     /// `[batch, seq]` tags, [`IGNORE_INDEX`] where no word starts.
     Tags(Tensor<B, 2, Int>),
+    /// Causal LM: the completion's tokens.
+    Completion(Completion<B>),
 }
 
 /// Moves a host batch to `device`.
@@ -162,6 +241,9 @@ pub fn to_device<B: Backend>(h: &HostBatch, device: &B::Device) -> Batch<B> {
                 device,
             )),
             BatchLabels::Tags(t) => Labels::Tags(ints(t)),
+            BatchLabels::Completion(c) => {
+                Labels::Completion(Completion::new(c.clone(), h.seq_len, device))
+            }
         },
     }
 }
@@ -193,8 +275,8 @@ pub fn num_labels(kind: TaskKind, labels: &[String]) -> usize {
     }
 }
 
-/// The PEFT target names of the attention query and value for a family.
-pub fn default_targets(family: Family) -> Vec<String> {
+/// The PEFT target names of the attention query and value for an encoder family.
+pub fn encoder_targets(family: Family) -> Vec<String> {
     match family {
         Family::Mpnet => vec!["q".into(), "v".into()],
         Family::Bert | Family::Roberta => vec!["query".into(), "value".into()],
@@ -217,6 +299,25 @@ fn head_tensor(
     Ok(())
 }
 
+/// A task's model with its tokeniser and (decoders) end-of-sequence token, each read once.
+pub fn load_task<B: Backend>(
+    path: &Path,
+    kind: TaskKind,
+    num_labels: usize,
+    device: &B::Device,
+) -> Result<(TaskModel<B>, ModelTokenizer, Option<u32>), Fail> {
+    if kind == TaskKind::Generation {
+        let loaded = CausalLm::load(path, device).input()?;
+        return Ok((
+            TaskModel::Causal(loaded.model),
+            ModelTokenizer::new(loaded.tokenizer),
+            loaded.eos,
+        ));
+    }
+    let model = TaskModel::load(path, kind, num_labels, device)?;
+    Ok((model, ModelTokenizer::load(path)?, None))
+}
+
 impl<B: Backend> TaskModel<B> {
     /// Loads an encoder folder with a head for `kind` and `num_labels` outputs.
     pub fn load(
@@ -225,44 +326,50 @@ impl<B: Backend> TaskModel<B> {
         num_labels: usize,
         device: &B::Device,
     ) -> Result<Self, Fail> {
+        if kind == TaskKind::Generation {
+            return Ok(TaskModel::Causal(
+                CausalLm::load(dir, device).input()?.model,
+            ));
+        }
         let arch = Architecture::detect(dir).input()?;
         if !arch.is_encoder() {
             return Err(input(format!(
-                "`{}` is a {} model; classification, regression and tagging tasks need an encoder (bert, roberta, mpnet)",
+                "`{}` is a {} model; classification, regression and tagging tasks need an encoder (bert, roberta, mpnet), generation tasks a decoder",
                 dir.display(),
                 arch.model_type()
             )));
         }
         Ok(match kind {
-            TaskKind::Classification | TaskKind::Regression => TaskModel::Sequence(
-                BertForSequenceClassification::load(dir, num_labels, device)
-                    .input()?
-                    .1,
-            ),
+            TaskKind::Classification | TaskKind::Regression | TaskKind::Generation => {
+                TaskModel::Sequence(
+                    BertForSequenceClassification::load(dir, num_labels, device)
+                        .input()?
+                        .1,
+                )
+            }
             TaskKind::TokenClassification => TaskModel::Tokens(
                 BertForTokenClassification::load(dir, num_labels, device)
                     .input()?
                     .1,
             ),
-            TaskKind::Generation => return Err(input(
-                "generation tasks (e2e, headlines) need a decoder model, and `bidora train` does not train decoders yet (`bidora generate` runs them)",
-            )),
         })
     }
 
-    /// The encoder family.
-    pub fn family(&self) -> Family {
+    /// The adapter targets when none are given: the attention query and value.
+    pub fn default_targets(&self) -> Vec<String> {
         match self {
-            TaskModel::Sequence(m) => m.bert.family,
-            TaskModel::Tokens(m) => m.bert.family,
+            TaskModel::Sequence(m) => encoder_targets(m.bert.family),
+            TaskModel::Tokens(m) => encoder_targets(m.bert.family),
+            TaskModel::Causal(m) => m.default_targets(),
         }
     }
 
-    /// Number of outputs.
+    /// Number of outputs (a decoder's: its vocabulary).
     pub fn num_labels(&self) -> usize {
         match self {
             TaskModel::Sequence(m) => m.num_labels(),
             TaskModel::Tokens(m) => m.classifier.weight.dims()[1],
+            TaskModel::Causal(m) => m.vocab_size(),
         }
     }
 
@@ -274,11 +381,12 @@ impl<B: Backend> TaskModel<B> {
     ) -> Result<Self, Fail> {
         let mut config = config.clone();
         if default_targets_used {
-            config = config.with_targets(default_targets(self.family()));
+            config = config.with_targets(self.default_targets());
         }
         Ok(match self {
             TaskModel::Sequence(m) => TaskModel::Sequence(m.with_adapters(&config).usage()?),
             TaskModel::Tokens(m) => TaskModel::Tokens(m.with_adapters(&config).usage()?),
+            TaskModel::Causal(m) => TaskModel::Causal(m.with_adapters(&config).usage()?),
         })
     }
 
@@ -286,6 +394,7 @@ impl<B: Backend> TaskModel<B> {
     pub fn with_peft(self, adapter: &PeftAdapter) -> Result<Self, Fail> {
         match self {
             TaskModel::Sequence(m) => Ok(TaskModel::Sequence(m.with_peft(adapter).input()?)),
+            TaskModel::Causal(m) => Ok(TaskModel::Causal(m.with_peft(adapter).input()?)),
             TaskModel::Tokens(m) => {
                 let m = m
                     .with_adapters(&adapter.config.to_adapter_config())
@@ -332,6 +441,7 @@ impl<B: Backend> TaskModel<B> {
                 }
             },
             TaskModel::Tokens(m) => head_tensor("classifier", &m.classifier, &mut out)?,
+            TaskModel::Causal(_) => {}
         }
         Ok(out)
     }
@@ -345,11 +455,21 @@ impl<B: Backend> TaskModel<B> {
             TaskModel::Tokens(m) => {
                 Logits::Tokens(m.forward(b.ids.clone(), b.mask.clone(), b.types.clone()))
             }
+            TaskModel::Causal(m) => Logits::Tokens(m.forward(b.ids.clone(), b.mask.clone())),
         }
     }
 
-    /// The task loss (cross-entropy, MSE for one output, per-token cross-entropy).
+    /// The task loss (cross-entropy, MSE for one output, per-token cross-entropy, next-token
+    /// cross-entropy on a completion).
     pub fn loss(&self, b: &Batch<B>) -> Tensor<B, 1> {
+        if let (TaskModel::Causal(m), Labels::Completion(c)) = (self, &b.labels) {
+            return m.next_token_loss(
+                b.ids.clone(),
+                b.mask.clone(),
+                c.positions.clone(),
+                c.targets.clone(),
+            );
+        }
         match (self.logits(b), &b.labels) {
             (Logits::Sequence(l), Labels::Classes(c)) => cross_entropy(l, c.clone()),
             (Logits::Sequence(l), Labels::Scores(s)) => mse_loss(l, s.clone()),
@@ -369,6 +489,7 @@ impl<B: Backend> AdapterHost<B> for TaskModel<B> {
         match self {
             TaskModel::Sequence(m) => m.for_each_adapter(prefix, f),
             TaskModel::Tokens(m) => m.for_each_adapter(prefix, f),
+            TaskModel::Causal(m) => m.for_each_adapter(prefix, f),
         }
     }
 }
@@ -429,6 +550,11 @@ pub fn predict<B: Backend>(
     let mut classes = vec![0usize; n];
     let mut scores = vec![0f64; n];
     let mut tags: Vec<Vec<usize>> = vec![Vec::new(); n];
+    if let TaskModel::Causal(_) = model {
+        return Err(input(
+            "a decoder predicts text: use `bidora generate` (or `bidora eval` for the metrics)",
+        ));
+    }
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|&i| &examples[i]).collect();
         let host = collate(&refs, tokenizer, max_len);
@@ -495,24 +621,220 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// The task's metrics of `model` on `examples`.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
-    model: &TaskModel<B>,
-    task: &TaskInfo,
-    kind: TaskKind,
-    labels: &[String],
-    examples: &[Example],
-    tokenizer: &ModelTokenizer,
-    batch_size: usize,
+/// How generation tasks decode during evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decoding {
+    /// The model's end-of-sequence token (required to train and score decoders).
+    pub eos: Option<u32>,
+    /// New tokens at most per example.
+    pub max_new_tokens: usize,
+    /// Beam width (1: greedy).
+    pub beams: usize,
+}
+
+/// What scoring a model on a task needs besides the model and the examples.
+pub struct Evaluator<'a> {
+    /// The task.
+    pub task: &'a TaskInfo,
+    /// What it predicts.
+    pub kind: TaskKind,
+    /// Class or tag names.
+    pub labels: &'a [String],
+    /// The model's tokeniser.
+    pub tokenizer: &'a ModelTokenizer,
+    /// Examples per forward pass.
+    pub batch_size: usize,
+    /// Longest input in tokens (generation: prompt and new tokens together).
+    pub max_len: usize,
+    /// Generation tasks' decoding.
+    pub decoding: Decoding,
+}
+
+impl Evaluator<'_> {
+    /// The task's metrics of `model` on `examples` (generation tasks: of its greedy or beam
+    /// outputs, and the dev perplexity of the references).
+    pub fn metrics<B: Backend>(
+        &self,
+        model: &TaskModel<B>,
+        examples: &[Example],
+        device: &B::Device,
+    ) -> Result<BTreeMap<String, f64>, Fail> {
+        if let TaskModel::Causal(m) = model {
+            return self.generation_metrics(m, examples, device);
+        }
+        let fill = outside_tag(self.labels);
+        let out = predict(
+            model,
+            self.kind,
+            examples,
+            self.tokenizer,
+            self.batch_size,
+            self.max_len,
+            fill,
+            device,
+        )?;
+        bidora_data::tasks::evaluate(self.task, self.labels, &out.predictions, examples).input()
+    }
+
+    fn format(&self) -> PromptFormat {
+        self.task.prompt_format().unwrap_or(PromptFormat::VERBATIM)
+    }
+
+    fn eos(&self) -> Result<u32, Fail> {
+        self.decoding.eos.ok_or_else(|| {
+            input("the model names no end-of-sequence token (`eos_token_id` in config.json, `tokenizer.ggml.eos_token_id` in a GGUF file)")
+        })
+    }
+
+    /// The causal-LM batch of `examples` (their first references as completions).
+    pub fn causal_batch(&self, examples: &[&Example]) -> Result<HostBatch, Fail> {
+        causal_batch(
+            examples,
+            self.tokenizer,
+            self.format(),
+            self.eos()?,
+            self.max_len,
+        )
+    }
+
+    fn generation_metrics<B: Backend>(
+        &self,
+        model: &CausalLm<B>,
+        examples: &[Example],
+        device: &B::Device,
+    ) -> Result<BTreeMap<String, f64>, Fail> {
+        let format = self.format();
+        let texts = examples
+            .iter()
+            .map(|e| Ok(format.finish(&self.generate(model, &e.text_a, device)?)))
+            .collect::<Result<Vec<String>, Fail>>()?;
+        let mut out = bidora_data::tasks::evaluate(
+            self.task,
+            self.labels,
+            &Predictions::Texts(texts),
+            examples,
+        )
+        .input()?;
+        out.insert(
+            "perplexity".into(),
+            self.perplexity(model, examples, device)?,
+        );
+        Ok(out)
+    }
+
+    /// The continuation of `source`'s prompt, decoded greedily or by beam search, stopping at
+    /// the end-of-sequence token or the task's stop string.
+    pub fn generate<B: Backend>(
+        &self,
+        model: &CausalLm<B>,
+        source: &str,
+        device: &B::Device,
+    ) -> Result<String, Fail> {
+        let d = self.decoding;
+        let format = self.format();
+        let mut budget = self.max_len.saturating_sub(d.max_new_tokens);
+        if let Some(limit) = model.max_positions() {
+            budget = budget.min(limit.saturating_sub(d.max_new_tokens));
+        }
+        let prompt = format.prompt_ids(self.tokenizer, source, budget);
+        self.tokenizer.check()?;
+        let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
+        let eos = self.eos()?;
+        let tokens = if d.beams > 1 {
+            beam_search(
+                forward,
+                &prompt,
+                d.beams,
+                d.max_new_tokens,
+                Some(eos),
+                device,
+            )
+            .tokens
+        } else {
+            let stopped = |out: &[u32]| {
+                format
+                    .stop
+                    .is_some_and(|s| self.tokenizer.decode(out).contains(s))
+            };
+            let mut tokens = decode_cached(
+                forward,
+                &prompt,
+                d.max_new_tokens,
+                Some(eos),
+                &mut greedy_pick,
+                &mut |out| stopped(out),
+                device,
+            );
+            tokens.retain(|&t| t != eos);
+            tokens
+        };
+        Ok(self.tokenizer.decode(&tokens))
+    }
+
+    /// `exp` of the mean next-token cross-entropy over every reference's tokens (and its
+    /// end-of-sequence token), given its prompt.
+    fn perplexity<B: Backend>(
+        &self,
+        model: &CausalLm<B>,
+        examples: &[Example],
+        device: &B::Device,
+    ) -> Result<f64, Fail> {
+        let rows = bidora_data::generation::expand_references(examples);
+        let (mut nll, mut count) = (0.0, 0usize);
+        for chunk in rows.chunks(self.batch_size.max(1)) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let b = to_device::<B>(&self.causal_batch(&refs)?, device);
+            let Labels::Completion(c) = &b.labels else {
+                continue;
+            };
+            let n = c.len();
+            let loss = model.next_token_loss(b.ids, b.mask, c.positions.clone(), c.targets.clone());
+            nll += loss.into_scalar().elem::<f64>() * n as f64;
+            count += n;
+        }
+        Ok((nll / count.max(1) as f64).exp())
+    }
+}
+
+/// Packs generation examples (their first reference as the completion) for causal-LM
+/// training or scoring: each prompt cut to leave room for its completion and `eos`.
+pub fn causal_batch(
+    examples: &[&Example],
+    tok: &ModelTokenizer,
+    format: PromptFormat,
+    eos: u32,
     max_len: usize,
-    device: &B::Device,
-) -> Result<BTreeMap<String, f64>, Fail> {
-    let fill = outside_tag(labels);
-    let out = predict(
-        model, kind, examples, tokenizer, batch_size, max_len, fill, device,
-    )?;
-    bidora_data::tasks::evaluate(task, labels, &out.predictions, examples).input()
+) -> Result<HostBatch, Fail> {
+    let mut ids = Vec::with_capacity(examples.len());
+    for e in examples {
+        let completion = match &e.label {
+            Some(Label::References(r)) => r.first().map(String::as_str).unwrap_or(""),
+            _ => "",
+        };
+        let completion = format.completion_ids(tok, completion);
+        let budget = max_len.saturating_sub(completion.len() + 1);
+        ids.push((
+            format.prompt_ids(tok, &e.text_a, budget),
+            completion,
+            e.line,
+        ));
+    }
+    tok.check()?;
+    let rows: Vec<CausalRow<'_>> = ids
+        .iter()
+        .map(|(p, c, line)| CausalRow {
+            prompt: p,
+            completion: c,
+            line: *line,
+        })
+        .collect();
+    collate_causal(
+        &rows,
+        eos,
+        bidora_data::batch::Tokenizer::pad_id(tok),
+        max_len,
+    )
+    .input()
 }
 
 /// The tag index predicted for words cut off by truncation: "O" where the label set has it.

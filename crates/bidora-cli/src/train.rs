@@ -23,7 +23,7 @@ use bidora_backend::BackendTask;
 use bidora_bilevel::stream::DEFAULT_LENGTH_WINDOW;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
 use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
-use bidora_data::batch::{collate, encode};
+use bidora_data::batch::{collate, encode, HostBatch};
 use bidora_data::split;
 use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
@@ -39,8 +39,8 @@ use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
 use crate::progress::Progress;
 use crate::session::{
-    evaluate, num_labels, parameter_counts, to_device, Batch, ModelTokenizer, TaskModel,
-    TaskProblem,
+    load_task, num_labels, parameter_counts, to_device, Batch, Decoding, Evaluator, ModelTokenizer,
+    TaskModel, TaskProblem,
 };
 
 const CONFIG_FILE: &str = "config.toml";
@@ -163,6 +163,8 @@ struct Prepared {
     /// `--train-eval`: the training examples also evaluated at each evaluation.
     train_probe: Vec<Example>,
     tok: ModelTokenizer,
+    /// Decoders: the end-of-sequence token the completions end with.
+    eos: Option<u32>,
     groups: ParamGroups,
     config: TrainConfig,
     /// The base model's fingerprint, saved in checkpoints.
@@ -193,8 +195,14 @@ impl Prepared {
                 .cloned()
                 .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?,
         };
-        let model = TaskModel::<B>::load(&s.model, kind, num_labels(kind, &data.labels), device)?;
-        let tok = ModelTokenizer::load(&s.model)?;
+        if kind == TaskKind::Generation && s.adapter.is_none() {
+            return Err(usage(
+                "full fine-tuning of decoders cannot save its model yet: train an adapter (lora, dora, bidora)",
+            ));
+        }
+        let dev = spread(&dev, s.eval_examples.unwrap_or(dev.len()));
+        let (model, tok, eos) =
+            load_task::<B>(&s.model, kind, num_labels(kind, &data.labels), device)?;
         let model = match &s.adapter {
             Some(c) => model.with_adapters(c, s.knobs.targets.is_none())?,
             None => model,
@@ -216,8 +224,6 @@ impl Prepared {
                 None,
             )
         };
-        check_tokenization(&tok, &data.train, s.max_length)?;
-        check_tokenization(&tok, &dev, s.max_length)?;
         let config = s.train_config(train.len().div_ceil(s.batch_size))?;
         let majority = majority_accuracy(&train, &dev);
         let train_probe = spread(&train, s.train_eval);
@@ -231,12 +237,58 @@ impl Prepared {
             val,
             train_probe,
             tok,
+            eos,
             groups,
             config,
             identity: Fingerprint::of(&s.model)?,
             majority,
         };
+        prepared.check_batches(s, &data.train)?;
+        prepared.check_batches(s, &prepared.dev)?;
         Ok((prepared, model))
+    }
+
+    /// Scores models on this run's task.
+    fn evaluator(&self, s: &Settings) -> Evaluator<'_> {
+        Evaluator {
+            task: &self.task,
+            kind: self.kind,
+            labels: &self.labels,
+            tokenizer: &self.tok,
+            batch_size: s.batch_size.max(defaults::EVAL_BATCH_SIZE),
+            max_len: s.max_length,
+            decoding: Decoding {
+                eos: self.eos,
+                max_new_tokens: s.max_new_tokens,
+                beams: s.beams,
+            },
+        }
+    }
+
+    /// The host batch of `items`: encoded and padded, or (generation) packed as
+    /// prompt ++ completion ++ EOS.
+    fn host_batch(&self, s: &Settings, items: &[&Example]) -> Result<HostBatch, Fail> {
+        if self.kind == TaskKind::Generation {
+            return self.evaluator(s).causal_batch(items);
+        }
+        let b = collate(items, &self.tok, s.max_length);
+        self.tok.check()?;
+        Ok(b)
+    }
+
+    /// Fails on the first examples that cannot be batched (tokenisation; generation: an
+    /// empty completion or one that does not fit), naming their line.
+    fn check_batches(&self, s: &Settings, examples: &[Example]) -> Result<(), Fail> {
+        for chunk in examples.chunks(64) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            self.host_batch(s, &refs).map_err(|f| {
+                input(format!(
+                    "cannot batch the examples from line {}: {}",
+                    chunk[0].line, f.error
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     fn primary(&self) -> String {
@@ -252,19 +304,8 @@ impl Prepared {
         device: &B::Device,
     ) -> Result<Evaluation, Fail> {
         let inference = m.valid();
-        let on = |examples: &[Example]| {
-            evaluate(
-                &inference,
-                &self.task,
-                self.kind,
-                &self.labels,
-                examples,
-                &self.tok,
-                s.batch_size.max(defaults::EVAL_BATCH_SIZE),
-                s.max_length,
-                device,
-            )
-        };
+        let evaluator = self.evaluator(s);
+        let on = |examples: &[Example]| evaluator.metrics(&inference, examples, device);
         let metrics = on(&self.dev)?;
         let mut diagnostics = magnitude_drifts(m);
         if !self.train_probe.is_empty() {
@@ -328,25 +369,6 @@ struct Streams<'a, B: AutodiffBackend> {
     retrain: Option<Stream<'a, B>>,
 }
 
-/// Fails on the first example the tokeniser cannot encode.
-fn check_tokenization(
-    tok: &ModelTokenizer,
-    examples: &[Example],
-    max_len: usize,
-) -> Result<(), Fail> {
-    for chunk in examples.chunks(64) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let _ = collate(&refs, tok, max_len);
-        tok.check().map_err(|f| {
-            input(format!(
-                "cannot tokenise the examples from line {}: {}",
-                chunk[0].line, f.error
-            ))
-        })?;
-    }
-    Ok(())
-}
-
 /// Reads the checkpoint and refuses it when the base model's files changed since it was
 /// written (it holds the trained parameters only).
 fn load_checkpoint(path: &Path, model: &Path, identity: &Fingerprint) -> Result<Checkpoint, Fail> {
@@ -388,8 +410,13 @@ fn train_model<B: AutodiffBackend>(
     )?;
     let untrained = baseline.or(recovered);
 
-    let make =
-        |items: &[&Example]| to_device::<B>(&collate(items, &prep.tok, s.max_length), device);
+    // Every batch was checked in `Prepared::new`; one that fails now trains on nothing.
+    let make = |items: &[&Example]| {
+        let host = prep
+            .host_batch(s, items)
+            .unwrap_or_else(|_| collate(items, &prep.tok, s.max_length));
+        to_device::<B>(&host, device)
+    };
     let mut streams = prep.streams(s, &make)?;
     let eval_error: RefCell<Option<Fail>> = RefCell::new(None);
     let mut run_eval = |m: &TaskModel<B>| -> Evaluation {
@@ -676,10 +703,20 @@ fn save_model<B: AutodiffBackend>(
         crate::merge::export(&module.valid(), &s.model, &prep.labels, &dir)?;
         return Ok(dir);
     };
+    // The targets the layers were made with: the model's defaults when none were given.
+    let c = &match s.knobs.targets {
+        None => c.clone().with_targets(module.default_targets()),
+        Some(_) => c.clone(),
+    };
     let dir = s.out.join("adapter");
     let task_type = match prep.kind {
         TaskKind::TokenClassification => "TOKEN_CLS",
+        TaskKind::Generation => "CAUSAL_LM",
         _ => "SEQ_CLS",
+    };
+    let (modules_to_save, fan_in_fan_out) = match module {
+        TaskModel::Causal(m) => (Vec::new(), m.fan_in_fan_out()),
+        _ => (vec!["classifier".into()], false),
     };
     peft::save(
         &dir,
@@ -688,8 +725,9 @@ fn save_model<B: AutodiffBackend>(
         &SaveOptions {
             base_model_name_or_path: Some(s.model.display().to_string()),
             task_type: Some(task_type.into()),
-            modules_to_save: vec!["classifier".into()],
+            modules_to_save,
             extra_tensors: module.head_tensors()?,
+            fan_in_fan_out,
         },
         &|p: &str| p.to_string(),
     )

@@ -24,6 +24,9 @@ pub trait Tokenizer {
     fn encode(&self, text: &str, pair: Option<&str>, max_len: usize) -> Encoding;
     /// Encodes pre-split words (token classification), filling `word_ids`.
     fn encode_words(&self, words: &[String], max_len: usize) -> Encoding;
+    /// Token ids of a text that continues other text: no special tokens, no truncation (a
+    /// prompt's cue, a completion).
+    fn encode_plain(&self, text: &str) -> Vec<u32>;
     /// The padding token id.
     fn pad_id(&self) -> u32;
 }
@@ -39,6 +42,10 @@ pub enum BatchLabels {
     Scores(Vec<f32>),
     /// One tag per token, `[batch × seq_len]`, [`IGNORE_INDEX`] where no word starts.
     Tags(Vec<i64>),
+    /// Causal LM: the token ids where the loss is taken (the completion and its
+    /// end-of-sequence token), [`IGNORE_INDEX`] on the prompt and the padding, `[batch ×
+    /// seq_len]`; the model shifts them.
+    Completion(Vec<i64>),
 }
 
 /// A padded batch in host memory, row-major `[batch, seq_len]`.
@@ -135,23 +142,6 @@ pub fn collate(examples: &[&Example], tokenizer: &dyn Tokenizer, max_len: usize)
     }
 }
 
-/// A padded causal-LM training batch in host memory, row-major `[batch, seq_len]`: each row
-/// is `prompt ++ completion ++ [eos]`, right-padded.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CausalBatch {
-    /// Rows in the batch.
-    pub batch: usize,
-    /// Padded length (the longest row).
-    pub seq_len: usize,
-    /// Token ids, padded with the pad id.
-    pub input_ids: Vec<i64>,
-    /// 1 for real tokens, 0 for padding.
-    pub attention_mask: Vec<i64>,
-    /// The ids themselves on the completion and its end-of-sequence token, [`IGNORE_INDEX`] on
-    /// the prompt and the padding: the loss is on the completion only (the model shifts them).
-    pub labels: Vec<i64>,
-}
-
 /// One training row of a causal LM: token ids of the prompt (with the model's leading special
 /// tokens) and of the completion (without), and the source line, for errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,7 +154,8 @@ pub struct CausalRow<'a> {
     pub line: usize,
 }
 
-/// Packs `rows` for causal-LM training with dynamic padding. A row longer than `max_len` loses
+/// Packs `rows` for causal-LM training with dynamic padding: each row is `prompt ++
+/// completion ++ [eos]`, right-padded, labelled with [`BatchLabels::Completion`]. A row longer than `max_len` loses
 /// the start of its prompt, never its completion; an empty completion, or one that does not fit
 /// `max_len` with the end-of-sequence token and one prompt token, is an error naming its line.
 pub fn collate_causal(
@@ -172,7 +163,7 @@ pub fn collate_causal(
     eos: u32,
     pad: u32,
     max_len: usize,
-) -> Result<CausalBatch, crate::DataError> {
+) -> Result<HostBatch, crate::DataError> {
     let mut packed: Vec<(Vec<u32>, usize)> = Vec::with_capacity(rows.len());
     for r in rows {
         let tail = r.completion.len() + 1;
@@ -210,12 +201,13 @@ pub fn collate_causal(
             }
         }
     }
-    Ok(CausalBatch {
+    Ok(HostBatch {
         batch: n,
         seq_len,
         input_ids,
         attention_mask,
-        labels,
+        token_type_ids: vec![0; n * seq_len],
+        labels: BatchLabels::Completion(labels),
     })
 }
 
@@ -242,11 +234,15 @@ mod tests {
         assert_eq!((b.batch, b.seq_len), (2, 6));
         assert_eq!(b.input_ids, vec![1, 2, 3, 4, 5, 9, 6, 7, 9, 0, 0, 0]);
         assert_eq!(b.attention_mask, vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
-        assert_eq!(b.labels, vec![x, x, x, 4, 5, 9, x, 7, 9, x, x, x]);
+        assert_eq!(
+            b.labels,
+            BatchLabels::Completion(vec![x, x, x, 4, 5, 9, x, 7, 9, x, x, x])
+        );
+        assert_eq!(b.token_type_ids, vec![0; 12]);
         // Max length 4: the prompt keeps its last token, the completion and EOS stay whole.
         let b = collate_causal(&rows[..1], eos, pad, 4).unwrap();
         assert_eq!(b.input_ids, vec![3, 4, 5, 9]);
-        assert_eq!(b.labels, vec![x, 4, 5, 9]);
+        assert_eq!(b.labels, BatchLabels::Completion(vec![x, 4, 5, 9]));
         // No room for one prompt token, or nothing to learn: errors naming the line.
         let err = collate_causal(&rows[..1], eos, pad, 3)
             .unwrap_err()
@@ -305,6 +301,9 @@ mod tests {
                 }
             }
             e
+        }
+        fn encode_plain(&self, text: &str) -> Vec<u32> {
+            text.bytes().map(u32::from).collect()
         }
         fn pad_id(&self) -> u32 {
             0

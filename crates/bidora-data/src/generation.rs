@@ -128,29 +128,35 @@ pub fn parse_e2e(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
     Ok(out)
 }
 
-/// JSON Lines with `"source"` and `"target"` (string or list of strings).
+/// JSON Lines with `"source"` and `"target"`, or `"prompt"` and `"completion"` (the target a
+/// string or a list of reference strings).
 pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::new();
     for (number, v) in json_objects(bytes, path)? {
         let err = |m: String| DataError::parse(path, number, m);
+        let (source_key, target_key) = if v.get("prompt").is_some() {
+            ("prompt", "completion")
+        } else {
+            ("source", "target")
+        };
         let source = v
-            .get("source")
+            .get(source_key)
             .and_then(Value::as_str)
-            .ok_or_else(|| err("missing string field `source`".into()))?;
-        let refs = match v.get("target") {
+            .ok_or_else(|| err("missing string field `source` (or `prompt`)".into()))?;
+        let refs = match v.get(target_key) {
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
                 .map(|x| {
                     x.as_str()
                         .map(str::to_string)
-                        .ok_or_else(|| err("`target` list must hold strings".into()))
+                        .ok_or_else(|| err(format!("`{target_key}` list must hold strings")))
                 })
                 .collect::<Result<_, _>>()?,
             _ => {
-                return Err(err(
-                    "`target` must be a string or a non-empty list of strings".into(),
-                ))
+                return Err(err(format!(
+                    "`{target_key}` must be a string or a non-empty list of strings"
+                )))
             }
         };
         out.push(Example::single(
@@ -234,5 +240,17 @@ mod tests {
         );
         let e = parse_jsonl(b"{\"source\": \"a\", \"target\": []}", p).unwrap_err();
         assert!(e.to_string().contains("non-empty list"));
+        let ex = parse_jsonl(
+            b"{\"prompt\": \"Q: 2+2?\\nA:\", \"completion\": \" 4\"}\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(ex[0].text_a, "Q: 2+2?\nA:");
+        assert_eq!(ex[0].label, Some(Label::References(vec![" 4".into()])));
+        let e = parse_jsonl(b"\n{\"prompt\": \"a\", \"completion\": 3}", p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "g.jsonl:2: `completion` must be a string or a non-empty list of strings"
+        );
     }
 }

@@ -28,6 +28,7 @@ pub mod headlines;
 pub mod jsonl;
 pub mod lines;
 pub mod metrics;
+pub mod prompt;
 pub mod ratings;
 pub mod split;
 pub mod tasks;

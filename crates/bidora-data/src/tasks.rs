@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::example::{Example, Label};
 use crate::glue::GlueTask;
 use crate::metrics;
+use crate::prompt::{PromptFormat, Truncation};
 use crate::ratings::RatingSet;
 use crate::DataError;
 
@@ -98,6 +99,7 @@ enum Source {
     Generation,
     Headlines,
     Jsonl,
+    Prompts,
 }
 
 /// Tasks without a dev set hold out this fraction of their training file for evaluation...
@@ -204,6 +206,14 @@ pub fn registry() -> Vec<TaskInfo> {
             source: Source::Headlines,
         },
         TaskInfo {
+            name: "prompts",
+            kind: TaskKind::Generation,
+            pair: false,
+            metrics: &[RougeL, Bleu, Nist, Cider],
+            description: "Your own generation data: DIR/{train,dev}.jsonl with prompt and completion (a string or a list of references), used verbatim; no dev.jsonl: dev = held-out 10%",
+            source: Source::Prompts,
+        },
+        TaskInfo {
             name: "jsonl",
             kind: TaskKind::Classification,
             pair: false,
@@ -242,6 +252,23 @@ impl TaskInfo {
         self.metrics[0]
     }
 
+    /// How a generation task's examples become prompts (`None` for the other tasks).
+    pub fn prompt_format(&self) -> Option<PromptFormat> {
+        let cued = |before, after| PromptFormat {
+            before,
+            after,
+            completion_prefix: " ",
+            stop: Some("\n"),
+            truncation: Truncation::SourceEnd,
+        };
+        match self.source {
+            Source::Generation => Some(cued("Meaning representation: ", "\nDescription:")),
+            Source::Headlines => Some(cued("Article: ", "\nHeadline:")),
+            Source::Prompts => Some(PromptFormat::VERBATIM),
+            _ => None,
+        }
+    }
+
     /// Loads the task from `dir` (see each task's description for the layout). Tasks without
     /// a dev set evaluate on a held-out [`HOLDOUT_FRACTION`] of their training file.
     pub fn load(&self, dir: &Path) -> Result<TaskData, DataError> {
@@ -250,7 +277,7 @@ impl TaskInfo {
             Source::Conll => load_conll(dir),
             Source::Ratings(set, binary) => load_ratings(dir, set, binary),
             Source::Folders => load_folders(dir),
-            Source::Generation => load_generation(dir),
+            Source::Generation | Source::Prompts => load_generation(dir),
             Source::Headlines => holdout(crate::headlines::load(dir)?, Vec::new()),
             Source::Jsonl => load_jsonl(dir),
         }
@@ -277,7 +304,7 @@ impl TaskInfo {
                 eval: glue_dev_sets(&glue_folder(dir, t), t)?,
                 labels: glue_labels(t),
             }),
-            (Source::Generation, _) => {
+            (Source::Generation | Source::Prompts, _) => {
                 let dev = [pick(dir, "devset", &["csv"]), pick(dir, "dev", &["jsonl"])]
                     .into_iter()
                     .find(|p| p.is_file());

@@ -81,6 +81,12 @@ pub fn last_position<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 1> {
 }
 
 /// The argmax of `logits` `[vocab]`.
+/// The most likely token of a row of logits `[vocab]`: greedy decoding's `pick` for
+/// [`decode_cached`].
+pub fn greedy_pick<B: Backend>(logits: Tensor<B, 1>) -> u32 {
+    argmax(logits)
+}
+
 fn argmax<B: Backend>(logits: Tensor<B, 1>) -> u32 {
     let next: i64 = logits.argmax(0).into_scalar().elem();
     u32::try_from(next).unwrap_or(0)

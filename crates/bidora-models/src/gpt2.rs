@@ -384,7 +384,7 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
     }
 
     /// The LM head, tied to the token embeddings.
-    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let wte = self.transformer.wte.weight.val();
         x.matmul(wte.transpose().unsqueeze::<3>())
     }

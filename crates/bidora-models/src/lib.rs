@@ -7,7 +7,9 @@
 //! - [`gpt2`]: the GPT-2 decoder (HF `Conv1D` weights, fused `c_attn`, tied LM head);
 //! - [`llama`]: Llama-family decoders (RMSNorm, RoPE, grouped-query attention, SwiGLU; covers
 //!   SmolLM2), from safetensors or from GGUF ([`gguf`]);
-//! - [`generate`]: the KV cache and greedy decoding of both decoders;
+//! - [`causal`]: either decoder behind one type, with its tokeniser and end-of-sequence token,
+//!   and the next-token loss on chosen positions that fine-tuning uses;
+//! - [`generate`]: the KV cache, greedy decoding and beam search of both decoders;
 //! - [`tokenizer`]: `tokenizer.json`, WordPiece `vocab.txt`, GPT-2 BPE files or a GGUF vocabulary.
 //!
 //! Module paths are HF's, so PEFT adapter files apply with the identity name map
@@ -38,6 +40,7 @@
 //! ```
 
 pub mod bert;
+pub mod causal;
 pub mod config;
 mod error;
 pub mod generate;

@@ -619,7 +619,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     }
 
     /// The head (tied to the embeddings when the checkpoint has no `lm_head`).
-    fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(x),
             None => x.matmul(

@@ -270,6 +270,16 @@ impl Tokenizer {
         self.run(input, max_len)
     }
 
+    /// Token ids of `text` without special tokens or truncation: a continuation that follows
+    /// other text (a prompt's cue, a completion).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .inner
+            .encode(EncodeInput::Single(text.into()), false)
+            .map_err(|e| ModelError::Invalid(format!("tokenisation failed: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Encodes pre-split words, keeping which word each token comes from.
     pub fn encode_words(&self, words: &[String], max_len: usize) -> Result<Encoded, ModelError> {
         let words: Vec<&str> = words.iter().map(String::as_str).collect();

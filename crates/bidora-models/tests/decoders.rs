@@ -356,3 +356,108 @@ fn gpt2_beam_search_is_greedy_at_width_one_and_exact_at_full_width() {
         |i, c| model.forward_cached(i, c),
     );
 }
+
+/// The loss on chosen positions: with transformers' labels it is transformers' loss; with the
+/// first tokens of each row masked as a prompt it equals the full-logits loss, gradients too.
+#[test]
+fn next_token_loss_equals_the_full_logits_loss_and_its_gradients() {
+    use bidora_models::causal::{next_token_targets, CausalLm};
+    type AB = burn::backend::Autodiff<B>;
+    let f = golden("tiny-gpt2");
+    let ints_ad = |v: Vec<i64>, shape: Vec<usize>| {
+        Tensor::<AB, 1, Int>::from_data(TensorData::new(v, shape), &Default::default())
+    };
+    let host_labels: Vec<i64> = f["labels"].data.iter().map(|v| *v as i64).collect();
+    let [rows, seq] = [f["labels"].shape[0], f["labels"].shape[1]];
+    let to_ad = |t: Tensor<B, 2, Int>| Tensor::<AB, 2, Int>::from_inner(t);
+    let (ids, mask) = (
+        to_ad(ints(&f["input_ids"])),
+        to_ad(ints(&f["attention_mask"])),
+    );
+    for (name, model) in [
+        (
+            "gpt2",
+            CausalLm::Gpt2(
+                Gpt2LmHeadModel::<AB>::load(&fixtures().join("tiny-gpt2"), &Default::default())
+                    .unwrap()
+                    .1,
+            ),
+        ),
+        (
+            "llama",
+            CausalLm::Llama(
+                LlamaForCausalLM::<AB>::load(&fixtures().join("tiny-llama"), &Default::default())
+                    .unwrap()
+                    .1,
+            ),
+        ),
+    ] {
+        let model = model
+            .with_adapters(&AdapterConfig::new(AdapterMethod::Dora).with_targets(
+                if name == "gpt2" {
+                    vec!["c_attn"]
+                } else {
+                    vec!["q_proj", "v_proj"]
+                },
+            ))
+            .unwrap();
+        // A prompt of 3 tokens in each row: its labels are ignored.
+        let mut labels = host_labels.clone();
+        for r in 0..rows {
+            for t in 0..3 {
+                labels[r * seq + t] = -100;
+            }
+        }
+        let (pos, tgt) = next_token_targets(&labels, seq);
+        // Row 0 has 7 tokens (targets at 3..7), row 1 has 4 (target at 3).
+        assert_eq!(pos, vec![2, 3, 4, 5, 9]);
+        // The same dropout masks in both passes (they come from the host stream).
+        bidora_util::rng::seed(7);
+        let full = causal_lm_loss(
+            model.forward(ids.clone(), mask.clone()),
+            Tensor::from_data(
+                TensorData::new(labels.clone(), [rows, seq]),
+                &Default::default(),
+            ),
+        );
+        let n = pos.len();
+        bidora_util::rng::seed(7);
+        let picked = model.next_token_loss(
+            ids.clone(),
+            mask.clone(),
+            ints_ad(pos, vec![n]),
+            ints_ad(tgt, vec![n]),
+        );
+        let (a, b) = (full.clone().into_scalar(), picked.clone().into_scalar());
+        assert!((a - b).abs() <= 1e-6, "{name}: loss {a} against {b}");
+        let (ga, gb) = (full.backward(), picked.backward());
+        let layers = model.adapters();
+        let (_, first) = &layers[0];
+        let diff = (first.lora_b.grad(&ga).unwrap() - first.lora_b.grad(&gb).unwrap())
+            .abs()
+            .max()
+            .into_scalar();
+        let scale = first.lora_b.grad(&ga).unwrap().abs().max().into_scalar();
+        assert!(
+            diff <= 1e-5 * scale.max(1e-6),
+            "{name}: grad diff {diff} of {scale}"
+        );
+    }
+    // Without a prompt mask, transformers' own loss.
+    let model = CausalLm::Gpt2(
+        Gpt2LmHeadModel::<B>::load(&fixtures().join("tiny-gpt2"), &Default::default())
+            .unwrap()
+            .1,
+    );
+    let (pos, tgt) = next_token_targets(&host_labels, seq);
+    let n = pos.len();
+    let to_t =
+        |v: Vec<i64>| Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), &Default::default());
+    let loss = model.next_token_loss(
+        ints(&f["input_ids"]),
+        ints(&f["attention_mask"]),
+        to_t(pos),
+        to_t(tgt),
+    );
+    assert!(max_abs(loss, &f["loss"]) <= 1e-5);
+}

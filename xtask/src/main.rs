@@ -578,11 +578,14 @@ fn golden(pythonpath: &Path, python: &Path) -> Result<()> {
     for name in ["mpnet", "smollm2", "gpt2-bpe"] {
         fetch(asset(name)?, &dir)?;
     }
+    // our_adapters.py trains with the CLI (after tiny_models.py has written the base models).
+    let exe = results::build_cli()?;
     for (script, args) in [
         ("scripts/golden/adapters.py", vec![]),
         ("scripts/golden/metrics.py", vec![]),
         ("scripts/golden/models.py", vec![minilm]),
         ("scripts/golden/tiny_models.py", vec![]),
+        ("scripts/golden/our_adapters.py", vec![exe]),
         ("scripts/golden/assets.py", vec![dir.clone()]),
     ] {
         status(

@@ -461,3 +461,46 @@ fn next_token_loss_equals_the_full_logits_loss_and_its_gradients() {
     );
     assert!(max_abs(loss, &f["loss"]) <= 1e-5);
 }
+
+/// Adapters written by `bidora train` (scripts/golden/our_adapters.py): HF PEFT loads them on
+/// the transformers model and computes these logits, which our loader reproduces. GPT-2's is
+/// BiDoRA's, saved as DoRA with `fan_in_fan_out`; Llama's is LoRA.
+#[test]
+fn peft_reads_our_decoder_adapters_and_computes_our_logits() {
+    use bidora_adapters::peft::PeftAdapter;
+    use bidora_models::causal::CausalLm;
+    let f = golden("tiny-gpt2");
+    let device = Default::default();
+    for (fixture, base) in [
+        ("ours-gpt2-bidora", "tiny-gpt2"),
+        ("ours-llama-lora", "tiny-llama"),
+    ] {
+        let adapter = PeftAdapter::load(&fixtures().join(fixture)).unwrap();
+        assert_eq!(adapter.config.task_type.as_deref(), Some("CAUSAL_LM"));
+        assert_eq!(adapter.config.fan_in_fan_out, base == "tiny-gpt2");
+        let model = match base {
+            "tiny-gpt2" => CausalLm::Gpt2(
+                Gpt2LmHeadModel::<B>::load(&fixtures().join(base), &device)
+                    .unwrap()
+                    .1,
+            ),
+            _ => CausalLm::Llama(
+                LlamaForCausalLM::<B>::load(&fixtures().join(base), &device)
+                    .unwrap()
+                    .1,
+            ),
+        };
+        let want = golden(fixture);
+        // The trained adapter moves the logits: the comparison below is not the base model's.
+        let plain = model.forward(ints(&f["input_ids"]), ints(&f["attention_mask"]));
+        let moved = max_abs_masked(plain, &want["logits"], &f["attention_mask"]);
+        assert!(
+            moved > 1e-2,
+            "{fixture}: the adapter changes the logits by only {moved}"
+        );
+        let model = model.with_peft(&adapter).unwrap();
+        let logits = model.forward(ints(&f["input_ids"]), ints(&f["attention_mask"]));
+        let e = max_abs_masked(logits, &want["logits"], &f["attention_mask"]);
+        assert!(e <= 1e-4, "{fixture}: logits max abs error {e}");
+    }
+}

@@ -14,8 +14,9 @@ vocabulary of the five BERT specials and w0 ... w94, as the CLI tests do):
 
 and writes under crates/bidora-models/tests/fixtures/ each adapter folder (adapter_config.json,
 adapter_model.safetensors; base_model_name_or_path set to the fixture's name) and
-ours-*.safetensors with the logits PEFT's PeftModel.from_pretrained gives on the tiny batch of
-tiny-gpt2.safetensors.
+ours-*.safetensors with, on the tiny batch of tiny-gpt2.safetensors, `logits`: what PEFT's
+PeftModel.from_pretrained computes with the adapter, and `merged_logits`: what transformers
+computes with the plain folder `bidora merge` writes.
 """
 
 import json
@@ -86,8 +87,16 @@ def main():
             pm = PeftModel.from_pretrained(cls.from_pretrained(model).eval(), folder).eval()
             with torch.no_grad():
                 logits = pm(input_ids=ids, attention_mask=mask).logits
-            save_file({"logits": logits.contiguous()}, os.path.join(OUT, fixture + ".safetensors"))
-            print("wrote", folder, "and its PEFT logits")
+            # `bidora merge`'s plain folder, loaded by transformers alone.
+            merged = os.path.join(tmp, fixture + "-merged")
+            subprocess.run([exe, "merge", "--model", model, "--adapter", folder, "--out", merged],
+                           check=True)
+            plain = cls.from_pretrained(merged).eval()
+            with torch.no_grad():
+                merged_logits = plain(input_ids=ids, attention_mask=mask).logits
+            save_file({"logits": logits.contiguous(), "merged_logits": merged_logits.contiguous()},
+                      os.path.join(OUT, fixture + ".safetensors"))
+            print("wrote", folder, "and its PEFT and merged logits")
 
 
 if __name__ == "__main__":

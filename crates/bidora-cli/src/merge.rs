@@ -33,12 +33,7 @@ pub fn export<B: Backend>(
             "ForTokenClassification",
             m.bert.family,
         ),
-        TaskModel::Causal(_) => {
-            return Err(usage(
-                "merging and exporting decoders is not supported yet: use the PEFT adapter \
-                 (`bidora generate --adapter`, or PEFT's `PeftModel.from_pretrained`)",
-            ))
-        }
+        TaskModel::Causal(m) => return export_decoder(m, source, out),
     };
     let text = std::fs::read_to_string(source.join("config.json"))
         .with_context(|| format!("cannot read `{}`", source.join("config.json").display()))
@@ -71,18 +66,50 @@ pub fn export<B: Backend>(
     if n == 1 && matches!(model, TaskModel::Sequence(_)) {
         config["problem_type"] = json!("regression");
     }
+    write_folder(&tensors, &config, source, out)
+}
+
+/// A decoder with its adapters merged, as the plain HF folder of its source (config.json
+/// unchanged). A GGUF base is refused: its adapter applies on load instead.
+fn export_decoder<B: Backend>(
+    model: &bidora_models::causal::CausalLm<B>,
+    source: &Path,
+    out: &Path,
+) -> Result<(), Fail> {
+    if source.is_file() {
+        return Err(usage(format!(
+            "`{}` is a GGUF file: merging into a GGUF base is not supported; apply the adapter on load (`bidora generate --adapter`)",
+            source.display()
+        )));
+    }
+    let text = std::fs::read_to_string(source.join("config.json"))
+        .with_context(|| format!("cannot read `{}`", source.join("config.json").display()))
+        .input()?;
+    let config: Value = serde_json::from_str(&text)
+        .with_context(|| format!("malformed `{}`", source.join("config.json").display()))
+        .input()?;
+    write_folder(&model.hf_tensors().runtime()?, &config, source, out)
+}
+
+/// Writes model.safetensors, config.json and the source's tokenizer files into `out`.
+fn write_folder(
+    tensors: &std::collections::BTreeMap<String, bidora_adapters::tensor_io::HostTensor>,
+    config: &Value,
+    source: &Path,
+    out: &Path,
+) -> Result<(), Fail> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create `{}`", out.display()))
         .runtime()?;
     write_safetensors(
         &out.join("model.safetensors"),
-        &tensors,
+        tensors,
         &std::collections::HashMap::from([("format".to_string(), "pt".to_string())]),
     )
     .runtime()?;
     atomic_write(
         &out.join("config.json"),
-        serde_json::to_string_pretty(&config)
+        serde_json::to_string_pretty(config)
             .map_err(anyhow::Error::from)?
             .as_bytes(),
     )
@@ -94,6 +121,7 @@ pub fn export<B: Backend>(
         "vocab.txt",
         "vocab.json",
         "merges.txt",
+        "generation_config.json",
     ] {
         let src = source.join(f);
         if src.is_file() {

@@ -195,10 +195,11 @@ impl Prepared {
                 .cloned()
                 .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?,
         };
-        if kind == TaskKind::Generation && s.adapter.is_none() {
-            return Err(usage(
-                "full fine-tuning of decoders cannot save its model yet: train an adapter (lora, dora, bidora)",
-            ));
+        if kind == TaskKind::Generation && s.adapter.is_none() && s.model.is_file() {
+            return Err(usage(format!(
+                "full fine-tuning cannot save a GGUF model (`{}`): use its HF folder, or train an adapter (lora, dora, bidora)",
+                s.model.display()
+            )));
         }
         let dev = spread(&dev, s.eval_examples.unwrap_or(dev.len()));
         let (model, tok, eos) =

@@ -200,16 +200,77 @@ fn dev_perplexity_is_the_completion_loss_of_the_packed_rows() {
     assert!((got - want).abs() <= 1e-3 * want, "{got} against {want}");
 }
 
-/// Bad decoder runs are clear errors: full fine-tuning (no export yet) and an encoder on a
-/// generation task are usage / input errors; an empty completion names its line.
+/// Full fine-tuning of a decoder saves the plain HF folder, which loads and scores as the run
+/// reported; `bidora merge` of an adapter gives the folder whose logits are the adapted
+/// model's. A GGUF base cannot be saved whole: refused before training (exit 2).
+#[test]
+fn full_fine_tuning_and_merge_write_plain_decoder_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = copy_task(tmp.path());
+    let model = tiny_decoder(tmp.path(), "tiny-gpt2", 95);
+    let out = tmp.path().join("full");
+    let o = train(&model, &data, &out, "full");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = json(&out.join("report.json"));
+    assert!(perplexity(&report["final"]) < perplexity(&report["untrained"]));
+    let saved = out.join("model");
+    std::fs::copy(model.join("vocab.txt"), saved.join("vocab.txt")).ok();
+    let eval = |m: &Path, adapter: Option<&Path>| -> f64 {
+        let mut c = bidora();
+        c.args(["eval", "--task", "prompts", "--model"]).arg(m);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let o = c
+            .arg("--data")
+            .arg(&data)
+            .args(["--max-length", "16", "--max-new-tokens", "3"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = text.lines().find(|l| l.contains("dev perplexity")).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let want = perplexity(&report["final"]);
+    let got = eval(&saved, None);
+    assert!(
+        (got - want).abs() <= 1e-3 * want,
+        "saved model {got}, run {want}"
+    );
+    // merge: an adapter run, merged, scores as the adapter does.
+    let run = tmp.path().join("dora");
+    assert!(train(&model, &data, &run, "dora").status.success());
+    let merged = tmp.path().join("merged");
+    let o = bidora()
+        .args(["merge", "--model"])
+        .arg(&model)
+        .arg("--adapter")
+        .arg(run.join("adapter"))
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, m) = (
+        eval(&model, Some(&run.join("adapter"))),
+        eval(&merged, None),
+    );
+    assert!((a - m).abs() <= 1e-3 * a, "adapter {a}, merged {m}");
+    // A GGUF base: full fine-tuning is refused before anything runs.
+    let gguf = common::crate_dir().join("../bidora-models/tests/fixtures/tiny-llama.gguf");
+    let o = train(&gguf, &data, &tmp.path().join("gguf"), "full");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot save a GGUF model"));
+}
+
+/// Bad decoder runs are clear errors: an empty completion names its line, and an encoder on a
+/// generation task is an input error.
 #[test]
 fn decoder_runs_refuse_bad_setups_with_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = copy_task(tmp.path());
     let model = tiny_decoder(tmp.path(), "tiny-llama", 95);
-    let o = train(&model, &data, &tmp.path().join("full"), "full");
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("full fine-tuning of decoders"));
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::copy(data.join("dev.jsonl"), bad.join("dev.jsonl")).unwrap();

@@ -532,7 +532,10 @@ impl<B: Backend> Bert<B> {
 }
 
 /// A PyTorch-layout copy of a tensor.
-fn host<const D: usize, B: Backend>(t: Tensor<B, D>, name: &str) -> Result<HostTensor, ModelError> {
+pub(crate) fn host<const D: usize, B: Backend>(
+    t: Tensor<B, D>,
+    name: &str,
+) -> Result<HostTensor, ModelError> {
     Ok(HostTensor::from_tensor(t, name)?)
 }
 
@@ -552,7 +555,7 @@ pub(crate) fn put_linear<B: Backend>(
     Ok(())
 }
 
-fn put_norm<B: Backend>(
+pub(crate) fn put_norm<B: Backend>(
     out: &mut BTreeMap<String, HostTensor>,
     name: &str,
     ln: &LayerNorm<B>,

@@ -17,20 +17,26 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use bidora_adapters::peft::PeftAdapter;
+use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{AdaptedLinear, AdapterConfig, AdapterHost};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
+use crate::bert::{host, put_linear, put_norm};
 use crate::config::Architecture;
 use crate::generate::KvCache;
 use crate::gguf::Gguf;
 use crate::gpt2::Gpt2LmHeadModel;
+use crate::gpt2::BLOCK_PROJECTIONS;
 use crate::heads::{cross_entropy, IGNORE_INDEX};
+use crate::layers::Block;
 use crate::llama::LlamaForCausalLM;
+use crate::llama::LAYER_PROJECTIONS;
 use crate::tokenizer::Tokenizer;
 use crate::ModelError;
 
@@ -226,5 +232,72 @@ impl<B: Backend> AdapterHost<B> for CausalLm<B> {
             CausalLm::Gpt2(m) => m.for_each_adapter(prefix, f),
             CausalLm::Llama(m) => m.for_each_adapter(prefix, f),
         }
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Every weight under its HF name and in HF's layout, adapters merged into the base
+    /// weights (PEFT's `merge_and_unload`): what `model.safetensors` of the plain model holds.
+    /// GPT-2's `Conv1D` weights are `[in, out]`, Llama's linear weights `[out, in]`; a tied
+    /// head is not stored.
+    pub fn hf_tensors(&self) -> Result<BTreeMap<String, HostTensor>, ModelError> {
+        let mut out = BTreeMap::new();
+        match self {
+            CausalLm::Gpt2(m) => {
+                let t = &m.transformer;
+                out.insert(
+                    "transformer.wte.weight".into(),
+                    host(t.wte.weight.val(), "wte")?,
+                );
+                out.insert(
+                    "transformer.wpe.weight".into(),
+                    host(t.wpe.weight.val(), "wpe")?,
+                );
+                for (i, b) in t.blocks.iter().enumerate() {
+                    let p = format!("transformer.h.{i}.");
+                    put_norm(&mut out, &format!("{p}ln_1"), &b.ln_1)?;
+                    put_norm(&mut out, &format!("{p}ln_2"), &b.ln_2)?;
+                    for (name, proj) in BLOCK_PROJECTIONS.iter().zip(b.projections()) {
+                        // Conv1D keeps Burn's `[in, out]`: no transpose.
+                        let l = proj.merged();
+                        let name = format!("{p}{name}");
+                        out.insert(format!("{name}.weight"), host(l.weight.val(), &name)?);
+                        if let Some(bias) = &l.bias {
+                            out.insert(format!("{name}.bias"), host(bias.val(), &name)?);
+                        }
+                    }
+                }
+                put_norm(&mut out, "transformer.ln_f", &t.ln_f)?;
+            }
+            CausalLm::Llama(m) => {
+                let t = &m.model;
+                let embed = host(t.embed_tokens.weight.val(), "embed_tokens")?;
+                out.insert("model.embed_tokens.weight".into(), embed);
+                for (i, l) in t.layers.iter().enumerate() {
+                    let p = format!("model.layers.{i}.");
+                    for (name, proj) in LAYER_PROJECTIONS.iter().zip(l.projections()) {
+                        put_linear(&mut out, &format!("{p}{name}"), &proj.merged())?;
+                    }
+                    let norm =
+                        |n: &crate::llama::RmsNorm<B>, name: &str| host(n.weight.val(), name);
+                    out.insert(
+                        format!("{p}input_layernorm.weight"),
+                        norm(&l.input_norm, &p)?,
+                    );
+                    out.insert(
+                        format!("{p}post_attention_layernorm.weight"),
+                        norm(&l.post_norm, &p)?,
+                    );
+                }
+                out.insert(
+                    "model.norm.weight".into(),
+                    host(t.norm.weight.val(), "norm")?,
+                );
+                if let Some(head) = &m.lm_head {
+                    put_linear(&mut out, "lm_head", head)?;
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -462,6 +462,37 @@ fn next_token_loss_equals_the_full_logits_loss_and_its_gradients() {
     assert!(max_abs(loss, &f["loss"]) <= 1e-5);
 }
 
+/// The logits on the tiny batch of a plain model made of `tensors` with `base`'s config.
+fn plain_from(
+    tensors: &std::collections::BTreeMap<String, bidora_adapters::tensor_io::HostTensor>,
+    base: &str,
+) -> Tensor<B, 3> {
+    let f = golden("tiny-gpt2");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join(base).join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    bidora_adapters::tensor_io::write_safetensors(
+        &dir.path().join("model.safetensors"),
+        tensors,
+        &Default::default(),
+    )
+    .unwrap();
+    let (ids, mask) = (ints(&f["input_ids"]), ints(&f["attention_mask"]));
+    match base {
+        "tiny-gpt2" => Gpt2LmHeadModel::<B>::load(dir.path(), &Default::default())
+            .unwrap()
+            .1
+            .forward(ids, mask),
+        _ => LlamaForCausalLM::<B>::load(dir.path(), &Default::default())
+            .unwrap()
+            .1
+            .forward(ids, mask),
+    }
+}
+
 /// Adapters written by `bidora train` (scripts/golden/our_adapters.py): HF PEFT loads them on
 /// the transformers model and computes these logits, which our loader reproduces. GPT-2's is
 /// BiDoRA's, saved as DoRA with `fan_in_fan_out`; Llama's is LoRA.
@@ -502,5 +533,13 @@ fn peft_reads_our_decoder_adapters_and_computes_our_logits() {
         let logits = model.forward(ints(&f["input_ids"]), ints(&f["attention_mask"]));
         let e = max_abs_masked(logits, &want["logits"], &f["attention_mask"]);
         assert!(e <= 1e-4, "{fixture}: logits max abs error {e}");
+        // transformers on `bidora merge`'s folder computes what the adapted model does; our
+        // merged tensors are that folder's.
+        let e = max_abs_masked(
+            plain_from(&model.hf_tensors().unwrap(), base),
+            &want["merged_logits"],
+            &f["attention_mask"],
+        );
+        assert!(e <= 1e-4, "{fixture}: merged logits max abs error {e}");
     }
 }

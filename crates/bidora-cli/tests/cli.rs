@@ -808,7 +808,7 @@ fn generate_streams_greedy_text_batches_jsonl_and_samples_reproducibly() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("decoders"), "{err}");
+    assert!(err.contains("not a decoder"), "{err}");
 }
 
 /// `bidora generate --adapter` applies a PEFT adapter to a decoder: on the random-weight

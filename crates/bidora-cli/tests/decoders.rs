@@ -64,6 +64,28 @@ fn perplexity(m: &serde_json::Value) -> f64 {
     m["perplexity"].as_f64().unwrap()
 }
 
+/// The dev perplexity `bidora eval` prints for `model` (with `adapter`) on `data`.
+fn eval_perplexity(model: &Path, adapter: Option<&Path>, data: &Path) -> f64 {
+    let mut c = bidora();
+    c.args(["eval", "--task", "prompts", "--model"]).arg(model);
+    if let Some(a) = adapter {
+        c.arg("--adapter").arg(a);
+    }
+    let o = c
+        .arg("--data")
+        .arg(data)
+        .args(["--max-length", "16", "--max-new-tokens", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("dev perplexity"))
+        .unwrap_or_else(|| panic!("{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Every adapter method lowers the dev perplexity of both layouts; the adapter is saved as
 /// PEFT's CAUSAL_LM adapter (GPT-2's with `fan_in_fan_out`), and `bidora eval` of it gives the
 /// run's final metrics.
@@ -111,23 +133,7 @@ fn adapters_on_decoders_lower_dev_perplexity_and_eval_reproduces_it() {
                 .collect();
             assert_eq!(got, targets);
             // `bidora eval` of the saved adapter: the run's final metrics.
-            let o = bidora()
-                .args(["eval", "--task", "prompts", "--model"])
-                .arg(&model)
-                .arg("--adapter")
-                .arg(out.join("adapter"))
-                .arg("--data")
-                .arg(&data)
-                .args(["--max-length", "16", "--max-new-tokens", "3"])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let line = text
-                .lines()
-                .find(|l| l.contains("dev perplexity"))
-                .unwrap_or_else(|| panic!("{text}"));
-            let eval_ppl: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            let eval_ppl = eval_perplexity(&model, Some(&out.join("adapter")), &data);
             let want = perplexity(&report["final"]);
             assert!(
                 (eval_ppl - want).abs() <= 1e-3 * want + 1e-4,
@@ -145,25 +151,7 @@ fn dev_perplexity_is_the_completion_loss_of_the_packed_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let data = copy_task(tmp.path());
     let model_dir = tiny_decoder(tmp.path(), "tiny-llama", 95);
-    let o = bidora()
-        .args(["eval", "--task", "prompts", "--model"])
-        .arg(&model_dir)
-        .arg("--data")
-        .arg(&data)
-        .args(["--max-length", "16", "--max-new-tokens", "3"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let got: f64 = text
-        .lines()
-        .find(|l| l.contains("dev perplexity"))
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let got = eval_perplexity(&model_dir, None, &data);
     // By hand: each dev row on its own, token-weighted.
     let tok = Tokenizer::load(&model_dir).unwrap();
     let (_, model) = LlamaForCausalLM::<B>::load(&model_dir, &Default::default()).unwrap();
@@ -215,23 +203,7 @@ fn full_fine_tuning_and_merge_write_plain_decoder_folders() {
     assert!(perplexity(&report["final"]) < perplexity(&report["untrained"]));
     let saved = out.join("model");
     std::fs::copy(model.join("vocab.txt"), saved.join("vocab.txt")).ok();
-    let eval = |m: &Path, adapter: Option<&Path>| -> f64 {
-        let mut c = bidora();
-        c.args(["eval", "--task", "prompts", "--model"]).arg(m);
-        if let Some(a) = adapter {
-            c.arg("--adapter").arg(a);
-        }
-        let o = c
-            .arg("--data")
-            .arg(&data)
-            .args(["--max-length", "16", "--max-new-tokens", "3"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        let line = text.lines().find(|l| l.contains("dev perplexity")).unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let eval = |m: &Path, adapter: Option<&Path>| eval_perplexity(m, adapter, &data);
     let want = perplexity(&report["final"]);
     let got = eval(&saved, None);
     assert!(

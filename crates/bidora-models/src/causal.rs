@@ -216,10 +216,10 @@ pub fn next_token_targets(labels: &[i64], seq_len: usize) -> (Vec<i64>, Vec<i64>
         return (positions, targets);
     }
     for (row, chunk) in labels.chunks(seq_len).enumerate() {
-        for t in 1..chunk.len() {
-            if chunk[t] != IGNORE_INDEX {
+        for (t, &label) in chunk.iter().enumerate().skip(1) {
+            if label != IGNORE_INDEX {
                 positions.push((row * seq_len + t - 1) as i64);
-                targets.push(chunk[t]);
+                targets.push(label);
             }
         }
     }

@@ -51,14 +51,10 @@ impl ModelTokenizer {
         }
     }
 
-    /// Loads the tokeniser of a model folder, or the vocabulary of a GGUF file.
-    pub fn load(path: &Path) -> Result<Self, Fail> {
-        let inner = if path.is_file() {
-            Tokenizer::from_gguf(&bidora_models::gguf::Gguf::read(path).input()?).input()?
-        } else {
-            Tokenizer::load(path).input()?
-        };
-        Ok(Self::new(inner))
+    /// Loads the tokeniser of a model folder (a GGUF decoder's comes with it from
+    /// [`load_task`]).
+    pub fn load(dir: &Path) -> Result<Self, Fail> {
+        Ok(Self::new(Tokenizer::load(dir).input()?))
     }
 
     /// Text of token ids (special tokens skipped; undecodable ids give an empty text).
@@ -318,40 +314,46 @@ pub fn load_task<B: Backend>(
     Ok((model, ModelTokenizer::load(path)?, None))
 }
 
+/// Fails unless `dir` holds an encoder.
+fn require_encoder(dir: &Path) -> Result<(), Fail> {
+    let arch = Architecture::detect(dir).input()?;
+    if arch.is_encoder() {
+        return Ok(());
+    }
+    Err(input(format!(
+        "`{}` is a {} model; classification, regression and tagging tasks need an encoder (bert, roberta, mpnet), generation tasks a decoder",
+        dir.display(),
+        arch.model_type()
+    )))
+}
+
 impl<B: Backend> TaskModel<B> {
-    /// Loads an encoder folder with a head for `kind` and `num_labels` outputs.
+    /// Loads a model for `kind`: an encoder folder with a head of `num_labels` outputs, or a
+    /// decoder (HF folder or GGUF file) for generation.
     pub fn load(
         dir: &Path,
         kind: TaskKind,
         num_labels: usize,
         device: &B::Device,
     ) -> Result<Self, Fail> {
-        if kind == TaskKind::Generation {
-            return Ok(TaskModel::Causal(
-                CausalLm::load(dir, device).input()?.model,
-            ));
-        }
-        let arch = Architecture::detect(dir).input()?;
-        if !arch.is_encoder() {
-            return Err(input(format!(
-                "`{}` is a {} model; classification, regression and tagging tasks need an encoder (bert, roberta, mpnet), generation tasks a decoder",
-                dir.display(),
-                arch.model_type()
-            )));
-        }
         Ok(match kind {
-            TaskKind::Classification | TaskKind::Regression | TaskKind::Generation => {
+            TaskKind::Generation => TaskModel::Causal(CausalLm::load(dir, device).input()?.model),
+            TaskKind::TokenClassification => {
+                require_encoder(dir)?;
+                TaskModel::Tokens(
+                    BertForTokenClassification::load(dir, num_labels, device)
+                        .input()?
+                        .1,
+                )
+            }
+            TaskKind::Classification | TaskKind::Regression => {
+                require_encoder(dir)?;
                 TaskModel::Sequence(
                     BertForSequenceClassification::load(dir, num_labels, device)
                         .input()?
                         .1,
                 )
             }
-            TaskKind::TokenClassification => TaskModel::Tokens(
-                BertForTokenClassification::load(dir, num_labels, device)
-                    .input()?
-                    .1,
-            ),
         })
     }
 

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::adapter_folder::{known_labels, load_adapter};
 use crate::defaults;
 use crate::fail::{input, Classify, Fail};
-use crate::session::{load_task, num_labels, Decoding, Evaluator};
+use crate::session::{load_task, num_labels, prompt_format, Decoding, Evaluator};
 
 /// Arguments of `bidora eval`.
 #[derive(clap::Args, Debug)]
@@ -55,12 +55,13 @@ impl BackendTask for EvalJob {
             Some(dir) => Some(load_adapter(&a.model, dir)?),
             None => None,
         };
-        let data = task
+        let mut data = task
             .load_eval(&a.data, known_labels(&a.model, info.as_ref()).as_deref())
             .input()?;
         let kind = task.kind_of(&data);
         let num_labels = num_labels(kind, &data.labels);
         let (model, tok, eos) = load_task::<B::InnerBackend>(&a.model, kind, num_labels, &device)?;
+        let format = prompt_format(&task, &mut data, &tok)?;
         let model = match info {
             Some(info) if info.num_labels != num_labels => {
                 return Err(input(format!(
@@ -85,6 +86,7 @@ impl BackendTask for EvalJob {
                 max_new_tokens: a.max_new_tokens,
                 beams: a.beams.max(1),
             },
+            format,
         };
         for (name, examples) in &data.eval {
             let m = evaluator.metrics(&model, examples, &device)?;

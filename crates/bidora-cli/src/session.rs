@@ -15,8 +15,9 @@ use bidora_bilevel::BilevelProblem;
 use bidora_data::batch::{
     collate, collate_causal, BatchLabels, CausalRow, Encoding, HostBatch, IGNORE_INDEX,
 };
+use bidora_data::chat::ChatTemplate;
 use bidora_data::prompt::PromptFormat;
-use bidora_data::tasks::{Predictions, TaskInfo, TaskKind};
+use bidora_data::tasks::{Predictions, TaskData, TaskInfo, TaskKind};
 use bidora_data::Example;
 use bidora_data::Label;
 use bidora_models::bert::Family;
@@ -55,6 +56,11 @@ impl ModelTokenizer {
     /// [`load_task`]).
     pub fn load(dir: &Path) -> Result<Self, Fail> {
         Ok(Self::new(Tokenizer::load(dir).input()?))
+    }
+
+    /// The chat template the tokeniser ships, if any.
+    pub fn chat_template(&self) -> Option<&bidora_models::tokenizer::ChatTemplateText> {
+        self.inner.chat_template()
     }
 
     /// Text of token ids (special tokens skipped; undecodable ids give an empty text).
@@ -312,6 +318,31 @@ pub fn load_task<B: Backend>(
     }
     let model = TaskModel::load(path, kind, num_labels, device)?;
     Ok((model, ModelTokenizer::load(path)?, None))
+}
+
+/// Renders the chat rows (`messages`) of `data` with the chat template of `tok` (the model's;
+/// exit 2 when they exist and it has none) and returns how the task's examples become prompts:
+/// [`PromptFormat::CHAT`] when there were chat rows, else the task's own format.
+pub fn prompt_format(
+    task: &TaskInfo,
+    data: &mut TaskData,
+    tok: &ModelTokenizer,
+) -> Result<PromptFormat, Fail> {
+    let has_chat = data
+        .train
+        .iter()
+        .chain(data.eval.iter().flat_map(|(_, set)| set))
+        .any(|e| e.messages.is_some());
+    if !has_chat {
+        return Ok(task.prompt_format().unwrap_or(PromptFormat::VERBATIM));
+    }
+    let template = tok
+        .chat_template()
+        .map(|t| ChatTemplate::new(&t.source, &t.bos, &t.eos))
+        .transpose()
+        .input()?;
+    bidora_data::chat::apply(data, template.as_ref()).input()?;
+    Ok(PromptFormat::CHAT)
 }
 
 /// Fails unless `dir` holds an encoder.
@@ -650,6 +681,8 @@ pub struct Evaluator<'a> {
     pub max_len: usize,
     /// Generation tasks' decoding.
     pub decoding: Decoding,
+    /// Generation tasks: how examples become prompts ([`prompt_format`]).
+    pub format: PromptFormat,
 }
 
 impl Evaluator<'_> {
@@ -679,7 +712,7 @@ impl Evaluator<'_> {
     }
 
     fn format(&self) -> PromptFormat {
-        self.task.prompt_format().unwrap_or(PromptFormat::VERBATIM)
+        self.format
     }
 
     fn eos(&self) -> Result<u32, Fail> {

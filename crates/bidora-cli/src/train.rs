@@ -24,6 +24,7 @@ use bidora_bilevel::stream::DEFAULT_LENGTH_WINDOW;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
 use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
 use bidora_data::batch::{collate, encode, HostBatch};
+use bidora_data::prompt::PromptFormat;
 use bidora_data::split;
 use bidora_data::tasks::{self, TaskInfo, TaskKind};
 use bidora_data::Example;
@@ -39,8 +40,8 @@ use crate::fingerprint::Fingerprint;
 use crate::plot::{self, Panel, Series};
 use crate::progress::Progress;
 use crate::session::{
-    load_task, num_labels, parameter_counts, to_device, Batch, Decoding, Evaluator, ModelTokenizer,
-    TaskModel, TaskProblem,
+    load_task, num_labels, parameter_counts, prompt_format, to_device, Batch, Decoding, Evaluator,
+    ModelTokenizer, TaskModel, TaskProblem,
 };
 
 const CONFIG_FILE: &str = "config.toml";
@@ -165,6 +166,8 @@ struct Prepared {
     tok: ModelTokenizer,
     /// Decoders: the end-of-sequence token the completions end with.
     eos: Option<u32>,
+    /// Decoders: how examples become prompts (the task's format, or chat prompts).
+    format: PromptFormat,
     groups: ParamGroups,
     config: TrainConfig,
     /// The base model's fingerprint, saved in checkpoints.
@@ -182,6 +185,15 @@ impl Prepared {
         let task = tasks::task(&s.task).usage()?;
         let mut data = task.load(&s.data).input()?;
         let kind = task.kind_of(&data);
+        if kind == TaskKind::Generation && s.adapter.is_none() && s.model.is_file() {
+            return Err(usage(format!(
+                "full fine-tuning cannot save a GGUF model (`{}`): use its HF folder, or train an adapter (lora, dora, bidora)",
+                s.model.display()
+            )));
+        }
+        let (model, tok, eos) =
+            load_task::<B>(&s.model, kind, num_labels(kind, &data.labels), device)?;
+        let format = prompt_format(&task, &mut data, &tok)?;
         let (eval_name, dev) = match s.holdout {
             Some(h) => {
                 let (rest, held) =
@@ -195,15 +207,7 @@ impl Prepared {
                 .cloned()
                 .ok_or_else(|| input(format!("task `{}` has no evaluation set", s.task)))?,
         };
-        if kind == TaskKind::Generation && s.adapter.is_none() && s.model.is_file() {
-            return Err(usage(format!(
-                "full fine-tuning cannot save a GGUF model (`{}`): use its HF folder, or train an adapter (lora, dora, bidora)",
-                s.model.display()
-            )));
-        }
         let dev = spread(&dev, s.eval_examples.unwrap_or(dev.len()));
-        let (model, tok, eos) =
-            load_task::<B>(&s.model, kind, num_labels(kind, &data.labels), device)?;
         let model = match &s.adapter {
             Some(c) => model.with_adapters(c, s.knobs.targets.is_none())?,
             None => model,
@@ -239,6 +243,7 @@ impl Prepared {
             train_probe,
             tok,
             eos,
+            format,
             groups,
             config,
             identity: Fingerprint::of(&s.model)?,
@@ -263,6 +268,7 @@ impl Prepared {
                 max_new_tokens: s.max_new_tokens,
                 beams: s.beams,
             },
+            format: self.format,
         }
     }
 

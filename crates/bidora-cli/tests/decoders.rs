@@ -263,3 +263,59 @@ fn decoder_runs_refuse_bad_setups_with_clear_errors() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("not a decoder"), "{err}");
 }
+
+/// The `copy` task as chat rows: `{"messages": [user "wA wB wC", assistant "w7 w8"]}`.
+fn chat_task(dir: &Path) -> PathBuf {
+    let data = dir.join("chat");
+    std::fs::create_dir_all(&data).unwrap();
+    let rows = |n: usize, offset: usize| -> String {
+        (0..n)
+            .map(|i| {
+                let (a, b, c) = ((i * 7 + offset) % 40, (i * 3 + 1) % 40, (i * 5 + 2) % 40);
+                format!(
+                    "{{\"messages\": [{{\"role\": \"user\", \"content\": \"w{a} w{b} w{c}\"}}, {{\"role\": \"assistant\", \"content\": \"w7 w8\"}}]}}\n"
+                )
+            })
+            .collect()
+    };
+    std::fs::write(data.join("train.jsonl"), rows(48, 0)).unwrap();
+    std::fs::write(data.join("dev.jsonl"), rows(6, 3)).unwrap();
+    data
+}
+
+/// Chat rows train through the model's chat template (`tokenizer_config.json`), and `eval`
+/// of the adapter reproduces the run; without a template they are a clear input error.
+#[test]
+fn chat_rows_train_through_the_models_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = chat_task(tmp.path());
+    let model = tiny_decoder(tmp.path(), "tiny-llama", 95);
+    let o = train(&model, &data, &tmp.path().join("none"), "lora");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("chat template"),
+        "{err}"
+    );
+
+    let template = "{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}{% if add_generation_prompt %}assistant {% endif %}";
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("chat-lora");
+    let o = train(&model, &data, &out, "lora");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = json(&out.join("report.json"));
+    let (before, after) = (
+        perplexity(&report["untrained"]),
+        perplexity(&report["final"]),
+    );
+    assert!(after < 0.8 * before, "perplexity {before} → {after}");
+    let eval_ppl = eval_perplexity(&model, Some(&out.join("adapter")), &data);
+    assert!(
+        (eval_ppl - after).abs() <= 1e-3 * after + 1e-4,
+        "eval {eval_ppl} against the run's {after}"
+    );
+}

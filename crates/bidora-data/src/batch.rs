@@ -335,6 +335,7 @@ mod tests {
             text_b: None,
             words: Some(vec!["ab".into(), "c".into()]),
             label: Some(Label::Tags(vec![3, 4])),
+            messages: None,
             line: 1,
         };
         let batch = collate(&[&t], &Chars, 16);

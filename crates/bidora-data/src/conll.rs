@@ -94,6 +94,7 @@ pub fn parse(bytes: &[u8], path: &Path, tags: Option<&[String]>) -> Result<Tagge
             text_b: None,
             words: Some(words),
             label: Some(Label::Tags(ids)),
+            messages: None,
             line: start,
         });
     }

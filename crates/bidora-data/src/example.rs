@@ -28,6 +28,10 @@ pub struct Example {
     pub words: Option<Vec<String>>,
     /// The gold label (`None` for unlabelled data).
     pub label: Option<Label>,
+    /// A chat row's conversation, until [`crate::chat::apply`] renders it into `text_a` with
+    /// the model's template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::chat::Message>>,
     /// The 1-based line of the source file the example starts on.
     pub line: usize,
 }
@@ -40,6 +44,7 @@ impl Example {
             text_b: None,
             words: None,
             label,
+            messages: None,
             line,
         }
     }
@@ -56,6 +61,7 @@ impl Example {
             text_b: Some(b.into()),
             words: None,
             label,
+            messages: None,
             line,
         }
     }

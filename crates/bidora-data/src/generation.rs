@@ -1,11 +1,12 @@
 //! Data-to-text and sequence-to-sequence data: the E2E NLG challenge CSV (`mr,ref`, several
 //! references per meaning representation) and JSON Lines with `"source"` and `"target"` (a
-//! string, or a list of reference strings).
+//! string, or a list of reference strings), `"prompt"` and `"completion"`, or chat `"messages"`.
 
 use std::path::Path;
 
 use serde_json::Value;
 
+use crate::chat::Message;
 use crate::example::{Example, Label};
 use crate::lines::{json_objects, read};
 use crate::DataError;
@@ -129,11 +130,17 @@ pub fn parse_e2e(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
 }
 
 /// JSON Lines with `"source"` and `"target"`, or `"prompt"` and `"completion"` (the target a
-/// string or a list of reference strings).
+/// string or a list of reference strings), or chat rows: `"messages"`, a list of `{"role",
+/// "content"}` ending with the assistant's answer (kept as the example's conversation until
+/// [`crate::chat::apply`] renders it with the model's template).
 pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::new();
     for (number, v) in json_objects(bytes, path)? {
         let err = |m: String| DataError::parse(path, number, m);
+        if let Some(messages) = v.get("messages") {
+            out.push(conversation(messages).map_err(err)?.at(number));
+            continue;
+        }
         let (source_key, target_key) = if v.get("prompt").is_some() {
             ("prompt", "completion")
         } else {
@@ -173,6 +180,51 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path) -> Result<Vec<Example>, DataError>
     Ok(out)
 }
 
+/// A parsed chat row, waiting for its line.
+struct Conversation(Vec<Message>);
+
+impl Conversation {
+    fn at(self, line: usize) -> Example {
+        let answer = self.0.last().map(|m| m.content.clone()).unwrap_or_default();
+        Example {
+            messages: Some(self.0),
+            ..Example::single("", Some(Label::References(vec![answer])), line)
+        }
+    }
+}
+
+/// A `messages` value: a non-empty list of `{"role", "content"}` strings, the assistant's last.
+fn conversation(v: &Value) -> Result<Conversation, String> {
+    let list = v
+        .as_array()
+        .filter(|a| !a.is_empty())
+        .ok_or("`messages` must be a non-empty list of {\"role\", \"content\"} objects")?;
+    let messages = list
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |k: &str| {
+                m.get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .ok_or(format!("message {i} has no string `{k}`"))
+            };
+            Ok(Message {
+                role: field("role")?,
+                content: field("content")?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    match messages.last() {
+        Some(m) if m.role == "assistant" => Ok(Conversation(messages)),
+        Some(m) => Err(format!(
+            "the last message is the {}'s; a chat row ends with the assistant's answer",
+            m.role
+        )),
+        None => Err("`messages` is empty".into()),
+    }
+}
+
 /// Loads an E2E CSV (`.csv`) or a JSON Lines file (anything else).
 pub fn load(path: &Path) -> Result<Vec<Example>, DataError> {
     let bytes = read(path)?;
@@ -192,11 +244,10 @@ pub fn expand_references(examples: &[Example]) -> Vec<Example> {
     for e in examples {
         if let Some(Label::References(refs)) = &e.label {
             for r in refs {
-                out.push(Example::single(
-                    e.text_a.clone(),
-                    Some(Label::References(vec![r.clone()])),
-                    e.line,
-                ));
+                out.push(Example {
+                    label: Some(Label::References(vec![r.clone()])),
+                    ..e.clone()
+                });
             }
         }
     }
@@ -228,6 +279,39 @@ mod tests {
         assert_eq!(e.to_string(), "devset.csv:2: unterminated quoted field");
         let e = parse_e2e(b"meaning,ref\nx,y\n", p).unwrap_err();
         assert!(e.to_string().contains("no `mr` column"));
+    }
+
+    #[test]
+    fn chat_rows_keep_their_conversation_and_name_bad_lines() {
+        let p = Path::new("c.jsonl");
+        let rows = b"{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello\"}]}\n";
+        let got = parse_jsonl(rows, p).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].label, Some(Label::References(vec!["Hello".into()])));
+        let m = got[0].messages.as_ref().unwrap();
+        assert_eq!(
+            (m[0].role.as_str(), m[1].content.as_str()),
+            ("user", "Hello")
+        );
+        // Expanding references keeps the conversation.
+        assert_eq!(expand_references(&got)[0].messages, got[0].messages);
+        for (row, want) in [
+            (
+                &b"\n{\"messages\": []}"[..],
+                "c.jsonl:2: `messages` must be a non-empty list",
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\"}]}",
+                "c.jsonl:1: message 0 has no string `content`",
+            ),
+            (
+                b"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}",
+                "c.jsonl:1: the last message is the user's",
+            ),
+        ] {
+            let e = parse_jsonl(row, p).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+        }
     }
 
     #[test]

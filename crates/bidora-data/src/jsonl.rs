@@ -78,6 +78,7 @@ pub fn parse(bytes: &[u8], path: &Path, labels: &LabelSpace) -> Result<Vec<Examp
             text_b: pair,
             words: None,
             label,
+            messages: None,
             line: number,
         });
     }

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod batch;
+pub mod chat;
 pub mod conll;
 mod error;
 pub mod example;

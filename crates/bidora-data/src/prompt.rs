@@ -31,6 +31,10 @@ pub struct PromptFormat {
     pub stop: Option<&'static str>,
     /// Which end of a long prompt goes.
     pub truncation: Truncation,
+    /// Whether the tokeniser's own leading special tokens (a BOS) start the prompt; not for
+    /// chat prompts, whose template writes its special tokens as text (HF's
+    /// `apply_chat_template` tokenises them the same way).
+    pub special_tokens: bool,
 }
 
 impl PromptFormat {
@@ -41,6 +45,14 @@ impl PromptFormat {
         completion_prefix: "",
         stop: None,
         truncation: Truncation::PromptStart,
+        special_tokens: true,
+    };
+
+    /// Chat prompts rendered by the model's template ([`crate::chat`]): taken as they are,
+    /// without the tokeniser's leading special tokens.
+    pub const CHAT: PromptFormat = PromptFormat {
+        special_tokens: false,
+        ..PromptFormat::VERBATIM
     };
 
     /// The prompt's token ids for `source`, at most `budget` of them (at least one): the
@@ -49,9 +61,12 @@ impl PromptFormat {
     /// [`Truncation::PromptStart`] the start of the whole prompt is.
     pub fn prompt_ids(&self, tok: &dyn Tokenizer, source: &str, budget: usize) -> Vec<u32> {
         let budget = budget.max(1);
-        let head = tok
-            .encode(&format!("{}{source}", self.before), None, usize::MAX)
-            .ids;
+        let text = format!("{}{source}", self.before);
+        let head = if self.special_tokens {
+            tok.encode(&text, None, usize::MAX).ids
+        } else {
+            tok.encode_plain(&text)
+        };
         let tail = if self.after.is_empty() {
             Vec::new()
         } else {
@@ -130,7 +145,20 @@ mod tests {
         completion_prefix: " ",
         stop: Some("\n"),
         truncation: Truncation::SourceEnd,
+        special_tokens: true,
     };
+
+    #[test]
+    fn chat_prompts_have_no_leading_special_token() {
+        assert_eq!(
+            text(&PromptFormat::CHAT.prompt_ids(&Bytes, "<s>q", 100)),
+            "<s>q"
+        );
+        assert_eq!(
+            text(&PromptFormat::VERBATIM.prompt_ids(&Bytes, "q", 100)),
+            "^q"
+        );
+    }
 
     #[test]
     fn a_cued_prompt_loses_the_end_of_its_source_and_keeps_its_cue() {

@@ -210,7 +210,7 @@ pub fn registry() -> Vec<TaskInfo> {
             kind: TaskKind::Generation,
             pair: false,
             metrics: &[RougeL, Bleu, Nist, Cider],
-            description: "Your own generation data: DIR/{train,dev}.jsonl with prompt and completion (a string or a list of references), used verbatim; no dev.jsonl: dev = held-out 10%",
+            description: "Your own generation data: DIR/{train,dev}.jsonl with prompt and completion (a string or a list of references), used verbatim, or chat rows with messages (role, content; the assistant's last) rendered by the model's chat template; no dev.jsonl: dev = held-out 10%",
             source: Source::Prompts,
         },
         TaskInfo {
@@ -260,6 +260,7 @@ impl TaskInfo {
             completion_prefix: " ",
             stop: Some("\n"),
             truncation: Truncation::SourceEnd,
+            special_tokens: true,
         };
         match self.source {
             Source::Generation => Some(cued("Meaning representation: ", "\nDescription:")),

@@ -32,12 +32,60 @@ pub struct Encoded {
     pub word_ids: Vec<Option<usize>>,
 }
 
+/// The chat template a tokeniser ships (Jinja source, as HF's `apply_chat_template` runs
+/// it) with the texts of its BOS and EOS tokens, which templates use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatTemplateText {
+    /// The template.
+    pub source: String,
+    /// `bos_token` (empty when the tokeniser has none).
+    pub bos: String,
+    /// `eos_token` (empty when the tokeniser has none).
+    pub eos: String,
+}
+
 /// A tokeniser with its padding id.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: u32,
+    chat: Option<ChatTemplateText>,
     /// A copy configured to truncate at a length, kept for the next call with that length.
     truncating: std::sync::Mutex<Option<(usize, tokenizers::Tokenizer)>>,
+}
+
+/// The chat template of an HF folder: `chat_template.jinja`, else `tokenizer_config.json`'s
+/// `chat_template` (a string, or a list of named templates: the `default` one), with that
+/// file's `bos_token` and `eos_token` (strings or `{"content": …}` objects).
+fn folder_chat_template(dir: &Path) -> Result<Option<ChatTemplateText>, ModelError> {
+    let config_path = dir.join("tokenizer_config.json");
+    let config: serde_json::Value = match std::fs::read_to_string(&config_path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| err(&config_path, e))?,
+        Err(_) => serde_json::Value::Null,
+    };
+    let jinja = dir.join("chat_template.jinja");
+    let source = if jinja.is_file() {
+        Some(std::fs::read_to_string(&jinja).map_err(|e| err(&jinja, e))?)
+    } else {
+        match &config["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(named) => named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or_else(|| named.first())
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string),
+            _ => None,
+        }
+    };
+    let token = |key: &str| match &config[key] {
+        serde_json::Value::String(s) => s.clone(),
+        v => v["content"].as_str().unwrap_or_default().to_string(),
+    };
+    Ok(source.map(|source| ChatTemplateText {
+        source,
+        bos: token("bos_token"),
+        eos: token("eos_token"),
+    }))
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -67,7 +115,9 @@ impl Tokenizer {
         } else {
             Self::wordpiece(dir)?
         };
-        Ok(Self::finish(inner))
+        let mut tok = Self::finish(inner);
+        tok.chat = folder_chat_template(dir)?;
+        Ok(tok)
     }
 
     /// GPT-2's byte-level BPE from its vocabulary and merges files.
@@ -144,6 +194,21 @@ impl Tokenizer {
             t.add_special_tokens(&special);
         }
         let mut tok = Self::finish(t);
+        let special = |key: &str| {
+            g.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|i| tokens.get(usize::try_from(i).ok()?))
+                .cloned()
+                .unwrap_or_default()
+        };
+        tok.chat = g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(|source| ChatTemplateText {
+                source: source.to_string(),
+                bos: special("tokenizer.ggml.bos_token_id"),
+                eos: special("tokenizer.ggml.eos_token_id"),
+            });
         if let Some(pad) = g
             .get("tokenizer.ggml.padding_token_id")
             .and_then(Value::as_u64)
@@ -198,8 +263,14 @@ impl Tokenizer {
         Tokenizer {
             inner,
             pad_id,
+            chat: None,
             truncating: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The chat template the tokeniser ships, if any.
+    pub fn chat_template(&self) -> Option<&ChatTemplateText> {
+        self.chat.as_ref()
     }
 
     /// The id of a token, if the vocabulary has it.

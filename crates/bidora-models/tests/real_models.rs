@@ -32,6 +32,17 @@ fn smollm2_from_gguf_matches_transformers_and_says_paris() {
     assert_eq!(g.type_of("token_embd.weight").as_deref(), Some("Q8_0"));
     let tok = Tokenizer::from_gguf(&g).unwrap();
     drop(g);
+    // Its ChatML template (rendered in bidora-data's chat tests) and the tokens it names.
+    let chat = tok.chat_template().expect("SmolLM2 ships a chat template");
+    assert!(
+        chat.source.contains("'<|im_start|>assistant\n'"),
+        "{}",
+        chat.source
+    );
+    assert_eq!(
+        (chat.bos.as_str(), chat.eos.as_str()),
+        ("<|im_start|>", "<|im_end|>")
+    );
     for (i, text) in TEXTS.iter().enumerate() {
         let ids = tok.encode(text, None, 512).unwrap().ids;
         assert_eq!(ids, ids_of(&f[&format!("tok_{i}")]), "{text:?}");

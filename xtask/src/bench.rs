@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: runs the criterion benchmarks of `benches/` (each whole-model case in
 //! its own process, so its peak memory is its own), optionally the HF PEFT peer
 //! (`scripts/bench/peft_step.py`) on the same model, shapes and threads, and writes
-//! `docs/BENCHMARKS.md` with the machine, the versions and the ratios.
+//! `docs/BENCHMARKS.md` with the machine, the versions and the ratios. Two models:
+//! all-MiniLM-L6-v2 (encoder steps and inference) and SmolLM2-135M (decoder steps, generation).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -64,18 +65,45 @@ const MODEL_CASES: &[(&str, &str)] = &[
     (GEMM_CASE, "GEMM 2048 × 384 × 1536 (the floor's rate)"),
 ];
 
+/// The decoder cases (`benches/benches/smollm2.rs`), each run in its own process.
+const DECODER_CASES: &[(&str, &str)] = &[
+    ("smollm2_step/lora", "LoRA step, 8 × 256"),
+    ("smollm2_step/dora", "DoRA step, 8 × 256"),
+    ("smollm2_generate/batch1", "greedy generation, batch 1"),
+    ("smollm2_generate/batch8", "greedy generation, batch 8"),
+    (MEMORY_CASE, "reading 512 MiB (the decoding floor's rate)"),
+];
+
 /// The case that measures the kernels' GEMM rate.
 const GEMM_CASE: &str = "gemm/2048x384x1536";
 
-/// The peer's mode for a whole-model case.
-fn peer_mode(id: &str) -> Option<&'static str> {
+/// The case that measures the memory read rate.
+const MEMORY_CASE: &str = "memory/read_512mib";
+
+/// Which peer script measures a case, and its mode there.
+fn peer_mode(id: &str) -> Option<(PeerScript, &'static str)> {
+    let minilm = |m| Some((PeerScript::Encoder, m));
+    let decoder = |m| Some((PeerScript::Decoder, m));
     match id {
-        "minilm_step/lora" => Some("lora"),
-        "minilm_step/dora" => Some("dora"),
-        "minilm_step/full" => Some("full"),
-        "minilm_inference/base" => Some("inference"),
+        "minilm_step/lora" => minilm("lora"),
+        "minilm_step/dora" => minilm("dora"),
+        "minilm_step/full" => minilm("full"),
+        "minilm_inference/base" => minilm("inference"),
+        "smollm2_step/lora" => decoder("lora"),
+        "smollm2_step/dora" => decoder("dora"),
+        "smollm2_generate/batch1" => decoder("generate1"),
+        "smollm2_generate/batch8" => decoder("generate8"),
         _ => None,
     }
+}
+
+/// The peer's two scripts.
+#[derive(Clone, Copy)]
+enum PeerScript {
+    /// `scripts/bench/peft_step.py` on all-MiniLM-L6-v2.
+    Encoder,
+    /// `scripts/bench/peft_decoder.py` on SmolLM2-135M.
+    Decoder,
 }
 
 /// One criterion result: median and its 95% interval, in seconds.
@@ -86,22 +114,23 @@ struct Timing {
     high: f64,
 }
 
-/// The peer's figures for one mode.
+/// The peer's figures for one case.
 struct Peer {
     median: f64,
     peak_kib: u64,
     busy: f64,
 }
 
-/// The peer's run: its package versions and its figures per mode.
+/// The peer's run: its package versions and its figures per case id.
 struct PeerRun {
     /// `torch transformers peft`.
     versions: String,
-    modes: BTreeMap<&'static str, Peer>,
+    cases: BTreeMap<&'static str, Peer>,
 }
 
 pub fn run(o: &Options) -> Result<()> {
     let model_dir = fetch(asset("minilm")?, &default_assets_dir())?;
+    let decoder = fetch(asset("smollm2")?, &default_assets_dir())?;
     let exes = build(&o.backend)?;
     let home = root().join("target/bidora-bench/criterion");
     // Fresh results only: a stale estimate must never reach the report.
@@ -140,46 +169,29 @@ pub fn run(o: &Options) -> Result<()> {
     }
 
     // Whole-model cases: one process each, peak RSS read from the bench's own report.
-    let exe = exes.get("minilm").context("no bench `minilm`")?;
-    let mut peaks: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut busy: BTreeMap<&str, f64> = BTreeMap::new();
-    for &(id, _) in MODEL_CASES {
-        let mut cmd = Command::new(exe);
-        cmd.args(["--bench", &format!("^{id}$")])
-            .args(&timing_args)
-            .env("BIDORA_BENCH_CASE", id)
-            .stdout(Stdio::piped());
-        env(&mut cmd);
-        eprintln!("$ minilm {id}");
-        let out = cmd
-            .output()
-            .with_context(|| format!("starting minilm {id}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        eprint!("{text}");
-        if !out.status.success() {
-            bail!("benchmark {id} failed with {}", out.status);
-        }
-        if let Some(kib) = text.lines().find_map(|l| {
-            l.strip_prefix("bidora-bench peak-rss-kib ")
-                .and_then(|v| v.trim().parse().ok())
-        }) {
-            peaks.insert(id, kib);
-        }
-        if let Some(b) = text.lines().find_map(|l| {
-            l.strip_prefix("bidora-bench busy-cores ")
-                .and_then(|v| v.trim().parse().ok())
-        }) {
-            busy.insert(id, b);
+    let mut measured = Measured::default();
+    for (bench, cases) in [("minilm", MODEL_CASES), ("smollm2", DECODER_CASES)] {
+        let exe = exes
+            .get(bench)
+            .with_context(|| format!("no bench `{bench}`"))?;
+        for &(id, _) in cases {
+            let mut cmd = Command::new(exe);
+            cmd.args(["--bench", &format!("^{id}$")])
+                .args(&timing_args)
+                .env("BIDORA_BENCH_CASE", id)
+                .stdout(Stdio::piped());
+            env(&mut cmd);
+            measured.run_case(bench, id, &mut cmd)?;
         }
     }
 
     let peers = if o.peer {
-        run_peer(o, &model_dir)?
+        run_peer(o, &model_dir, &decoder)?
     } else {
         None
     };
     let results = read_estimates(&home)?;
-    let report = render(o, &results, &Measured { peaks, busy }, peers.as_ref())?;
+    let report = render(o, &results, &measured, peers.as_ref())?;
     let out = crate::in_root(&o.out);
     crate::write_atomic(&out, report.as_bytes())?;
     eprintln!("wrote {}", out.display());
@@ -263,46 +275,59 @@ fn python(o: &Options) -> Command {
 /// Whether the peer's Python has torch, transformers and peft.
 fn peer_ready(o: &Options) -> bool {
     python(o)
-        .args(["-c", "import torch, transformers, peft"])
+        .args(["-c", "import torch, transformers, peft, gguf"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-fn run_peer(o: &Options, model: &Path) -> Result<Option<PeerRun>> {
+fn run_peer(o: &Options, encoder: &Path, decoder: &Path) -> Result<Option<PeerRun>> {
     if !peer_ready(o) {
         eprintln!(
-            "skipping the PEFT peer: {} has no torch, transformers and peft.\n\
+            "skipping the PEFT peer: {} has no torch, transformers, peft and gguf.\n\
              Set the peer up with `scripts/bench/setup-peer.sh` (a venv with the pinned current\n\
              releases, at {PEER_PYTHON}), or point --python (and --pythonpath) at one.",
             o.python.display()
         );
         return Ok(None);
     }
-    let steps = if o.quick { "3" } else { "10" };
+    let threads = o.threads().to_string();
     let mut out = BTreeMap::new();
-    for mode in ["lora", "dora", "full", "inference"] {
-        eprintln!("$ peft_step.py --mode {mode}");
-        let res = python(o)
-            .arg(root().join("scripts/bench/peft_step.py"))
-            .arg("--model")
-            .arg(model)
-            .args(["--mode", mode, "--threads", &o.threads().to_string()])
-            .args(["--steps", steps])
-            .env("OMP_NUM_THREADS", o.threads().to_string())
-            .env("MKL_NUM_THREADS", o.threads().to_string())
+    for &(id, _) in MODEL_CASES.iter().chain(DECODER_CASES) {
+        let Some((script, mode)) = peer_mode(id) else {
+            continue;
+        };
+        let mut cmd = python(o);
+        match script {
+            PeerScript::Encoder => cmd
+                .arg(root().join("scripts/bench/peft_step.py"))
+                .arg("--model")
+                .arg(encoder)
+                .args(["--steps", if o.quick { "3" } else { "10" }]),
+            // A generation call or a step takes seconds: fewer of them.
+            PeerScript::Decoder => cmd
+                .arg(root().join("scripts/bench/peft_decoder.py"))
+                .arg("--gguf")
+                .arg(decoder)
+                .args(["--steps", if o.quick { "2" } else { "5" }]),
+        };
+        eprintln!("$ peer {id} (--mode {mode})");
+        let res = cmd
+            .args(["--mode", mode, "--threads", &threads])
+            .env("OMP_NUM_THREADS", &threads)
+            .env("MKL_NUM_THREADS", &threads)
             .stderr(Stdio::null())
             .output()
             .context("starting the peer")?;
         if !res.status.success() {
-            bail!("the PEFT peer failed on {mode} with {}", res.status);
+            bail!("the PEFT peer failed on {id} with {}", res.status);
         }
         let text = String::from_utf8_lossy(&res.stdout);
         let v: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
-            .with_context(|| format!("the peer printed no JSON for {mode}: {text}"))?;
+            .with_context(|| format!("the peer printed no JSON for {id}: {text}"))?;
         out.insert(
-            mode,
+            id,
             Peer {
                 median: v["median_s"].as_f64().unwrap_or(f64::NAN),
                 peak_kib: v["peak_rss_kib"].as_u64().unwrap_or(0),
@@ -322,7 +347,7 @@ fn run_peer(o: &Options, model: &Path) -> Result<Option<PeerRun>> {
         .unwrap_or_default();
     Ok(Some(PeerRun {
         versions,
-        modes: out,
+        cases: out,
     }))
 }
 
@@ -378,11 +403,39 @@ fn mib(kib: u64) -> String {
 }
 
 /// What each whole-model case's process reported besides its timing.
-struct Measured<'a> {
+#[derive(Default)]
+struct Measured {
     /// Peak RSS, KiB.
-    peaks: BTreeMap<&'a str, u64>,
+    peaks: BTreeMap<&'static str, u64>,
     /// Average busy cores over the process.
-    busy: BTreeMap<&'a str, f64>,
+    busy: BTreeMap<&'static str, f64>,
+}
+
+impl Measured {
+    /// Runs one case's process (`cmd`, stdout piped) and keeps the peak RSS and busy cores it
+    /// prints.
+    fn run_case(&mut self, bench: &str, id: &'static str, cmd: &mut Command) -> Result<()> {
+        eprintln!("$ {bench} {id}");
+        let out = cmd
+            .output()
+            .with_context(|| format!("starting {bench} {id}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprint!("{text}");
+        if !out.status.success() {
+            bail!("benchmark {id} failed with {}", out.status);
+        }
+        let line = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        };
+        if let Some(kib) = line("bidora-bench peak-rss-kib ").and_then(|v| v.parse().ok()) {
+            self.peaks.insert(id, kib);
+        }
+        if let Some(b) = line("bidora-bench busy-cores ").and_then(|v| v.parse().ok()) {
+            self.busy.insert(id, b);
+        }
+        Ok(())
+    }
 }
 
 /// GFLOP/s of the GEMM case, measured in this run at this run's threads.
@@ -412,11 +465,11 @@ fn case_gflop(id: &str) -> Option<f64> {
 fn render(
     o: &Options,
     r: &BTreeMap<String, Timing>,
-    measured: &Measured<'_>,
+    measured: &Measured,
     peer_run: Option<&PeerRun>,
 ) -> Result<String> {
     let peaks = &measured.peaks;
-    let peers = peer_run.map(|p| &p.modes);
+    let peers = peer_run.map(|p| &p.cases);
     let rate = gemm_rate(r);
     let floor = |id: &str| Some(case_gflop(id)? / rate?);
     let mut s = String::new();
@@ -537,7 +590,7 @@ fn render(
                 .map_or(String::new(), |b| format!("{b:.2}")),
         )?;
         if let Some(p) = peers {
-            match peer_mode(id).and_then(|m| p.get(m)) {
+            match p.get(id) {
                 Some(p) => write!(
                     s,
                     " {} | {:.2} | {} | {} | {:.2} |",
@@ -583,12 +636,12 @@ fn render(
     }
     match peers {
         Some(p) => {
-            // (case, PEFT mode, the largest allowed ratio of our time to PEFT's)
+            // (case, label, the largest allowed ratio of our time to PEFT's)
             let speed = [
-                ("minilm_step/lora", "LoRA step", "lora", 0.8),
-                ("minilm_step/dora", "DoRA step", "dora", 0.8),
-                ("minilm_step/full", "full fine-tuning step", "full", 1.0),
-                ("minilm_inference/base", "base inference", "inference", 0.8),
+                ("minilm_step/lora", "LoRA step", 0.8),
+                ("minilm_step/dora", "DoRA step", 0.8),
+                ("minilm_step/full", "full fine-tuning step", 1.0),
+                ("minilm_inference/base", "base inference", 0.8),
             ];
             if let Some(t) = get("minilm_step/lora_small") {
                 writeln!(
@@ -598,8 +651,8 @@ fn render(
                     check(t <= 0.06)
                 )?;
             }
-            for (id, label, mode, limit) in speed {
-                if let (Some(ours), Some(theirs)) = (get(id), p.get(mode)) {
+            for (id, label, limit) in speed {
+                if let (Some(ours), Some(theirs)) = (get(id), p.get(id)) {
                     let ratio = ours / theirs.median;
                     writeln!(
                         s,
@@ -611,8 +664,8 @@ fn render(
             let worst = MODEL_CASES
                 .iter()
                 .filter_map(|&(id, _)| {
-                    let mode = peer_mode(id)?;
-                    Some((mode, *peaks.get(id)?, p.get(mode)?.peak_kib))
+                    let (_, mode) = peer_mode(id)?;
+                    Some((mode, *peaks.get(id)?, p.get(id)?.peak_kib))
                 })
                 .collect::<Vec<_>>();
             if !worst.is_empty() {
@@ -633,6 +686,8 @@ fn render(
         )?,
     }
     writeln!(s)?;
+
+    render_decoder(&mut s, r, measured, peers)?;
 
     // Layer level.
     let table = |s: &mut String, group: &str, title: &str, note: &str| -> Result<()> {
@@ -690,23 +745,194 @@ fn render(
     )?;
     writeln!(
         s,
-        "Reproduce: `cargo xtask assets minilm && cargo xtask bench{}{}`.",
+        "Reproduce: `cargo xtask assets minilm smollm2 && cargo xtask bench{}{}`.",
         if o.quick { " --quick" } else { "" },
         if o.peer { " --peer" } else { "" }
     )?;
     Ok(s)
 }
 
+/// SmolLM2-135M's parameters, all multiplied per token (the tied LM head included): their f32
+/// bytes are what one decoding step reads.
+const SMOLLM2_PARAMS: f64 = 134.5e6;
+
+/// The floor of a decoder case in seconds: a step's matrix-product work (≈1.14 TFLOP at 8 × 256:
+/// ≈278 MFLOP a token forward, attention included, twice that with the input gradients) at the
+/// GEMM rate; a generation call's larger of its work at the GEMM rate and its 128 passes over
+/// the weights at the memory read rate.
+fn decoder_floor(id: &str, gemm: Option<f64>, memory: Option<f64>) -> Option<f64> {
+    let per_token = 2.0 * SMOLLM2_PARAMS;
+    match id {
+        "smollm2_step/lora" | "smollm2_step/dora" => Some(1138.0 / gemm?),
+        "smollm2_generate/batch1" | "smollm2_generate/batch8" => {
+            let rows = if id.ends_with("batch8") { 8.0 } else { 1.0 };
+            // The prompt's 32 positions, then 127 passes of one position.
+            let work = rows * (32.0 + 127.0) * per_token / 1e9 / gemm?;
+            let reads = 128.0 * 4.0 * SMOLLM2_PARAMS / memory?;
+            Some(work.max(reads))
+        }
+        _ => None,
+    }
+}
+
+/// New tokens of one call of a generation case, `None` for the other cases.
+fn generated_tokens(id: &str) -> Option<f64> {
+    match id {
+        "smollm2_generate/batch1" => Some(128.0),
+        "smollm2_generate/batch8" => Some(8.0 * 128.0),
+        _ => None,
+    }
+}
+
+/// The SmolLM2-135M section: its table against transformers + PEFT and issue 16's targets.
+fn render_decoder(
+    s: &mut String,
+    r: &BTreeMap<String, Timing>,
+    measured: &Measured,
+    peers: Option<&BTreeMap<&'static str, Peer>>,
+) -> Result<()> {
+    let gemm = gemm_rate(r);
+    let memory = r
+        .get(MEMORY_CASE)
+        .map(|t| 512.0 * 1024.0 * 1024.0 / t.median);
+    writeln!(
+        s,
+        "## SmolLM2-135M, the GGUF file dequantised to f32 (`benches/benches/smollm2.rs`)\n"
+    )?;
+    writeln!(
+        s,
+        "Training: one optimiser step (forward, backward, AdamW) at batch 8 × 256 tokens, next-token\n\
+         loss on every position, LoRA / DoRA r = 8, alpha 16, dropout 0.1 on `q_proj` and `v_proj`\n\
+         (DoRA with PEFT's detached norm). Generation: greedy, 128 new tokens after a 32-token\n\
+         prompt, KV cache, no stop; batch 1 is the CLI's `generate --prompt` path. The peer\n\
+         (`scripts/bench/peft_decoder.py`) loads the same GGUF file with transformers and runs the\n\
+         same ids and settings (`model.generate` with its default dynamic cache, PEFT for training).\n"
+    )?;
+    writeln!(
+        s,
+        "The floor: a step's ≈1.14 TFLOP at the GEMM rate above; a generation call's larger of its\n\
+         work at the GEMM rate and 128 reads of the f32 weights ({:.0} MB) at the memory read rate\n\
+         measured in this run ({}).\n",
+        4.0 * SMOLLM2_PARAMS / 1e6,
+        memory.map_or("not measured".to_string(), |m| format!(
+            "{:.1} GB/s, the last row",
+            m / 1e9
+        ))
+    )?;
+    let mut header =
+        "| case | median [95% CI] | tokens/s | × floor | peak RSS | busy cores |".to_string();
+    let mut rule = "|---|---|---|---|---|---|".to_string();
+    if peers.is_some() {
+        header.push_str(
+            " peer median | peer tokens/s | bidora / peer time | peer × floor | peer peak RSS | peer busy cores |",
+        );
+        rule.push_str("---|---|---|---|---|---|");
+    }
+    writeln!(s, "{header}\n{rule}")?;
+    let rate = |id: &str, median: f64| {
+        generated_tokens(id).map_or(String::new(), |n| format!("{:.1}", n / median))
+    };
+    let over_floor = |id: &str, median: f64| {
+        decoder_floor(id, gemm, memory).map_or(String::new(), |f| format!("{:.2}", median / f))
+    };
+    for &(id, label) in DECODER_CASES {
+        let Some(t) = r.get(id) else {
+            writeln!(s, "| {label} | not measured | | | | |")?;
+            continue;
+        };
+        write!(
+            s,
+            "| {label} | {} [{}, {}] | {} | {} | {} | {} |",
+            secs(t.median),
+            secs(t.low),
+            secs(t.high),
+            rate(id, t.median),
+            over_floor(id, t.median),
+            measured.peaks.get(id).map_or(String::new(), |&k| mib(k)),
+            measured
+                .busy
+                .get(id)
+                .map_or(String::new(), |b| format!("{b:.2}")),
+        )?;
+        match peers.map(|p| p.get(id)) {
+            Some(Some(p)) => write!(
+                s,
+                " {} | {} | {:.2} | {} | {} | {:.2} |",
+                secs(p.median),
+                rate(id, p.median),
+                t.median / p.median,
+                over_floor(id, p.median),
+                mib(p.peak_kib),
+                p.busy
+            )?,
+            Some(None) => write!(s, " | | | | | |")?,
+            None => {}
+        }
+        writeln!(s)?;
+    }
+    writeln!(s, "\n### Targets (issue 16)\n")?;
+    let Some(p) = peers else {
+        writeln!(
+            s,
+            "- speed and memory against transformers + PEFT: not measured in this run (`--peer`)\n"
+        )?;
+        return Ok(());
+    };
+    let check = |ok: bool| if ok { "met" } else { "**not met**" };
+    let pair = |id: &str| Some((r.get(id)?.median, p.get(id)?));
+    for (id, label) in [
+        ("smollm2_step/lora", "LoRA step"),
+        ("smollm2_step/dora", "DoRA step"),
+    ] {
+        if let Some((ours, theirs)) = pair(id) {
+            let ratio = ours / theirs.median;
+            writeln!(
+                s,
+                "- {label} ≤ PEFT's time: {ratio:.2} × — {}",
+                check(ratio <= 1.0)
+            )?;
+        }
+    }
+    for (id, label) in [
+        ("smollm2_generate/batch1", "generation, batch 1"),
+        ("smollm2_generate/batch8", "generation, batch 8"),
+    ] {
+        if let Some((ours, theirs)) = pair(id) {
+            let speedup = theirs.median / ours;
+            writeln!(
+                s,
+                "- {label} ≥ 1.5 × transformers' tokens/s: {speedup:.2} × — {}",
+                check(speedup >= 1.5)
+            )?;
+        }
+    }
+    let memory: Vec<_> = DECODER_CASES
+        .iter()
+        .filter_map(|&(id, _)| Some((id, *measured.peaks.get(id)?, p.get(id)?.peak_kib)))
+        .collect();
+    if !memory.is_empty() {
+        let list = memory
+            .iter()
+            .map(|(id, ours, theirs)| format!("{id} {} vs {}", mib(*ours), mib(*theirs)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let all = memory.iter().all(|&(_, ours, theirs)| ours <= theirs);
+        writeln!(s, "- peak memory ≤ the peer's: {list} — {}", check(all))?;
+    }
+    writeln!(s)?;
+    Ok(())
+}
+
 fn print_summary(r: &BTreeMap<String, Timing>, peer_run: Option<&PeerRun>) {
-    let peers = peer_run.map(|p| &p.modes);
+    let peers = peer_run.map(|p| &p.cases);
     println!();
     println!(
         "{:<32} {:>12} {:>12} {:>10}",
         "case", "bidora", "PEFT", "ratio"
     );
-    for &(id, label) in MODEL_CASES {
+    for &(id, label) in MODEL_CASES.iter().chain(DECODER_CASES) {
         let Some(t) = r.get(id) else { continue };
-        let peer = peers.and_then(|p| p.get(peer_mode(id)?));
+        let peer = peers.and_then(|p| p.get(id));
         println!(
             "{:<32} {:>12} {:>12} {:>10}",
             label,

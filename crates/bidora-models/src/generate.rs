@@ -145,6 +145,69 @@ pub fn greedy_cached<B: Backend>(
     (out, logits)
 }
 
+/// Greedy decoding of several prompts at once with one [`KvCache`] (one batch row each): the
+/// prompts in one pass, then one position per row per new token, so a step's matrix products
+/// serve every row. The prompts must share a length (the cache has no padding mask); rows that
+/// emit `stop` end there (the stop token kept, as [`decode_cached`]) and decoding ends when all
+/// have. Returns each row's new tokens, or an error naming the first prompt of another length.
+pub fn greedy_batch<B: Backend>(
+    forward: impl Fn(Tensor<B, 2, Int>, &mut KvCache<B>) -> Tensor<B, 3>,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    stop: Option<u32>,
+    device: &B::Device,
+) -> Result<Vec<Vec<u32>>, crate::ModelError> {
+    let Some(first) = prompts.first() else {
+        return Ok(Vec::new());
+    };
+    if let Some(i) = prompts.iter().position(|p| p.len() != first.len()) {
+        return Err(crate::ModelError::Invalid(format!(
+            "batched decoding needs prompts of one length: prompt {i} has {} tokens, prompt 0 has {}",
+            prompts[i].len(),
+            first.len()
+        )));
+    }
+    if first.is_empty() {
+        return Err(crate::ModelError::Invalid(
+            "batched decoding needs at least one prompt token".into(),
+        ));
+    }
+    let rows = prompts.len();
+    let mut cache = KvCache::new();
+    let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(new_tokens); rows];
+    let mut done = vec![false; rows];
+    let mut input: Vec<u32> = prompts.concat();
+    for _ in 0..new_tokens {
+        let s = input.len() / rows;
+        let data: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [rows, s]), device);
+        let logits = forward(ids, &mut cache);
+        let v = logits.dims()[2];
+        let picked: Vec<i64> = logits
+            .slice([0..rows, s - 1..s, 0..v])
+            .reshape([rows, v])
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap_or_default();
+        input = picked
+            .iter()
+            .map(|&t| u32::try_from(t).unwrap_or(0))
+            .collect();
+        for (r, &t) in input.iter().enumerate() {
+            if !done[r] {
+                out[r].push(t);
+                done[r] = Some(t) == stop;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Greedy decoding without a cache: appends the most likely next token `new_tokens` times
 /// (stopping early at `stop`), recomputing the whole prefix each step. `forward` maps
 /// `(input_ids, attention_mask)` `[1, seq]` to logits `[1, seq, vocab]`.

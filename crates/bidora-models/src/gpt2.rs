@@ -385,8 +385,7 @@ impl<B: Backend> Gpt2LmHeadModel<B> {
 
     /// The LM head, tied to the token embeddings.
     pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let wte = self.transformer.wte.weight.val();
-        x.matmul(wte.transpose().unsqueeze::<3>())
+        crate::layers::tied_head(x, self.transformer.wte.weight.val())
     }
 
     /// Freezes the model (the tied head included) and adds adapters.

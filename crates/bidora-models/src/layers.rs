@@ -199,6 +199,15 @@ impl<B: Backend> LayerNorm<B> {
     }
 }
 
+/// A head tied to an embedding table `[vocab, hidden]`: `x · tableᵀ` over hidden states
+/// `[batch, seq, hidden]`, as one GEMM on a transposed view of the table (Burn's batched
+/// `matmul` would copy the transposed table on every call: 113 MB a token for SmolLM2).
+pub fn tied_head<B: Backend>(x: Tensor<B, 3>, table: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [b, s, h] = x.dims();
+    let vocab = table.dims()[0];
+    bidora_backend::kernels::matmul(x.reshape([b * s, h]), table.transpose()).reshape([b, s, vocab])
+}
+
 /// A LayerNorm with weight and bias (old BERT checkpoints call them gamma/beta).
 pub(crate) fn layer_norm<B: Backend>(
     w: &mut Weights,

@@ -622,14 +622,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn logits(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(
-                self.model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
+            None => crate::layers::tied_head(x, self.model.embed_tokens.weight.val()),
         }
     }
 

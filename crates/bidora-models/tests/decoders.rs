@@ -6,7 +6,7 @@
 mod common;
 
 use bidora_adapters::{AdapterConfig, AdapterHost, AdapterMethod};
-use bidora_models::generate::{greedy_cached, greedy_continue, KvCache};
+use bidora_models::generate::{greedy_batch, greedy_cached, greedy_continue, KvCache};
 use bidora_models::gguf::{Gguf, Value};
 use bidora_models::gpt2::Gpt2LmHeadModel;
 use bidora_models::heads::causal_lm_loss;
@@ -234,6 +234,28 @@ fn kv_cache_matches_full_passes(
         let diff = (step - want).abs().max().into_scalar();
         assert!(diff < 1e-5, "step {k}: {diff}");
     }
+
+    // Batched: three prompts of one length decode as each alone; a stop ends its row only.
+    let others = [[9u32, 1, 30, 4, 4, 60, 7], [70u32, 2, 2, 13, 50, 1, 99]];
+    let prompts: Vec<Vec<u32>> = std::iter::once(prompt.to_vec())
+        .chain(others.iter().map(|p| p.to_vec()))
+        .collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| greedy_continue(&full, p, new, None, &device))
+        .collect();
+    let batched = greedy_batch(&cached, &prompts, new, None, &device).unwrap();
+    assert_eq!(batched, alone);
+    let stop = alone[1][2];
+    let stopped = greedy_batch(&cached, &prompts, new, Some(stop), &device).unwrap();
+    for (row, want) in stopped.iter().zip(&alone) {
+        let end = want.iter().position(|&t| t == stop).map_or(new, |i| i + 1);
+        assert_eq!(row[..], want[..end]);
+    }
+    let err = greedy_batch(&cached, &[prompt.to_vec(), vec![1, 2]], 3, None, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prompt 1 has 2 tokens"), "{err}");
 }
 
 #[test]

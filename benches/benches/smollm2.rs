@@ -2,7 +2,8 @@
 //! Decoder costs on SmolLM2-135M (`cargo xtask assets smollm2`: the GGUF file, dequantised to
 //! f32 on load): one training step of LoRA and DoRA at batch 8 × 256 tokens (next-token loss on
 //! every position), and greedy generation of 128 new tokens after a 32-token prompt with the
-//! KV cache, batch 1 (the CLI's `generate --prompt` path) and batch 8; and
+//! KV cache, batch 1 (the CLI's `generate --prompt` path) and batch 8, each on rayon's pool as
+//! the CLI runs (`bidora_backend::in_pool`); and
 //! `memory/read_512mib`, the machine's memory read rate, the floor of decoding. The same shapes,
 //! settings and token ids as `scripts/bench/peft_decoder.py`, so the two can be compared.
 
@@ -132,15 +133,17 @@ fn generation(c: &mut Criterion) {
         let prompt = ids(1, PROMPT).remove(0);
         group.bench_function("batch1", |b| {
             b.iter(|| {
-                let out = decode_cached(
-                    |ids, cache| model.forward_cached(ids, cache),
-                    &prompt,
-                    NEW_TOKENS,
-                    None,
-                    &mut |logits| greedy_pick(logits),
-                    &mut |_| false,
-                    &device,
-                );
+                let out = bidora_backend::in_pool(|| {
+                    decode_cached(
+                        |ids, cache| model.forward_cached(ids, cache),
+                        &prompt,
+                        NEW_TOKENS,
+                        None,
+                        &mut |logits| greedy_pick(logits),
+                        &mut |_| false,
+                        &device,
+                    )
+                });
                 assert_eq!(out.len(), NEW_TOKENS);
                 out
             })
@@ -152,13 +155,15 @@ fn generation(c: &mut Criterion) {
         let prompts = ids(8, PROMPT);
         group.bench_function("batch8", |b| {
             b.iter(|| {
-                let out = greedy_batch(
-                    |ids, cache| model.forward_cached(ids, cache),
-                    &prompts,
-                    NEW_TOKENS,
-                    None,
-                    &device,
-                )
+                let out = bidora_backend::in_pool(|| {
+                    greedy_batch(
+                        |ids, cache| model.forward_cached(ids, cache),
+                        &prompts,
+                        NEW_TOKENS,
+                        None,
+                        &device,
+                    )
+                })
                 .expect("equal prompt lengths");
                 assert!(out.iter().all(|row| row.len() == NEW_TOKENS));
                 out

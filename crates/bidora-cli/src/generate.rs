@@ -277,6 +277,14 @@ struct GenerateJob(GenerateArgs);
 impl BackendTask for GenerateJob {
     type Output = Result<(), Fail>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        // On rayon's pool: the decoding's few hundred small products a token are a quarter
+        // faster when the calling thread takes its share (docs/PERFORMANCE.md, session 10).
+        bidora_backend::in_pool(|| self.generate::<B>(device))
+    }
+}
+
+impl GenerateJob {
+    fn generate<B: AutodiffBackend>(self, device: B::Device) -> Result<(), Fail> {
         let a = self.0;
         let (model, tok, eos) =
             load_decoder::<B::InnerBackend>(&a.model, a.adapter.as_deref(), &device)?;

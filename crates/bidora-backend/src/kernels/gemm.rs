@@ -86,12 +86,58 @@ pub fn gemm(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: 
         }
         return;
     }
+    if threads > 1 && m <= FEW_ROWS && n >= threads * MIN_BLOCK {
+        return few_rows(out, a, b, accumulate, threads);
+    }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     imp::gemm(out, a, b, n, accumulate, parallelism);
+}
+
+/// At most this many rows of `a` take [`few_rows`]: decoding's matrix-vector products.
+const FEW_ROWS: usize = 16;
+
+/// The narrowest column block [`few_rows`] gives a thread.
+const MIN_BLOCK: usize = 64;
+
+/// `a · b` for an `a` of few rows (decoding one token per sequence), split by columns of `b`
+/// over `threads` of rayon's threads. `gemm` runs such a product on one thread, so it would
+/// read the weights at one core's memory bandwidth; split, each core streams its own columns.
+/// Each block goes through a small buffer `[m, block]` into `out`.
+fn few_rows(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool, threads: usize) {
+    use rayon::prelude::*;
+    let (m, n) = (a.rows, b.cols);
+    let block = n.div_ceil(threads);
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(block)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|j0| {
+            let w = block.min(n - j0);
+            let cols = Mat {
+                data: &b.data[j0 * b.col_stride..],
+                cols: w,
+                ..b
+            };
+            let mut part = vec![0.0; m * w];
+            imp::gemm(&mut part, a, cols, w, false, gemm::Parallelism::None);
+            (j0, part)
+        })
+        .collect();
+    for (j0, part) in blocks {
+        let w = part.len() / m;
+        for (row, src) in out.chunks_mut(n).zip(part.chunks(w)) {
+            let dst = &mut row[j0..j0 + w];
+            if accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
 }
 
 #[allow(unsafe_code)]
@@ -183,6 +229,27 @@ mod tests {
             assert!(again.iter().zip(&out).all(|(x, y)| *x == 2.0 * y));
         }
         // Integer-valued inputs: every product and sum is exact in f32.
+    }
+
+    #[test]
+    fn few_rows_split_by_columns_equal_the_whole_product() {
+        // Decoding's shapes: 1 and 3 rows, a plain and a transposed (tied head) `b`, with an
+        // uneven last block.
+        let (k, n) = (40, 2 * MIN_BLOCK + 13);
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 3) % 17) as f32 - 8.0).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        for m in [1, 3] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 5) as f32 - 2.0).collect();
+            let am = Mat::row_major(&a, m, k);
+            for bm in [Mat::row_major(&b, k, n), Mat::row_major(&bt, n, k).t()] {
+                let want = naive(am, bm);
+                let mut out = vec![0.0; m * n];
+                gemm(&mut out, am, bm, false, 2);
+                assert_eq!(out, want, "m = {m}");
+                gemm(&mut out, am, bm, true, 2);
+                assert!(out.iter().zip(&want).all(|(x, y)| *x == 2.0 * y));
+            }
+        }
     }
 
     #[test]

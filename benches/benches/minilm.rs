@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
-use bidora_benches::{bench_iteration, print_peak_rss, selected, Iteration, AD, BIDORA};
+use bidora_benches::{bench_iteration, selected, Iteration, AD, BIDORA};
 use bidora_bilevel::BilevelProblem;
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use burn::module::AutodiffModule;
@@ -231,19 +231,7 @@ fn inference(c: &mut Criterion) {
 criterion_group!(benches, training, inference, gemm_rate);
 
 fn main() {
-    // As the CLI does (docs/PERFORMANCE.md): the cases measure what a user's run costs.
-    bidora_backend::retain_freed_memory();
-    if !model_dir().join("model.safetensors").is_file() {
-        eprintln!(
-            "skipping the MiniLM benchmarks: no model at {} (run `cargo xtask assets minilm`)",
-            model_dir().display()
-        );
-        return;
-    }
-    // Busy cores over the whole case (model loading and criterion's warm-up included).
-    let start = (bidora_benches::cpu_seconds(), std::time::Instant::now());
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-    print_peak_rss();
-    bidora_benches::print_busy_cores(start);
+    // The model's weights file: the folder alone does not make a runnable model.
+    let weights = model_dir().join("model.safetensors");
+    bidora_benches::run_model_benches(&weights, "MiniLM", "minilm", benches);
 }

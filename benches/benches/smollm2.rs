@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
-use bidora_benches::{bench_iteration, print_peak_rss, selected, Iteration, AD};
+use bidora_benches::{bench_iteration, selected, Iteration, AD};
 use bidora_bilevel::BilevelProblem;
 use bidora_models::causal::{next_token_targets, CausalLm};
 use bidora_models::generate::{decode_cached, greedy_batch, greedy_pick};
@@ -206,17 +206,5 @@ fn memory_rate(c: &mut Criterion) {
 criterion_group!(benches, training, generation, memory_rate);
 
 fn main() {
-    bidora_backend::retain_freed_memory();
-    if !model_path().is_file() {
-        eprintln!(
-            "skipping the SmolLM2 benchmarks: no model at {} (run `cargo xtask assets smollm2`)",
-            model_path().display()
-        );
-        return;
-    }
-    let start = (bidora_benches::cpu_seconds(), std::time::Instant::now());
-    benches();
-    Criterion::default().configure_from_args().final_summary();
-    print_peak_rss();
-    bidora_benches::print_busy_cores(start);
+    bidora_benches::run_model_benches(&model_path(), "SmolLM2", "smollm2", benches);
 }

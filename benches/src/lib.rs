@@ -108,6 +108,28 @@ pub fn print_busy_cores(start: (Option<f64>, std::time::Instant)) {
     }
 }
 
+/// The `main` of a whole-model bench: keeps freed memory (as the CLI does), skips with a
+/// message when `model` is missing (`asset` names what `cargo xtask assets` fetches), runs
+/// `benches` and prints the peak RSS and busy cores (model loading and warm-up included) that
+/// `cargo xtask bench` reads.
+pub fn run_model_benches(model: &std::path::Path, what: &str, asset: &str, benches: fn()) {
+    bidora_backend::retain_freed_memory();
+    if !model.exists() {
+        eprintln!(
+            "skipping the {what} benchmarks: no model at {} (run `cargo xtask assets {asset}`)",
+            model.display()
+        );
+        return;
+    }
+    let start = (cpu_seconds(), std::time::Instant::now());
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    print_peak_rss();
+    print_busy_cores(start);
+}
+
 /// A batch stream that yields the same batch forever: the engine benchmarks measure training
 /// steps, not the data pipeline.
 pub struct Fixed<T>(pub T);

@@ -306,19 +306,9 @@ pub fn run<T: BackendTask>(
 /// their work over rayon's pool; called from a worker, that thread takes a share itself
 /// instead of handing every product to the pool and sleeping until it is done. Decoding, a
 /// few hundred small products a token, runs a quarter faster so (docs/PERFORMANCE.md).
-///
-/// When rayon's global pool is not started yet, it starts here with workers of the main
-/// thread's stack size (rayon's default is 2 MiB; a deep backward pass wants more).
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    // Fails, harmlessly, when the pool is already running.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .stack_size(WORKER_STACK)
-        .build_global();
     rayon::scope(|_| f())
 }
-
-/// The stack of rayon's workers when [`in_pool`] starts the pool: 16 MiB.
-const WORKER_STACK: usize = 16 << 20;
 
 #[cfg_attr(
     not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")),

@@ -2,7 +2,8 @@
 //! Decoder costs on SmolLM2-135M (`cargo xtask assets smollm2`: the GGUF file, dequantised to
 //! f32 on load): one training step of LoRA and DoRA at batch 8 × 256 tokens (next-token loss on
 //! every position), and greedy generation of 128 new tokens after a 32-token prompt with the
-//! KV cache, batch 1 (the CLI's `generate --prompt` path) and batch 8, each on rayon's pool as
+//! KV cache, batch 1 (the CLI's `generate --prompt` path) and batch 8, on the host decoder
+//! (`bidora_models::host_llama`, reading the file's Q4_1/Q8_0 blocks), each on rayon's pool as
 //! the CLI runs (`bidora_backend::in_pool`); and
 //! `memory/read_512mib`, the machine's memory read rate, the floor of decoding. The same shapes,
 //! settings and token ids as `scripts/bench/peft_decoder.py`, so the two can be compared.
@@ -13,12 +14,10 @@ use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
 use bidora_benches::{bench_iteration, selected, Iteration, AD};
 use bidora_bilevel::BilevelProblem;
 use bidora_models::causal::{next_token_targets, CausalLm};
-use bidora_models::generate::{decode_cached, greedy_batch, greedy_pick};
+use bidora_models::host_llama::HostLlama;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use criterion::{criterion_group, Criterion};
-
-type Inner = <AD as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
 /// Training shape.
 const BATCH: usize = 8;
@@ -124,26 +123,16 @@ fn training(c: &mut Criterion) {
 }
 
 fn generation(c: &mut Criterion) {
-    let device = Default::default();
     let mut group = c.benchmark_group("smollm2_generate");
     group.sample_size(10);
     group.throughput(criterion::Throughput::Elements(NEW_TOKENS as u64));
+    let host = || HostLlama::from_gguf(&model_path()).expect("SmolLM2-135M");
     if selected("smollm2_generate/batch1") {
-        let model = load::<Inner>(&device);
+        let model = host();
         let prompt = ids(1, PROMPT).remove(0);
         group.bench_function("batch1", |b| {
             b.iter(|| {
-                let out = bidora_backend::in_pool(|| {
-                    decode_cached(
-                        |ids, cache| model.forward_cached(ids, cache),
-                        &prompt,
-                        NEW_TOKENS,
-                        None,
-                        &mut |logits| greedy_pick(logits),
-                        &mut |_| false,
-                        &device,
-                    )
-                });
+                let out = bidora_backend::in_pool(|| model.greedy(&prompt, NEW_TOKENS, None));
                 assert_eq!(out.len(), NEW_TOKENS);
                 out
             })
@@ -151,20 +140,13 @@ fn generation(c: &mut Criterion) {
     }
     group.throughput(criterion::Throughput::Elements((8 * NEW_TOKENS) as u64));
     if selected("smollm2_generate/batch8") {
-        let model = load::<Inner>(&device);
+        let model = host();
         let prompts = ids(8, PROMPT);
         group.bench_function("batch8", |b| {
             b.iter(|| {
-                let out = bidora_backend::in_pool(|| {
-                    greedy_batch(
-                        |ids, cache| model.forward_cached(ids, cache),
-                        &prompts,
-                        NEW_TOKENS,
-                        None,
-                        &device,
-                    )
-                })
-                .expect("equal prompt lengths");
+                let out =
+                    bidora_backend::in_pool(|| model.greedy_batch(&prompts, NEW_TOKENS, None))
+                        .expect("equal prompt lengths");
                 assert!(out.iter().all(|row| row.len() == NEW_TOKENS));
                 out
             })

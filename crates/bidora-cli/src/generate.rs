@@ -11,6 +11,7 @@ use bidora_adapters::peft::PeftAdapter;
 use bidora_backend::BackendTask;
 use bidora_models::causal::CausalLm;
 use bidora_models::generate::{beam_search, decode_cached, KvCache};
+use bidora_models::host_llama::HostLlama;
 use bidora_models::tokenizer::Tokenizer;
 use bidora_util::atomic_write;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -126,21 +127,47 @@ impl Sampling {
     }
 }
 
+/// The host decoder ([`HostLlama`]) for a Llama decoded on the CPU without beams: the GGUF
+/// file's quantised blocks when no adapter is given, else the model's weights with the adapter
+/// merged, in `f32`. `None` (decode with the Burn model) for GPT-2, beams, GPU backends, or a
+/// model the host decoder does not take (biases).
+fn host_decoder<B: Backend>(a: &GenerateArgs, model: &CausalLm<B>, cpu: bool) -> Option<HostLlama> {
+    let CausalLm::Llama(m) = model else {
+        return None;
+    };
+    if !cpu || a.beams > 1 {
+        return None;
+    }
+    if a.adapter.is_none() && a.model.is_file() {
+        HostLlama::from_gguf(&a.model).ok()
+    } else {
+        HostLlama::from_model(m).ok()
+    }
+}
+
 /// Decodes up to `max_new` tokens after `prompt`; `on_token` sees the tokens so far after
 /// each one (beam search: once, at the end) and returns true to stop there.
+#[allow(clippy::too_many_arguments)]
 fn continue_prompt<B: Backend>(
     model: &CausalLm<B>,
+    host: Option<&HostLlama>,
     prompt: &[u32],
     max_new: usize,
     eos: Option<u32>,
     sampling: Sampling,
     device: &B::Device,
     on_token: &mut dyn FnMut(&[u32]) -> bool,
-) {
+) -> Result<(), Fail> {
+    if let Some(host) = host.filter(|_| sampling.beams == 1) {
+        let mut pick = |logits: &[f32]| sampling.pick(logits);
+        host.decode(prompt, max_new, eos, &mut pick, on_token)
+            .input()?;
+        return Ok(());
+    }
     let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
     if sampling.beams > 1 {
         on_token(&beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens);
-        return;
+        return Ok(());
     }
     let mut pick = |last: Tensor<B, 1>| {
         let last: Vec<f32> = last
@@ -152,11 +179,14 @@ fn continue_prompt<B: Backend>(
     };
     // `on_token` never sees the end-of-sequence token: decoding stops before it.
     decode_cached(forward, prompt, max_new, eos, &mut pick, on_token, device);
+    Ok(())
 }
 
 /// A loaded decoder and how to continue prompts with it.
 struct Generator<B: Backend> {
     model: CausalLm<B>,
+    /// The faster decoder where it applies ([`host_decoder`]).
+    host: Option<HostLlama>,
     tok: Tokenizer,
     eos: Option<u32>,
     sampling: Sampling,
@@ -231,13 +261,14 @@ impl<B: Backend> Generator<B> {
         let s = self.sampling;
         continue_prompt(
             &self.model,
+            self.host.as_ref(),
             &ids,
             self.max_new,
             self.eos,
             s,
             &self.device,
             &mut on_token,
-        );
+        )?;
         if text.len() > shown && text.is_char_boundary(shown) {
             on_text(&text[shown..]);
         }
@@ -272,7 +303,8 @@ impl<B: Backend> Generator<B> {
     }
 }
 
-struct GenerateJob(GenerateArgs);
+/// The arguments, and whether the backend is the CPU's.
+struct GenerateJob(GenerateArgs, bool);
 
 impl BackendTask for GenerateJob {
     type Output = Result<(), Fail>;
@@ -285,10 +317,11 @@ impl BackendTask for GenerateJob {
 
 impl GenerateJob {
     fn generate<B: AutodiffBackend>(self, device: B::Device) -> Result<(), Fail> {
-        let a = self.0;
+        let (a, cpu) = (self.0, self.1);
         let (model, tok, eos) =
             load_decoder::<B::InnerBackend>(&a.model, a.adapter.as_deref(), &device)?;
         let g = Generator {
+            host: host_decoder(&a, &model, cpu),
             model,
             tok,
             eos,
@@ -327,7 +360,8 @@ pub fn generate(a: GenerateArgs) -> Result<(), Fail> {
             "--beams must be at least 1, and beam search needs --temperature 0",
         ));
     }
-    let device = a.backend.parse().usage()?;
+    let device: bidora_backend::Device = a.backend.parse().usage()?;
     let seed = a.seed;
-    bidora_backend::run(&device, Some(seed), GenerateJob(a)).usage()?
+    let cpu = device.kind == bidora_backend::BackendKind::Ndarray;
+    bidora_backend::run(&device, Some(seed), GenerateJob(a, cpu)).usage()?
 }

@@ -186,7 +186,9 @@ impl<B: Backend> CausalLm<B> {
     /// flattened `[batch × seq]` positions whose next token is a target, `targets` `[n]` are
     /// those next tokens (see [`next_token_targets`]). The LM head runs on these `n` positions
     /// only, which equals [`crate::heads::causal_lm_loss`] on the full logits at a fraction
-    /// of the head's cost when most positions are prompt.
+    /// of the head's cost when most positions are prompt; a bias-free head goes through
+    /// [`bidora_backend::kernels::linear_cross_entropy`], which never holds all `n × vocab`
+    /// logits at once.
     pub fn next_token_loss(
         &self,
         ids: Tensor<B, 2, Int>,
@@ -201,9 +203,25 @@ impl<B: Backend> CausalLm<B> {
             return hidden.sum().mul_scalar(0.0);
         }
         let picked = hidden.reshape([b * s, h]).select(0, positions);
+        if let Some(table) = self.head_table() {
+            return bidora_backend::kernels::linear_cross_entropy(picked, table, targets);
+        }
         let logits = self.logits(picked.unsqueeze::<3>());
         let v = logits.dims()[2];
         cross_entropy(logits.reshape([n, v]), targets)
+    }
+
+    /// The LM head as a `[vocab, hidden]` table when it has no bias: the tied embeddings, or an
+    /// `lm_head` weight seen transposed (a view).
+    fn head_table(&self) -> Option<Tensor<B, 2>> {
+        match self {
+            CausalLm::Gpt2(m) => Some(m.transformer.wte.weight.val()),
+            CausalLm::Llama(m) => match &m.lm_head {
+                None => Some(m.model.embed_tokens.weight.val()),
+                Some(head) if head.bias.is_none() => Some(head.weight.val().transpose()),
+                Some(_) => None,
+            },
+        }
     }
 }
 

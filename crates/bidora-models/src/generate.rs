@@ -106,10 +106,23 @@ pub fn decode_cached<B: Backend>(
     device: &B::Device,
 ) -> Vec<u32> {
     let mut cache = KvCache::new();
+    let mut step = |input: &[u32]| pick(last_position(forward(ids_row(input, device), &mut cache)));
+    decode_loop(prompt, new_tokens, stop, &mut step, on_token)
+}
+
+/// The loop of [`decode_cached`] for any decoder: `step` takes the new input (the prompt, then
+/// the last token) and picks the next token.
+pub fn decode_loop(
+    prompt: &[u32],
+    new_tokens: usize,
+    stop: Option<u32>,
+    step: &mut dyn FnMut(&[u32]) -> u32,
+    on_token: &mut dyn FnMut(&[u32]) -> bool,
+) -> Vec<u32> {
     let mut out = Vec::new();
     let mut input: Vec<u32> = prompt.to_vec();
     for _ in 0..new_tokens {
-        let next = pick(last_position(forward(ids_row(&input, device), &mut cache)));
+        let next = step(&input);
         out.push(next);
         if Some(next) == stop || on_token(&out) {
             break;
@@ -157,6 +170,37 @@ pub fn greedy_batch<B: Backend>(
     stop: Option<u32>,
     device: &B::Device,
 ) -> Result<Vec<Vec<u32>>, crate::ModelError> {
+    let mut cache = KvCache::new();
+    let mut step = |input: &[u32], rows: usize| {
+        let s = input.len() / rows;
+        let data: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [rows, s]), device);
+        let logits = forward(ids, &mut cache);
+        let v = logits.dims()[2];
+        let picked: Vec<i64> = logits
+            .slice([0..rows, s - 1..s, 0..v])
+            .reshape([rows, v])
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap_or_default();
+        picked
+            .iter()
+            .map(|&t| u32::try_from(t).unwrap_or(0))
+            .collect()
+    };
+    batch_loop(prompts, new_tokens, stop, &mut step)
+}
+
+/// The loop of [`greedy_batch`] for any decoder: `step` takes the new input of every row
+/// (`rows` rows of one length, row-major) and returns each row's next token.
+pub fn batch_loop(
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    stop: Option<u32>,
+    step: &mut dyn FnMut(&[u32], usize) -> Vec<u32>,
+) -> Result<Vec<Vec<u32>>, crate::ModelError> {
     let Some(first) = prompts.first() else {
         return Ok(Vec::new());
     };
@@ -173,28 +217,11 @@ pub fn greedy_batch<B: Backend>(
         ));
     }
     let rows = prompts.len();
-    let mut cache = KvCache::new();
     let mut out: Vec<Vec<u32>> = vec![Vec::with_capacity(new_tokens); rows];
     let mut done = vec![false; rows];
     let mut input: Vec<u32> = prompts.concat();
     for _ in 0..new_tokens {
-        let s = input.len() / rows;
-        let data: Vec<i64> = input.iter().map(|&t| i64::from(t)).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [rows, s]), device);
-        let logits = forward(ids, &mut cache);
-        let v = logits.dims()[2];
-        let picked: Vec<i64> = logits
-            .slice([0..rows, s - 1..s, 0..v])
-            .reshape([rows, v])
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .unwrap_or_default();
-        input = picked
-            .iter()
-            .map(|&t| u32::try_from(t).unwrap_or(0))
-            .collect();
+        input = step(&input, rows);
         for (r, &t) in input.iter().enumerate() {
             if !done[r] {
                 out[r].push(t);

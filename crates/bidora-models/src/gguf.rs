@@ -1,4 +1,5 @@
-//! GGUF files (llama.cpp's format): metadata and tensors, dequantised to `f32`.
+//! GGUF files (llama.cpp's format): metadata and tensors, dequantised to `f32`
+//! ([`Gguf::tensor`]) or kept in their blocks for decoding ([`Gguf::matrix`]).
 //!
 //! Supported tensor types: F32, F16, BF16, Q8_0, Q4_0 and Q4_1 (blocks of 32 values with an
 //! f16 scale, and for Q4_1 an f16 minimum). Dimensions are stored fastest-first; tensors are
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bidora_adapters::tensor_io::HostTensor;
+use bidora_backend::kernels::quant::{QuantFormat, QuantMatrix};
 use half::{bf16, f16};
 
 use crate::ModelError;
@@ -329,14 +331,9 @@ impl Gguf {
         })
     }
 
-    /// A tensor dequantised to `f32`, in row-major order.
-    pub fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
-        let bad = |what: String| {
-            ModelError::Invalid(format!(
-                "GGUF file `{}`, tensor `{name}`: {what}",
-                self.path.display()
-            ))
-        };
+    /// A tensor's directory entry and its bytes, checked to lie inside the file.
+    fn raw(&self, name: &str) -> Result<(&TensorInfo, &[u8]), ModelError> {
+        let bad = |what: String| self.bad_tensor(name, what);
         let info = self
             .tensors
             .get(name)
@@ -360,10 +357,45 @@ impl Gguf {
             .and_then(|o| o.checked_add(self.data_start))
             .filter(|s| s.checked_add(size).is_some_and(|e| e <= self.bytes.len()))
             .ok_or_else(|| bad("its data lies past the end of the file".into()))?;
+        Ok((info, &self.bytes[start..start + size]))
+    }
+
+    fn bad_tensor(&self, name: &str, what: String) -> ModelError {
+        ModelError::Invalid(format!(
+            "GGUF file `{}`, tensor `{name}`: {what}",
+            self.path.display()
+        ))
+    }
+
+    /// A tensor dequantised to `f32`, in row-major order.
+    pub fn tensor(&self, name: &str) -> Result<HostTensor, ModelError> {
+        let (info, bytes) = self.raw(name)?;
+        let n = info.shape.iter().product();
         Ok(HostTensor {
             shape: info.shape.clone(),
-            data: dequantize(info.ggml_type, &self.bytes[start..start + size], n),
+            data: dequantize(info.ggml_type, bytes, n),
         })
+    }
+
+    /// A 2-d tensor `[rows, cols]` as a [`QuantMatrix`]: Q8_0, Q4_0 and Q4_1 keep their blocks,
+    /// F32 stays, F16 and BF16 become `f32`.
+    pub fn matrix(&self, name: &str) -> Result<QuantMatrix, ModelError> {
+        let (info, bytes) = self.raw(name)?;
+        let &[rows, cols] = info.shape.as_slice() else {
+            return Err(self.bad_tensor(name, format!("shape {:?} is not a matrix", info.shape)));
+        };
+        let format = match info.ggml_type {
+            Q8_0 => QuantFormat::Q8_0,
+            Q4_0 => QuantFormat::Q4_0,
+            Q4_1 => QuantFormat::Q4_1,
+            ty => {
+                let values = dequantize(ty, bytes, rows * cols);
+                return QuantMatrix::from_f32(rows, cols, values)
+                    .map_err(|e| self.bad_tensor(name, e.to_string()));
+            }
+        };
+        QuantMatrix::new(format, rows, cols, bytes.to_vec())
+            .map_err(|e| self.bad_tensor(name, e.to_string()))
     }
 
     /// The GGML type name of a tensor (`Q4_1`, …).

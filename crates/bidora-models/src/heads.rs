@@ -18,7 +18,6 @@ use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
 use bidora_backend::kernels::dropout::dropout;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
@@ -28,7 +27,7 @@ use crate::weights::Weights;
 use crate::ModelError;
 
 /// Label id that losses skip (HF's `-100`): special tokens, padding, non-first word pieces.
-pub const IGNORE_INDEX: i64 = -100;
+pub const IGNORE_INDEX: i64 = bidora_backend::kernels::composed::IGNORE_INDEX;
 
 /// RoBERTa's / MPNet's classification head.
 #[derive(Module, Debug)]
@@ -345,20 +344,7 @@ impl<B: Backend> AdapterHost<B> for BertForTokenClassification<B> {
     }
 }
 
-/// Mean cross-entropy of `logits` `[n, classes]` against `labels` `[n]`, skipping
-/// [`IGNORE_INDEX`] (PyTorch's `cross_entropy(ignore_index=-100)`; 0 when every label is
-/// ignored).
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    let [n, _] = logits.dims();
-    let keep = labels.clone().not_equal_elem(IGNORE_INDEX);
-    let safe = labels.mask_fill(keep.clone().bool_not(), 0);
-    let picked = log_softmax(logits, 1)
-        .gather(1, safe.reshape([n, 1]))
-        .reshape([n]);
-    let keep = keep.float();
-    let count = keep.clone().sum().clamp_min(1.0);
-    (picked * keep).sum().neg() / count
-}
+pub use bidora_backend::kernels::composed::cross_entropy;
 
 /// Mean squared error of a one-output head `[n, 1]` against targets `[n]` (HF's regression
 /// loss for `num_labels == 1`).

@@ -47,6 +47,7 @@ pub mod generate;
 pub mod gguf;
 pub mod gpt2;
 pub mod heads;
+pub mod host_llama;
 pub mod layers;
 pub mod llama;
 pub mod tokenizer;

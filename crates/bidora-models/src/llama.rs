@@ -643,7 +643,7 @@ impl<B: Backend> AdapterHost<B> for LlamaForCausalLM<B> {
 }
 
 /// The HF name of a llama.cpp tensor name.
-fn gguf_to_hf(name: &str) -> Option<String> {
+pub(crate) fn gguf_to_hf(name: &str) -> Option<String> {
     Some(match name {
         "token_embd.weight" => "model.embed_tokens.weight".into(),
         "output_norm.weight" => "model.norm.weight".into(),

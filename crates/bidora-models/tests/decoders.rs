@@ -197,6 +197,38 @@ fn peft_rslora_on_llama_reproduces_peft_logits() {
     assert!(err.contains("match no layer"), "{err}");
 }
 
+/// The host decoder on the tiny Llama (grouped-query attention, untied head), plain and with
+/// PEFT's rsLoRA adapter merged: the Burn model's logits and tokens; bad token ids are errors.
+#[test]
+fn host_decoder_gives_the_burn_models_logits_plain_and_with_an_adapter() {
+    use bidora_adapters::peft::PeftAdapter;
+    use bidora_models::host_llama::{HostCache, HostLlama};
+    let (_, model) =
+        LlamaForCausalLM::<B>::load(&fixtures().join("tiny-llama"), &Default::default()).unwrap();
+    let host_of = |m: &LlamaForCausalLM<B>| HostLlama::from_model(m).unwrap();
+    let prompt = [5u32, 17, 3, 42, 8, 11, 2];
+    host_decoder_matches(&host_of(&model), &model, &prompt, 6, 1e-5);
+    let adapter = PeftAdapter::load(&fixtures().join("tiny-llama_lora")).unwrap();
+    let adapted = model
+        .with_adapters(&adapter.config.to_adapter_config())
+        .unwrap();
+    let adapted = adapter.apply(adapted, &|p: &str| p.to_string()).unwrap();
+    let host = host_of(&adapted);
+    host_decoder_matches(&host, &adapted, &prompt, 6, 1e-5);
+    let vocab = host.vocab_size() as u32;
+    let err = host
+        .forward(&[1, vocab], 1, &mut HostCache::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("token id {vocab} is past")), "{err}");
+    assert!(host
+        .decode(&[], 3, None, &mut |_| 0, &mut |_| false)
+        .is_err());
+    assert!(host
+        .decode(&[1], 3, None, &mut |_| vocab, &mut |_| false)
+        .is_err());
+}
+
 /// The KV cache: the prompt fed in two chunks gives the logits of one full pass, and greedy
 /// decoding with the cache (one position per token) picks the tokens of decoding without it,
 /// from the same logits (to 1e-5).
@@ -463,6 +495,62 @@ fn next_token_loss_equals_the_full_logits_loss_and_its_gradients() {
         assert!(
             diff <= 1e-5 * scale.max(1e-6),
             "{name}: grad diff {diff} of {scale}"
+        );
+    }
+    // Full fine-tuning: the head's own gradient, through GPT-2's tied table (the lookup adds
+    // to it) and the tiny Llama's untied `lm_head` (a transposed view).
+    let (pos, tgt) = next_token_targets(&host_labels, seq);
+    let n = pos.len();
+    for name in ["gpt2", "llama"] {
+        let dir = fixtures().join(format!("tiny-{name}"));
+        let model = if name == "gpt2" {
+            CausalLm::Gpt2(
+                Gpt2LmHeadModel::<AB>::load(&dir, &Default::default())
+                    .unwrap()
+                    .1,
+            )
+        } else {
+            CausalLm::Llama(
+                LlamaForCausalLM::<AB>::load(&dir, &Default::default())
+                    .unwrap()
+                    .1,
+            )
+        };
+        let head_grad = |g: &<AB as burn::tensor::backend::AutodiffBackend>::Gradients| match &model
+        {
+            CausalLm::Gpt2(m) => m.transformer.wte.weight.grad(g).unwrap(),
+            CausalLm::Llama(m) => m
+                .lm_head
+                .as_ref()
+                .unwrap()
+                .weight
+                .grad(g)
+                .unwrap()
+                .transpose(),
+        };
+        bidora_util::rng::seed(7);
+        let full = causal_lm_loss(
+            model.forward(ids.clone(), mask.clone()),
+            Tensor::from_data(
+                TensorData::new(host_labels.clone(), [rows, seq]),
+                &Default::default(),
+            ),
+        );
+        bidora_util::rng::seed(7);
+        let picked = model.next_token_loss(
+            ids.clone(),
+            mask.clone(),
+            ints_ad(pos.clone(), vec![n]),
+            ints_ad(tgt.clone(), vec![n]),
+        );
+        let (a, b) = (full.clone().into_scalar(), picked.clone().into_scalar());
+        assert!((a - b).abs() <= 1e-6, "{name} full: loss {a} against {b}");
+        let (ga, gb) = (head_grad(&full.backward()), head_grad(&picked.backward()));
+        let scale = ga.clone().abs().max().into_scalar();
+        let diff = (ga - gb).abs().max().into_scalar();
+        assert!(
+            diff <= 1e-5 * scale,
+            "{name} full: head grad diff {diff} of {scale}"
         );
     }
     // Without a prompt mask, transformers' own loss.

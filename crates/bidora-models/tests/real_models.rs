@@ -75,6 +75,9 @@ fn smollm2_from_gguf_matches_transformers_and_says_paris() {
     assert_eq!(cached, greedy);
     let text = tok.decode(&greedy).unwrap();
     assert!(text.starts_with(" Paris"), "{text:?}");
+    // The host decoder on the file's Q4_1/Q8_0 blocks: the same model.
+    let host = bidora_models::host_llama::HostLlama::from_gguf(&path).unwrap();
+    host_decoder_matches(&host, &model, &prompt, 5, 1e-5);
 }
 
 #[test]

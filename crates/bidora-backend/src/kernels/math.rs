@@ -129,7 +129,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `max x_i` (−inf for an empty slice), in [`LANES`] partial maxima.
 #[inline(always)]
-fn max(x: &[f32]) -> f32 {
+pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
     let tail = chunks

@@ -25,14 +25,16 @@
 //! ```
 
 pub mod attention;
+pub mod cross_entropy;
 pub mod dropout;
 pub mod gemm;
 pub mod math;
 #[cfg(feature = "ndarray")]
 mod ndarray;
+pub mod quant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 /// The exact GELU, `x Φ(x)` with `Φ` the standard normal cdf (PyTorch's
 /// `gelu(approximate="none")`, BERT's `gelu`).
@@ -65,6 +67,27 @@ pub fn matmul<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
         Err(args) => args,
     };
     a.matmul(b)
+}
+
+/// The mean cross-entropy of a bias-free linear head: logits `x · tableᵀ` (`x` `[n, hidden]`,
+/// `table` `[vocab, hidden]`: a tied embedding table, or an `lm_head` weight's transpose)
+/// against `targets` `[n]`, negative targets skipped (PyTorch's `ignore_index = −100`); 0 when
+/// every target is skipped. Returns `[1]`.
+///
+/// On ndarray (`f32`) it never forms the full logits ([`cross_entropy::linear_cross_entropy`]:
+/// chunks of rows, gradients formed in the forward pass, one autodiff node); elsewhere it is
+/// [`composed::linear_cross_entropy`]. A target at or past `vocab` is a caller's bug and panics.
+pub fn linear_cross_entropy<B: Backend>(
+    x: Tensor<B, 2>,
+    table: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    #[cfg(feature = "ndarray")]
+    let (x, table, targets) = match ndarray::try_linear_cross_entropy((x, table, targets)) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    composed::linear_cross_entropy(x, table, targets)
 }
 
 /// Layer normalisation over the last dimension, `(x − μ) / sqrt(σ² + eps) · γ + β`, with the
@@ -111,8 +134,39 @@ pub fn attention<B: Backend>(
 /// The same functions composed from Burn's tensor operations: what every backend but ndarray
 /// runs, and the reference the fused kernels are tested against.
 pub mod composed {
+    use burn::tensor::activation::log_softmax;
     use burn::tensor::backend::Backend;
-    use burn::tensor::Tensor;
+    use burn::tensor::{Int, Tensor};
+
+    /// The target that [`cross_entropy`] skips (PyTorch's default `ignore_index`).
+    pub const IGNORE_INDEX: i64 = -100;
+
+    /// Mean cross-entropy of `logits` `[n, classes]` against `labels` `[n]`, skipping
+    /// [`IGNORE_INDEX`] (PyTorch's `cross_entropy(ignore_index=-100)`; 0 when every label is
+    /// ignored).
+    pub fn cross_entropy<B: Backend>(
+        logits: Tensor<B, 2>,
+        labels: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1> {
+        let [n, _] = logits.dims();
+        let keep = labels.clone().not_equal_elem(IGNORE_INDEX);
+        let safe = labels.mask_fill(keep.clone().bool_not(), 0);
+        let picked = log_softmax(logits, 1)
+            .gather(1, safe.reshape([n, 1]))
+            .reshape([n]);
+        let keep = keep.float();
+        let count = keep.clone().sum().clamp_min(1.0);
+        (picked * keep).sum().neg() / count
+    }
+
+    /// [`cross_entropy`] of the full logits `x · tableᵀ`.
+    pub fn linear_cross_entropy<B: Backend>(
+        x: Tensor<B, 2>,
+        table: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1> {
+        cross_entropy(x.matmul(table.transpose()), targets)
+    }
 
     /// `x Φ(x)` through `erf`.
     pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

@@ -491,3 +491,90 @@ pub(super) fn try_matmul<B: Backend>(args: MatmulArgs<B>) -> Result<Tensor<B, 2>
         |(a, b): MatmulArgs<Nd>| float::<Nd, 2>(matmul_forward(&prim(a), &prim(b))),
     )
 }
+
+#[derive(Debug)]
+struct HeadLossNode;
+
+/// What the head-loss backward scales: the gradients at an upstream gradient of 1.
+#[derive(Clone, Debug)]
+struct HeadLossState {
+    dx: Option<NdArrayTensor>,
+    dtable: Option<NdArrayTensor>,
+}
+
+impl Backward<Nd, 2> for HeadLossNode {
+    type State = HeadLossState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let upstream = host(&grads.consume::<Nd>(&ops.node))[0];
+        let [px, pt] = ops.parents;
+        for (parent, g) in [(px, ops.state.dx), (pt, ops.state.dtable)] {
+            if let (Some(node), Some(g)) = (parent, g) {
+                let scaled = host(&g).iter().map(|v| v * upstream).collect();
+                grads.register::<Nd>(node.id, from_host(scaled, &g));
+            }
+        }
+    }
+}
+
+/// The loss (and the gradients asked for) of [`super::cross_entropy::linear_cross_entropy`].
+fn head_loss(
+    x: &NdArrayTensor,
+    table: &NdArrayTensor,
+    targets: &[i64],
+    grad_x: bool,
+    grad_table: bool,
+) -> (NdArrayTensor, HeadLossState) {
+    let out = with_mat(x, |xm| {
+        with_mat(table, |tm| {
+            super::cross_entropy::linear_cross_entropy(xm, tm, targets, grad_x, grad_table)
+        })
+    });
+    let loss = NdArrayTensor::from_data(TensorData::new(vec![out.loss], [1]));
+    let state = HeadLossState {
+        dx: out.dx.map(|d| from_host(d, x)),
+        dtable: out
+            .dtable
+            .map(|d| NdArrayTensor::from_data(TensorData::new(d, table.shape()))),
+    };
+    (loss, state)
+}
+
+/// The arguments of a head loss, as one value for `cast`.
+pub(super) type HeadLossArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1, burn::tensor::Int>);
+
+fn host_targets<B: Backend>(t: Tensor<B, 1, burn::tensor::Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap_or_else(|e| unreachable!("converted to i64: {e:?}"))
+}
+
+/// The head loss through the chunked kernel when `B` is ndarray, both float tensors are `f32`
+/// and the shapes agree, else the arguments back.
+pub(super) fn try_linear_cross_entropy<B: Backend>(
+    args: HeadLossArgs<B>,
+) -> Result<Tensor<B, 1>, HeadLossArgs<B>> {
+    let (x, table, targets) = &args;
+    let fits = x.dims()[1] == table.dims()[1] && targets.dims()[0] == x.dims()[0];
+    if !(is_f32(x) && is_f32(table) && fits) {
+        return Err(args);
+    }
+    on_ndarray(
+        args,
+        |(x, table, targets): HeadLossArgs<Ad>| {
+            let targets = host_targets(targets);
+            let (x, table) = (prim(x), prim(table));
+            let (gx, gt) = (
+                !x.node.requirement.is_none(),
+                !table.node.requirement.is_none(),
+            );
+            let (loss, state) = head_loss(&x.primitive, &table.primitive, &targets, gx, gt);
+            float::<Ad, 1>(record(HeadLossNode, [&x, &table], loss, || state))
+        },
+        |(x, table, targets): HeadLossArgs<Nd>| {
+            let targets = host_targets(targets);
+            float::<Nd, 1>(head_loss(&prim(x), &prim(table), &targets, false, false).0)
+        },
+    )
+}

@@ -78,3 +78,49 @@ pub fn required_asset(name: &str, inner: &str) -> PathBuf {
 pub fn ids_of(t: &HostTensor) -> Vec<u32> {
     t.data.iter().map(|v| *v as u32).collect()
 }
+
+/// The host decoder against the Burn model it was built from: the logits of the prompt (in one
+/// pass) and of each greedy step (one position each) agree to `tol` of their largest value, the
+/// tokens are the same, and two prompts decoded as one batch give each prompt's tokens alone.
+#[allow(dead_code)] // not every test binary uses it
+pub fn host_decoder_matches(
+    host: &bidora_models::host_llama::HostLlama,
+    model: &bidora_models::llama::LlamaForCausalLM<B>,
+    prompt: &[u32],
+    steps: usize,
+    tol: f32,
+) {
+    use bidora_models::generate::greedy_cached;
+    use bidora_models::host_llama::HostCache;
+    let device = Default::default();
+    let (tokens, logits) = greedy_cached(
+        |i, c| model.forward_cached(i, c),
+        prompt,
+        steps,
+        None,
+        &device,
+    );
+    let mut cache = HostCache::default();
+    let mut input = prompt.to_vec();
+    for (step, (want, &token)) in logits.into_iter().zip(&tokens).enumerate() {
+        let got = host.forward(&input, 1, &mut cache).unwrap();
+        let want: Vec<f32> = want.into_data().to_vec().unwrap();
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+        assert!(
+            err <= tol * scale,
+            "step {step}: max error {err} of {scale}"
+        );
+        input = vec![token];
+    }
+    assert_eq!(host.greedy(prompt, steps, None), tokens);
+    let other: Vec<u32> = prompt.iter().rev().copied().collect();
+    let alone = host.greedy(&other, steps, None);
+    let both = host
+        .greedy_batch(&[prompt.to_vec(), other], steps, None)
+        .unwrap();
+    assert_eq!(both, vec![tokens, alone]);
+}

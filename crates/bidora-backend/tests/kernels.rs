@@ -78,6 +78,29 @@ fn gelu_matches_f64() {
 }
 
 #[test]
+fn silu_matches_f64() {
+    for x in inputs(40, 5) {
+        let (xs, w) = (host(x.clone()), host(values(x.dims(), 99)));
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let y: Vec<f64> = xs.iter().map(|&x| x * sig(x)).collect();
+        let g: Vec<f64> = xs
+            .iter()
+            .zip(&w)
+            .map(|(&x, w)| w * sig(x) * (1.0 + x * (1.0 - sig(x))))
+            .collect();
+        let (fy, fg) = run(&x, kernels::silu);
+        assert!(
+            err(&fy, &y) < 1e-6 && err(&fg, &g) < 1e-6,
+            "{} {}",
+            err(&fy, &y),
+            err(&fg, &g)
+        );
+        let (cy, cg) = run(&x, composed::silu);
+        assert!(err(&cy, &y) < 1e-5 && err(&cg, &g) < 1e-5);
+    }
+}
+
+#[test]
 fn softmax_matches_f64() {
     let width = 129;
     for x in inputs(width, 3) {

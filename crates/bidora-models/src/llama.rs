@@ -10,10 +10,9 @@ use std::path::Path;
 
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{join_path, AdaptedLinear, AdapterConfig, AdapterHost};
-use bidora_backend::kernels::softmax;
+use bidora_backend::kernels::{attention, silu, softmax};
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Deserialize;
@@ -252,7 +251,8 @@ pub const LAYER_PROJECTIONS: [&str; 7] = [
     "mlp.down_proj",
 ];
 
-/// HF's `rotate_half` form: `x·cos + [−x₂, x₁]·sin`, on `[batch, heads, seq, head_dim]`.
+/// HF's `rotate_half` form: `x·cos + [−x₂, x₁]·sin` over the last dimension (`head_dim`) of a
+/// 4-d tensor, `cos`/`sin` broadcast to it.
 fn rotate<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
     let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
@@ -290,37 +290,69 @@ impl<B: Backend> LlamaLayer<B> {
         let hx = self.input_norm.forward(x.clone());
         let q = self.q_proj.forward(hx.clone());
         let d = q.dims()[2] / h;
-        let q = q.reshape([b, s, h, d]).swap_dims(1, 2);
-        let k = self
-            .k_proj
-            .forward(hx.clone())
-            .reshape([b, s, kv, d])
-            .swap_dims(1, 2);
-        let v = self
-            .v_proj
-            .forward(hx)
-            .reshape([b, s, kv, d])
-            .swap_dims(1, 2);
-        let q = rotate(q, cos.clone(), sin.clone());
-        let k = rotate(k, cos, sin);
-        let (k, v) = match past {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        // `[batch, seq, heads, head_dim]`, rotated over the last dimension.
+        let (cos, sin) = (cos.swap_dims(1, 2), sin.swap_dims(1, 2));
+        let q = rotate(q.reshape([b, s, h, d]), cos.clone(), sin.clone());
+        let k = rotate(
+            self.k_proj.forward(hx.clone()).reshape([b, s, kv, d]),
+            cos,
+            sin,
+        );
+        let v = self.v_proj.forward(hx).reshape([b, s, kv, d]);
+        let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+        let (ctx, cached) = match past {
+            // One fused attention node over the whole sequence (training, prompts).
+            None => {
+                // Each key/value head serves h / kv consecutive query heads (HF's repeat_kv).
+                let repeat = |x: Tensor<B, 4>| {
+                    x.swap_dims(1, 2)
+                        .unsqueeze_dim::<5>(3)
+                        .expand([b, s, kv, h / kv, d])
+                        .reshape([b, s, h * d])
+                };
+                let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
+                let q = q.reshape([b, s, h * d]);
+                let ctx = attention(
+                    q,
+                    repeat(k.clone()),
+                    repeat(v.clone()),
+                    bias,
+                    h,
+                    &no_dropout,
+                );
+                (ctx, (k, v))
+            }
+            Some((pk, pv)) => {
+                let (k, v) = (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2));
+                let t = k.dims()[2];
+                let repeat = |x: Tensor<B, 4>| {
+                    x.unsqueeze_dim::<5>(2)
+                        .expand([b, kv, h / kv, t, d])
+                        .reshape([b, h, t, d])
+                };
+                let q = q.swap_dims(1, 2);
+                let scores = q
+                    .matmul(repeat(k.clone()).transpose())
+                    .div_scalar((d as f64).sqrt())
+                    + bias;
+                let ctx = softmax(scores)
+                    .matmul(repeat(v.clone()))
+                    .swap_dims(1, 2)
+                    .reshape([b, s, h * d]);
+                (ctx, (k, v))
+            }
         };
-        let t = k.dims()[2];
-        let cached = (k.clone(), v.clone());
-        // Each key/value head serves h / kv consecutive query heads (HF's repeat_kv).
-        let repeat = |x: Tensor<B, 4>| {
-            x.unsqueeze_dim::<5>(2)
-                .expand([b, kv, h / kv, t, d])
-                .reshape([b, h, t, d])
-        };
-        let (k, v) = (repeat(k), repeat(v));
-        let scores = q.matmul(k.transpose()).div_scalar((d as f64).sqrt()) + bias;
-        let ctx = softmax(scores)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, s, h * d]);
+        self.finish(x, ctx, cached)
+    }
+
+    /// The rest of the layer after attention's `ctx` `[batch, seq, heads · head_dim]`: output
+    /// projection, residual, feed-forward; `cached` is passed through.
+    fn finish(
+        &self,
+        x: Tensor<B, 3>,
+        ctx: Tensor<B, 3>,
+        cached: (Tensor<B, 4>, Tensor<B, 4>),
+    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let x = x + self.o_proj.forward(ctx);
         let hx = self.post_norm.forward(x.clone());
         let ff = self

@@ -220,6 +220,25 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     });
 }
 
+/// `y = x σ(x)`, the SiLU (swish) of Llama's feed-forward.
+pub fn silu_forward(x: &[f32], y: &mut [f32]) {
+    blocks(y, [x], |y, [x]| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x / (1.0 + exp(-x));
+        }
+    });
+}
+
+/// `dx = dy σ(x) (1 + x (1 − σ(x)))`, the gradient of [`silu_forward`].
+pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    blocks(dx, [x, dy], |dx, [x, dy]| {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let s = 1.0 / (1.0 + exp(-x));
+            *dx = dy * s * (1.0 + x * (1.0 - s));
+        }
+    });
+}
+
 /// Runs `f` on each row (of `width` elements) of `out` and the inputs, rows split over
 /// threads.
 fn rows<const N: usize>(

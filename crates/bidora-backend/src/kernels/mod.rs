@@ -1,6 +1,6 @@
 //! Fused CPU kernels for the pieces of a transformer layer that Burn's ndarray backend runs
 //! slowly: the matrix product ([`matmul`], on the `gemm` crate's AVX-512 kernels), multi-head
-//! [`attention`], the exact GELU, softmax over the last dimension, layer normalisation, and
+//! [`attention`], the exact GELU, the SiLU, softmax over the last dimension, layer normalisation, and
 //! dropout ([`dropout`]).
 //!
 //! Each function is generic over `B: Backend` and computes the same function on every
@@ -45,6 +45,16 @@ pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         Err(x) => x,
     };
     composed::gelu_erf(x)
+}
+
+/// The SiLU `x σ(x)` (PyTorch's `silu`, Llama's `hidden_act`).
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "ndarray")]
+    let x = match ndarray::try_unary(ndarray::Unary::Silu, x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    composed::silu(x)
 }
 
 /// Softmax over the last dimension.
@@ -177,6 +187,11 @@ pub mod composed {
             .add_scalar(1.0)
             .mul_scalar(0.5);
         x * cdf
+    }
+
+    /// Burn's SiLU.
+    pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::activation::silu(x)
     }
 
     /// Attention from Burn's matrix products, [`softmax`] and [`dropout`](super::dropout::dropout).

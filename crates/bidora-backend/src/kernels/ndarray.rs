@@ -73,6 +73,7 @@ fn last_dim(t: &NdArrayTensor) -> usize {
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Unary {
     Gelu,
+    Silu,
     Softmax,
 }
 
@@ -82,17 +83,19 @@ impl Unary {
         let mut y = vec![0.0; xs.len()];
         match self {
             Unary::Gelu => math::gelu_forward(&xs, &mut y),
+            Unary::Silu => math::silu_forward(&xs, &mut y),
             Unary::Softmax => math::softmax_forward(&xs, &mut y, last_dim(x)),
         }
         from_host(y, x)
     }
 
-    /// `saved` is the input for GELU and the output for softmax.
+    /// `saved` is the input for GELU and SiLU, the output for softmax.
     fn backward(self, saved: &NdArrayTensor, dy: &NdArrayTensor) -> NdArrayTensor {
         let (s, g) = (host(saved), host(dy));
         let mut dx = vec![0.0; s.len()];
         match self {
             Unary::Gelu => math::gelu_backward(&s, &g, &mut dx),
+            Unary::Silu => math::silu_backward(&s, &g, &mut dx),
             Unary::Softmax => math::softmax_backward(&s, &g, &mut dx, last_dim(saved)),
         }
         from_host(dx, saved)
@@ -137,7 +140,7 @@ where
 fn unary_ad(op: Unary, x: FloatTensor<Ad>) -> FloatTensor<Ad> {
     let y = op.forward(&x.primitive);
     let saved = match op {
-        Unary::Gelu => x.primitive.clone(),
+        Unary::Gelu | Unary::Silu => x.primitive.clone(),
         Unary::Softmax => y.clone(),
     };
     record(UnaryNode(op), [&x], y, || saved)

@@ -753,14 +753,25 @@ fn render(
 }
 
 /// SmolLM2-135M's parameters, all multiplied per token (the tied LM head included): their f32
-/// bytes are what one decoding step reads.
+/// bytes are what one of transformers' decoding steps reads.
 const SMOLLM2_PARAMS: f64 = 134.5e6;
+
+/// The bytes one step of our host decoder reads (`bidora_models::host_llama`): the file's
+/// 106.2 M Q4_1 weights at 24 bytes a block of 32 (two f32 scales, 16 bytes of nibbles), its
+/// 28.3 M Q8_0 weights at 36 (one f32 scale, 32 bytes), and the f32 norms.
+const SMOLLM2_BLOCK_BYTES: f64 =
+    106_168_320.0 * 24.0 / 32.0 + 28_311_552.0 * 36.0 / 32.0 + 35_136.0 * 4.0;
 
 /// The floor of a decoder case in seconds: a step's matrix-product work (≈1.14 TFLOP at 8 × 256:
 /// ≈278 MFLOP a token forward, attention included, twice that with the input gradients) at the
 /// GEMM rate; a generation call's larger of its work at the GEMM rate and its 128 passes over
-/// the weights at the memory read rate.
-fn decoder_floor(id: &str, gemm: Option<f64>, memory: Option<f64>) -> Option<f64> {
+/// the weights (`weight_bytes`: what that side reads a step) at the memory read rate.
+fn decoder_floor(
+    id: &str,
+    gemm: Option<f64>,
+    memory: Option<f64>,
+    weight_bytes: f64,
+) -> Option<f64> {
     let per_token = 2.0 * SMOLLM2_PARAMS;
     match id {
         "smollm2_step/lora" | "smollm2_step/dora" => Some(1138.0 / gemm?),
@@ -768,7 +779,7 @@ fn decoder_floor(id: &str, gemm: Option<f64>, memory: Option<f64>) -> Option<f64
             let rows = if id.ends_with("batch8") { 8.0 } else { 1.0 };
             // The prompt's 32 positions, then 127 passes of one position.
             let work = rows * (32.0 + 127.0) * per_token / 1e9 / gemm?;
-            let reads = 128.0 * 4.0 * SMOLLM2_PARAMS / memory?;
+            let reads = 128.0 * weight_bytes / memory?;
             Some(work.max(reads))
         }
         _ => None,
@@ -797,27 +808,32 @@ fn render_decoder(
         .map(|t| 512.0 * 1024.0 * 1024.0 / t.median);
     writeln!(
         s,
-        "## SmolLM2-135M, the GGUF file dequantised to f32 (`benches/benches/smollm2.rs`)\n"
+        "## SmolLM2-135M from its Q4_1 GGUF file (`benches/benches/smollm2.rs`)\n"
     )?;
     writeln!(
         s,
         "Training: one optimiser step (forward, backward, AdamW) at batch 8 × 256 tokens, next-token\n\
          loss on every position, LoRA / DoRA r = 8, alpha 16, dropout 0.1 on `q_proj` and `v_proj`\n\
          (DoRA with PEFT's detached norm). Generation: greedy, 128 new tokens after a 32-token\n\
-         prompt, KV cache, no stop; batch 1 is the CLI's `generate --prompt` path. The peer\n\
-         (`scripts/bench/peft_decoder.py`) loads the same GGUF file with transformers and runs the\n\
-         same ids and settings (`model.generate` with its default dynamic cache, PEFT for training).\n"
+         prompt, KV cache, no stop; batch 1 is the CLI's `generate --prompt` path. Training runs on\n\
+         the weights dequantised to f32; generation on the host decoder (`bidora_models::host_llama`),\n\
+         which reads the file's Q4_1/Q8_0 blocks and dequantises them in registers to the same f32\n\
+         values (its logits equal the f32 model's to 1e-5 of their largest, tested). The peer\n\
+         (`scripts/bench/peft_decoder.py`) loads the same GGUF file with transformers, which\n\
+         dequantises it to f32, and runs the same ids and settings (`model.generate` with its\n\
+         default dynamic cache, PEFT for training).\n"
     )?;
     writeln!(
         s,
         "The floor: a step's ≈1.14 TFLOP at the GEMM rate above; a generation call's larger of its\n\
-         work at the GEMM rate and 128 reads of the f32 weights ({:.0} MB) at the memory read rate\n\
-         measured in this run ({}).\n",
-        4.0 * SMOLLM2_PARAMS / 1e6,
+         work at the GEMM rate and 128 reads of the weights at the memory read rate measured in this\n\
+         run ({}): {:.0} MB a step for bidora's blocks, {:.0} MB for the peer's f32 weights.\n",
         memory.map_or("not measured".to_string(), |m| format!(
             "{:.1} GB/s, the last row",
             m / 1e9
-        ))
+        )),
+        SMOLLM2_BLOCK_BYTES / 1e6,
+        4.0 * SMOLLM2_PARAMS / 1e6,
     )?;
     let mut header =
         "| case | median [95% CI] | tokens/s | × floor | peak RSS | busy cores |".to_string();
@@ -832,8 +848,9 @@ fn render_decoder(
     let rate = |id: &str, median: f64| {
         generated_tokens(id).map_or(String::new(), |n| format!("{:.1}", n / median))
     };
-    let over_floor = |id: &str, median: f64| {
-        decoder_floor(id, gemm, memory).map_or(String::new(), |f| format!("{:.2}", median / f))
+    let over_floor = |id: &str, median: f64, bytes: f64| {
+        decoder_floor(id, gemm, memory, bytes)
+            .map_or(String::new(), |f| format!("{:.2}", median / f))
     };
     for &(id, label) in DECODER_CASES {
         let Some(t) = r.get(id) else {
@@ -847,7 +864,7 @@ fn render_decoder(
             secs(t.low),
             secs(t.high),
             rate(id, t.median),
-            over_floor(id, t.median),
+            over_floor(id, t.median, SMOLLM2_BLOCK_BYTES),
             measured.peaks.get(id).map_or(String::new(), |&k| mib(k)),
             measured
                 .busy
@@ -861,7 +878,7 @@ fn render_decoder(
                 secs(p.median),
                 rate(id, p.median),
                 t.median / p.median,
-                over_floor(id, p.median),
+                over_floor(id, p.median, 4.0 * SMOLLM2_PARAMS),
                 mib(p.peak_kib),
                 p.busy
             )?,

@@ -19,11 +19,9 @@ the timed calls. `cargo xtask bench --peer` runs it and compares.
 """
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import time
+
+from timing import report, timed
 
 BATCH, SEQ = 8, 256
 PROMPT, NEW_TOKENS = 32, 128
@@ -35,24 +33,6 @@ def ids(torch, batch, seq):
         [[1000 + (131 * i + 7919 * j) % 40000 for j in range(seq)] for i in range(batch)],
         dtype=torch.long,
     )
-
-
-def cpu_s():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def timed(calls, fn):
-    """Two warm-up calls, then `calls` timed ones: (times, busy cores over them)."""
-    for _ in range(2):
-        fn()
-    times = []
-    cpu0, wall0 = cpu_s(), time.perf_counter()
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times, (cpu_s() - cpu0) / (time.perf_counter() - wall0)
 
 
 def main():
@@ -118,26 +98,7 @@ def main():
             assert out.shape == (rows, PROMPT + NEW_TOKENS), out.shape
 
         times, busy = timed(a.steps, generate)
-    print(
-        json.dumps(
-            {
-                "mode": a.mode,
-                "threads": a.threads,
-                "steps": a.steps,
-                "median_s": statistics.median(times),
-                "min_s": min(times),
-                "max_s": max(times),
-                "tokens": tokens,
-                # Linux reports ru_maxrss in KiB.
-                "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "busy_cores": busy,
-                "torch": torch.__version__,
-                "peft": peft.__version__,
-                "transformers": transformers.__version__,
-            }
-        )
-    )
-
+    report(a, times, busy, tokens=tokens)
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,8 @@ time of the timed steps (1.0 = one core busy throughout). `cargo xtask bench --p
 """
 
 import argparse
-import json
-import resource
-import statistics
-import time
+
+from timing import report, timed
 
 BATCH, SEQ = 16, 128
 
@@ -64,57 +62,26 @@ def main():
         )
         model = peft.get_peft_model(model, config)
     batch, labels = inputs(torch)
-    times = []
-
-    def cpu_s():
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    cpu_start = wall_start = None
     if a.mode == "inference":
         model.eval()
-        with torch.no_grad():
-            for k in range(a.steps + 2):
-                if k == 2:
-                    cpu_start, wall_start = cpu_s(), time.perf_counter()
-                t = time.perf_counter()
+
+        def call():
+            with torch.no_grad():
                 model(**batch)
-                if k >= 2:
-                    times.append(time.perf_counter() - t)
+
     else:
         model.train()
         trainable = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=5e-4, weight_decay=0.01)
-        for k in range(a.steps + 2):
-            if k == 2:
-                cpu_start, wall_start = cpu_s(), time.perf_counter()
-            t = time.perf_counter()
+
+        def call():
             loss = model(**batch, labels=labels).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if k >= 2:
-                times.append(time.perf_counter() - t)
-    busy = (cpu_s() - cpu_start) / (time.perf_counter() - wall_start)
-    print(
-        json.dumps(
-            {
-                "mode": a.mode,
-                "threads": a.threads,
-                "steps": a.steps,
-                "median_s": statistics.median(times),
-                "min_s": min(times),
-                "max_s": max(times),
-                # Linux reports ru_maxrss in KiB.
-                "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "busy_cores": busy,
-                "torch": torch.__version__,
-                "peft": peft.__version__,
-                "transformers": transformers.__version__,
-            }
-        )
-    )
 
+    times, busy = timed(a.steps, call)
+    report(a, times, busy)
 
 if __name__ == "__main__":
     main()

@@ -65,23 +65,6 @@ pub struct GenerateArgs {
     pub backend: String,
 }
 
-/// Loads the decoder at `path` (and its PEFT adapter): the model, tokeniser and EOS token.
-fn load_decoder<B: Backend>(
-    path: &Path,
-    adapter: Option<&Path>,
-    device: &B::Device,
-) -> Result<(CausalLm<B>, Tokenizer, Option<u32>), Fail> {
-    let loaded = CausalLm::load(path, device).input()?;
-    let model = match adapter {
-        Some(dir) => loaded
-            .model
-            .with_peft(&PeftAdapter::load(dir).input()?)
-            .input()?,
-        None => loaded.model,
-    };
-    Ok((model, loaded.tokenizer, loaded.eos))
-}
-
 /// How the next token is picked.
 #[derive(Clone, Copy)]
 struct Sampling {
@@ -127,30 +110,67 @@ impl Sampling {
     }
 }
 
-/// The host decoder ([`HostLlama`]) for a Llama decoded on the CPU without beams: the GGUF
-/// file's quantised blocks when no adapter is given, else the model's weights with the adapter
-/// merged, in `f32`. `None` (decode with the Burn model) for GPT-2, beams, GPU backends, or a
-/// model the host decoder does not take (biases).
-fn host_decoder<B: Backend>(a: &GenerateArgs, model: &CausalLm<B>, cpu: bool) -> Option<HostLlama> {
-    let CausalLm::Llama(m) = model else {
-        return None;
-    };
-    if !cpu || a.beams > 1 {
-        return None;
+/// The model that decodes: the Burn model, or the host decoder ([`HostLlama`]) for a Llama on
+/// the CPU without beams (a GGUF file's quantised blocks when no adapter is given, read without
+/// building the Burn model; else the model's weights with the adapter merged, in `f32`).
+#[allow(clippy::large_enum_variant)] // one per run
+enum Decoder<B: Backend> {
+    Burn(CausalLm<B>),
+    Host(HostLlama),
+}
+
+impl<B: Backend> Decoder<B> {
+    /// Loads the decoder `a` names (and its PEFT adapter), with its tokeniser and EOS token.
+    fn load(
+        a: &GenerateArgs,
+        cpu: bool,
+        device: &B::Device,
+    ) -> Result<(Self, Tokenizer, Option<u32>), Fail> {
+        let host = cpu && a.beams == 1;
+        if host && a.adapter.is_none() && a.model.is_file() {
+            if let Ok(model) = HostLlama::from_gguf(&a.model) {
+                let (tok, eos) = CausalLm::<B>::load_tokenizer(&a.model).input()?;
+                return Ok((Decoder::Host(model), tok, eos));
+            }
+        }
+        let loaded = CausalLm::load(&a.model, device).input()?;
+        let model = match &a.adapter {
+            Some(dir) => loaded
+                .model
+                .with_peft(&PeftAdapter::load(dir).input()?)
+                .input()?,
+            None => loaded.model,
+        };
+        let decoder = match &model {
+            // A model the host decoder does not take (biases) stays on Burn.
+            CausalLm::Llama(m) if host => {
+                HostLlama::from_model(m).map_or(Decoder::Burn(model), Decoder::Host)
+            }
+            _ => Decoder::Burn(model),
+        };
+        Ok((decoder, loaded.tokenizer, loaded.eos))
     }
-    if a.adapter.is_none() && a.model.is_file() {
-        HostLlama::from_gguf(&a.model).ok()
-    } else {
-        HostLlama::from_model(m).ok()
+
+    fn vocab_size(&self) -> usize {
+        match self {
+            Decoder::Burn(m) => m.vocab_size(),
+            Decoder::Host(m) => m.vocab_size(),
+        }
+    }
+
+    /// The most positions the model takes (GPT-2's learned table), if limited.
+    fn max_positions(&self) -> Option<usize> {
+        match self {
+            Decoder::Burn(m) => m.max_positions(),
+            Decoder::Host(_) => None,
+        }
     }
 }
 
 /// Decodes up to `max_new` tokens after `prompt`; `on_token` sees the tokens so far after
 /// each one (beam search: once, at the end) and returns true to stop there.
-#[allow(clippy::too_many_arguments)]
 fn continue_prompt<B: Backend>(
-    model: &CausalLm<B>,
-    host: Option<&HostLlama>,
+    decoder: &Decoder<B>,
     prompt: &[u32],
     max_new: usize,
     eos: Option<u32>,
@@ -158,12 +178,15 @@ fn continue_prompt<B: Backend>(
     device: &B::Device,
     on_token: &mut dyn FnMut(&[u32]) -> bool,
 ) -> Result<(), Fail> {
-    if let Some(host) = host.filter(|_| sampling.beams == 1) {
-        let mut pick = |logits: &[f32]| sampling.pick(logits);
-        host.decode(prompt, max_new, eos, &mut pick, on_token)
-            .input()?;
-        return Ok(());
-    }
+    let model = match decoder {
+        Decoder::Host(host) => {
+            let mut pick = |logits: &[f32]| sampling.pick(logits);
+            host.decode(prompt, max_new, eos, &mut pick, on_token)
+                .input()?;
+            return Ok(());
+        }
+        Decoder::Burn(model) => model,
+    };
     let forward = |ids, cache: &mut KvCache<B>| model.forward_cached(ids, cache);
     if sampling.beams > 1 {
         on_token(&beam_search(forward, prompt, sampling.beams, max_new, eos, device).tokens);
@@ -184,9 +207,7 @@ fn continue_prompt<B: Backend>(
 
 /// A loaded decoder and how to continue prompts with it.
 struct Generator<B: Backend> {
-    model: CausalLm<B>,
-    /// The faster decoder where it applies ([`host_decoder`]).
-    host: Option<HostLlama>,
+    model: Decoder<B>,
     tok: Tokenizer,
     eos: Option<u32>,
     sampling: Sampling,
@@ -261,7 +282,6 @@ impl<B: Backend> Generator<B> {
         let s = self.sampling;
         continue_prompt(
             &self.model,
-            self.host.as_ref(),
             &ids,
             self.max_new,
             self.eos,
@@ -318,10 +338,8 @@ impl BackendTask for GenerateJob {
 impl GenerateJob {
     fn generate<B: AutodiffBackend>(self, device: B::Device) -> Result<(), Fail> {
         let (a, cpu) = (self.0, self.1);
-        let (model, tok, eos) =
-            load_decoder::<B::InnerBackend>(&a.model, a.adapter.as_deref(), &device)?;
+        let (model, tok, eos) = Decoder::<B::InnerBackend>::load(&a, cpu, &device)?;
         let g = Generator {
-            host: host_decoder(&a, &model, cpu),
             model,
             tok,
             eos,

@@ -71,41 +71,51 @@ impl<B: Backend> CausalLm<B> {
     /// Loads a decoder: a GGUF file (Llama layout, its own vocabulary) or an HF folder whose
     /// `config.json` says `gpt2` or `llama`.
     pub fn load(path: &Path, device: &B::Device) -> Result<LoadedCausalLm<B>, ModelError> {
+        let model = if path.is_file() {
+            CausalLm::Llama(LlamaForCausalLM::load_gguf(path, device)?.1)
+        } else {
+            let config = read_config(path)?;
+            let model_type = config["model_type"].as_str().unwrap_or_default();
+            match Architecture::from_model_type(model_type) {
+                Some(Architecture::Gpt2) => CausalLm::Gpt2(Gpt2LmHeadModel::load(path, device)?.1),
+                Some(Architecture::Llama) => {
+                    CausalLm::Llama(LlamaForCausalLM::load(path, device)?.1)
+                }
+                _ => {
+                    return Err(ModelError::Invalid(format!(
+                        "`{}` is a `{model_type}` model, not a decoder (gpt2, llama)",
+                        path.display()
+                    )))
+                }
+            }
+        };
+        let (tokenizer, eos) = Self::load_tokenizer(path)?;
+        Ok(LoadedCausalLm {
+            model,
+            tokenizer,
+            eos,
+        })
+    }
+
+    /// The tokeniser and end-of-sequence token of the decoder at `path` (a GGUF file's
+    /// vocabulary and `tokenizer.ggml.eos_token_id`, or a folder's tokenizer files and
+    /// `config.json`'s `eos_token_id`), without its weights.
+    pub fn load_tokenizer(path: &Path) -> Result<(Tokenizer, Option<u32>), ModelError> {
         if path.is_file() {
-            let (_, model) = LlamaForCausalLM::load_gguf(path, device)?;
             let g = Gguf::read(path)?;
             let eos = g
                 .get("tokenizer.ggml.eos_token_id")
                 .and_then(|v| v.as_u64())
                 .and_then(|v| u32::try_from(v).ok());
-            return Ok(LoadedCausalLm {
-                model: CausalLm::Llama(model),
-                tokenizer: Tokenizer::from_gguf(&g)?,
-                eos,
-            });
+            return Ok((Tokenizer::from_gguf(&g)?, eos));
         }
         let config = read_config(path)?;
-        let model_type = config["model_type"].as_str().unwrap_or_default();
-        let model = match Architecture::from_model_type(model_type) {
-            Some(Architecture::Gpt2) => CausalLm::Gpt2(Gpt2LmHeadModel::load(path, device)?.1),
-            Some(Architecture::Llama) => CausalLm::Llama(LlamaForCausalLM::load(path, device)?.1),
-            _ => {
-                return Err(ModelError::Invalid(format!(
-                    "`{}` is a `{model_type}` model, not a decoder (gpt2, llama)",
-                    path.display()
-                )))
-            }
-        };
         let eos = match &config["eos_token_id"] {
             serde_json::Value::Array(ids) => ids.first().and_then(|v| v.as_u64()),
             v => v.as_u64(),
         }
         .and_then(|v| u32::try_from(v).ok());
-        Ok(LoadedCausalLm {
-            model,
-            tokenizer: Tokenizer::load(path)?,
-            eos,
-        })
+        Ok((Tokenizer::load(path)?, eos))
     }
 
     /// The PEFT targets when none are given: the attention query and value (GPT-2's fused

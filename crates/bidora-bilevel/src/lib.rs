@@ -83,6 +83,7 @@
 
 pub mod checkpoint;
 mod config;
+pub mod distributed;
 mod error;
 mod events;
 pub mod hypergrad;

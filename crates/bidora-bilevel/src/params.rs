@@ -77,6 +77,37 @@ impl<B: Backend> ParamVec<B> {
         }
     }
 
+    /// The number of values over every parameter.
+    pub fn numel(&self) -> usize {
+        self.entries.iter().map(|(_, t)| t.dims()[0]).sum()
+    }
+
+    /// Every parameter's values end to end; `None` when there is no parameter.
+    pub fn flatten(&self) -> Option<Tensor<B, 1>> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        Some(Tensor::cat(
+            self.entries.iter().map(|(_, t)| t.clone()).collect(),
+            0,
+        ))
+    }
+
+    /// The inverse of [`ParamVec::flatten`]: `flat` cut into this vector's parameters.
+    pub fn unflatten(&self, flat: Tensor<B, 1>) -> Self {
+        let mut start = 0;
+        let entries = self
+            .entries
+            .iter()
+            .map(|(id, t)| {
+                let n = t.dims()[0];
+                start += n;
+                (*id, flat.clone().slice(start - n..start))
+            })
+            .collect();
+        ParamVec { entries }
+    }
+
     /// `alpha · self`.
     pub fn scale(&self, alpha: f64) -> Self {
         ParamVec {

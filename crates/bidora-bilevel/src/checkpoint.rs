@@ -54,6 +54,14 @@ pub struct CheckpointState {
     /// refused.
     #[serde(default)]
     pub base: Option<String>,
+    /// The number of peers that trained the run (1 alone): a resume on another number is
+    /// refused, since the batches' shards and dropout masks depend on it.
+    #[serde(default = "one")]
+    pub world: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A checkpoint's contents.

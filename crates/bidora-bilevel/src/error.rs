@@ -37,4 +37,15 @@ pub enum TrainError {
         /// What went wrong.
         message: String,
     },
+    /// Data parallelism: an exchange with the other peers failed (a peer stopped, died or did
+    /// not answer in time). Rank 0's last checkpoint, if any, is intact.
+    #[error("peer {rank} of {world}: {message} (the last checkpoint, if any, is intact)")]
+    Peer {
+        /// This peer's rank.
+        rank: usize,
+        /// The number of peers.
+        world: usize,
+        /// What failed.
+        message: String,
+    },
 }

@@ -15,8 +15,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::params::{gradients, perturbed, ParamVec};
-use crate::problem::{BilevelProblem, ParamGroups};
+use crate::distributed::Peers;
+use crate::params::{gradients, perturbed, values, ParamVec};
+use crate::problem::{BilevelProblem, ParamGroups, Shard};
 use crate::TrainError;
 
 /// The finite-difference step numerator of the DARTS hypergradient (ε = 0.01 / ‖v‖).
@@ -110,7 +111,7 @@ pub struct HypergradientResult<B: AutodiffBackend> {
     pub mixed_norm: Option<f64>,
 }
 
-/// Computes the hypergradient of `problem` at `module`.
+/// Computes the hypergradient of `problem` at `module`, alone on whole batches.
 ///
 /// `train_batch` is the lower level's last batch (the finite differences use it), `val_batch`
 /// the upper level's. `reseed` is called before every pass that may draw random numbers, with
@@ -129,113 +130,204 @@ pub fn hypergradient<B: AutodiffBackend, P: BilevelProblem<B>>(
 where
     P::Module: AutodiffModule<B>,
 {
-    reseed(1);
-    let loss = problem.upper_loss(module, val_batch);
-    let upper_loss = scalar(&loss);
-    if !upper_loss.is_finite() {
-        return Err(TrainError::NonFinite {
-            what: "upper loss".into(),
-            value: upper_loss,
-            step: 0,
-        });
-    }
-    let grads = loss.backward();
-    let g_direct = gradients::<B, _>(&grads, module, &groups.upper);
-    let v = gradients::<B, _>(&grads, module, &groups.lower);
-    let direct_norm = g_direct.norm();
-
-    // The second-order term `m` and its weight: h = ∂L_val/∂M − weight·m.
-    let second_order = match method {
-        Hypergradient::FirstOrder => None,
-        Hypergradient::Darts { alpha, xi } => central_difference(
-            problem,
-            module,
-            train_batch,
-            &v,
-            alpha,
-            gamma,
-            reseed,
-            &groups.upper,
-        )
-        .map(|m| (m, xi)),
-        Hypergradient::Neumann { iterations, alpha } => {
-            // p_0 = v; acc = Σ_j (I − αH)^j v.
-            let mut p = v.clone();
-            let mut acc = v.clone();
-            for _ in 0..iterations {
-                let hp = central_difference(
-                    problem,
-                    module,
-                    train_batch,
-                    &p,
-                    DEFAULT_FD_ALPHA,
-                    gamma,
-                    reseed,
-                    &groups.lower,
-                );
-                let Some(hp) = hp else { break };
-                p = p.add_scaled(&hp, -alpha);
-                acc = acc.add_scaled(&p, 1.0);
-            }
-            let inv_h_v = acc.scale(alpha);
-            central_difference(
-                problem,
-                module,
-                train_batch,
-                &inv_h_v,
-                DEFAULT_FD_ALPHA,
-                gamma,
-                reseed,
-                &groups.upper,
-            )
-            .map(|m| (m, 1.0))
-        }
+    let peers = Peers::new(None, Default::default());
+    let (train, val) = (Part::whole(train_batch), Part::whole(val_batch));
+    let level = Level {
+        problem,
+        module,
+        gamma,
+        peers: &peers,
     };
-    // A zero direction (`None` from the difference) makes the term zero, not absent.
-    let mixed_norm = (method != Hypergradient::FirstOrder).then(|| {
-        second_order
-            .as_ref()
-            .map_or(0.0, |(m, w)| m.norm() * w.abs())
-    });
-    let grad = match &second_order {
-        Some((m, w)) => g_direct.add_scaled(m, -w),
-        None => g_direct,
-    };
-    Ok(HypergradientResult {
-        grad,
-        upper_loss,
-        direct_norm,
-        mixed_norm,
-    })
+    level.hypergradient(groups, train, val, method, reseed)
 }
 
-/// Central difference, along `d` (over the lower parameters), of the gradient of the lower
-/// objective with respect to `wrt`, with `ε = alpha / ‖d‖`: with `wrt` = the upper parameters
-/// this is the mixed term `∇²_{M,θ} L_tr · d`, with `wrt` = the lower ones the Hessian–vector
-/// product `H·d`. `None` when `d = 0` (the term is then zero).
-#[allow(clippy::too_many_arguments)]
-fn central_difference<B: AutodiffBackend, P: BilevelProblem<B>>(
-    problem: &P,
-    module: &P::Module,
-    batch: &P::Batch,
-    d: &ParamVec<B::InnerBackend>,
-    alpha: f64,
-    gamma: f64,
-    reseed: &mut dyn FnMut(u64),
-    wrt: &[burn::module::ParamId],
-) -> Option<ParamVec<B::InnerBackend>> {
-    let norm = d.norm();
-    if norm == 0.0 || !norm.is_finite() {
-        return None;
+/// A peer's part of a batch: its examples (none when its shard is empty) and their weight.
+pub(crate) struct Part<'a, T> {
+    pub batch: Option<&'a T>,
+    pub weight: f64,
+}
+
+impl<T> Clone for Part<'_, T> {
+    fn clone(&self) -> Self {
+        *self
     }
-    let eps = alpha / norm;
-    let mut grad_at = |sign: f64| {
-        let m = perturbed::<B, _>(module, d, sign * eps);
-        reseed(2);
-        let (_, grads) = lower_objective_grads(problem, &m, batch, gamma);
-        gradients::<B, _>(&grads, &m, wrt)
-    };
-    let plus = grad_at(1.0);
-    let minus = grad_at(-1.0);
-    Some(plus.add_scaled(&minus, -1.0).scale(1.0 / (2.0 * eps)))
+}
+impl<T> Copy for Part<'_, T> {}
+
+impl<'a, T> Part<'a, T> {
+    pub fn whole(batch: &'a T) -> Self {
+        Part {
+            batch: Some(batch),
+            weight: 1.0,
+        }
+    }
+
+    pub fn of(shard: &'a Shard<T>) -> Self {
+        Part {
+            batch: shard.part(),
+            weight: shard.weight,
+        }
+    }
+}
+
+/// The upper loss and its gradients over the upper and the lower parameters.
+type UpperGrads<B> = (
+    f64,
+    ParamVec<<B as AutodiffBackend>::InnerBackend>,
+    ParamVec<<B as AutodiffBackend>::InnerBackend>,
+);
+
+/// What every gradient of one step is taken against: the problem at the current module, the
+/// regulariser's weight, and the peers the gradients are averaged over.
+pub(crate) struct Level<'a, B: AutodiffBackend, P: BilevelProblem<B>> {
+    pub problem: &'a P,
+    pub module: &'a P::Module,
+    pub gamma: f64,
+    pub peers: &'a Peers<'a, B::InnerBackend>,
+}
+
+impl<B: AutodiffBackend, P: BilevelProblem<B>> Level<'_, B, P> {
+    /// The lower objective `L_tr + γR` on `part` and its gradient over `ids`, averaged over the
+    /// peers (a peer without examples contributes nothing).
+    pub fn lower_grads(
+        &self,
+        part: Part<'_, P::Batch>,
+        ids: &[burn::module::ParamId],
+    ) -> Result<(f64, ParamVec<B::InnerBackend>), TrainError> {
+        let module = self.module;
+        let (loss, g) = match part.batch {
+            Some(batch) => {
+                let (loss, grads) = lower_objective_grads(self.problem, module, batch, self.gamma);
+                (loss, gradients::<B, _>(&grads, module, ids))
+            }
+            None => (0.0, values::<B, _>(module, ids).zeros_like()),
+        };
+        let (g, losses) = self.peers.weighted_mean(g, &[loss], part.weight)?;
+        Ok((losses[0], g))
+    }
+
+    /// The upper loss on `val` and its gradients over the upper and the lower parameters
+    /// (`∂L_val/∂M`, `v`), averaged over the peers in one exchange.
+    fn upper_grads(
+        &self,
+        groups: &ParamGroups,
+        val: Part<'_, P::Batch>,
+        reseed: &mut dyn FnMut(u64),
+    ) -> Result<UpperGrads<B>, TrainError> {
+        let all = groups.all();
+        let (loss, g) = match val.batch {
+            Some(batch) => {
+                reseed(1);
+                let loss = self.problem.upper_loss(self.module, batch);
+                let value = scalar(&loss);
+                let grads = loss.backward();
+                (value, gradients::<B, _>(&grads, self.module, &all))
+            }
+            None => (0.0, values::<B, _>(self.module, &all).zeros_like()),
+        };
+        let (g, losses) = self.peers.weighted_mean(g, &[loss], val.weight)?;
+        let (upper, lower) = g.partition(&groups.upper);
+        Ok((losses[0], upper, lower))
+    }
+
+    /// The hypergradient at the module: the direct term on `val`, the mixed term (if the
+    /// method has one) by central differences on `train`.
+    pub fn hypergradient(
+        &self,
+        groups: &ParamGroups,
+        train: Part<'_, P::Batch>,
+        val: Part<'_, P::Batch>,
+        method: Hypergradient,
+        reseed: &mut dyn FnMut(u64),
+    ) -> Result<HypergradientResult<B>, TrainError> {
+        let (upper_loss, g_direct, v) = self.upper_grads(groups, val, reseed)?;
+        if !upper_loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                what: "upper loss".into(),
+                value: upper_loss,
+                step: 0,
+            });
+        }
+        let direct_norm = g_direct.norm();
+        let difference = |d: &ParamVec<B::InnerBackend>,
+                          alpha: f64,
+                          wrt: &[burn::module::ParamId],
+                          reseed: &mut dyn FnMut(u64)| {
+            self.central_difference(train, d, alpha, wrt, reseed)
+        };
+        // The second-order term `m` and its weight: h = ∂L_val/∂M − weight·m.
+        let second_order = match method {
+            Hypergradient::FirstOrder => None,
+            Hypergradient::Darts { alpha, xi } => {
+                difference(&v, alpha, &groups.upper, reseed)?.map(|m| (m, xi))
+            }
+            Hypergradient::Neumann { iterations, alpha } => {
+                // p_0 = v; acc = Σ_j (I − αH)^j v.
+                let mut p = v.clone();
+                let mut acc = v.clone();
+                for _ in 0..iterations {
+                    let Some(hp) = difference(&p, DEFAULT_FD_ALPHA, &groups.lower, reseed)? else {
+                        break;
+                    };
+                    p = p.add_scaled(&hp, -alpha);
+                    acc = acc.add_scaled(&p, 1.0);
+                }
+                let inv_h_v = acc.scale(alpha);
+                difference(&inv_h_v, DEFAULT_FD_ALPHA, &groups.upper, reseed)?.map(|m| (m, 1.0))
+            }
+        };
+        // A zero direction (`None` from the difference) makes the term zero, not absent.
+        let mixed_norm = (method != Hypergradient::FirstOrder).then(|| {
+            second_order
+                .as_ref()
+                .map_or(0.0, |(m, w)| m.norm() * w.abs())
+        });
+        let grad = match &second_order {
+            Some((m, w)) => g_direct.add_scaled(m, -w),
+            None => g_direct,
+        };
+        Ok(HypergradientResult {
+            grad,
+            upper_loss,
+            direct_norm,
+            mixed_norm,
+        })
+    }
+
+    /// Central difference, along `d` (over the lower parameters), of the gradient of the lower
+    /// objective with respect to `wrt`, with `ε = alpha / ‖d‖`: with `wrt` = the upper
+    /// parameters this is the mixed term `∇²_{M,θ} L_tr · d`, with `wrt` = the lower ones the
+    /// Hessian–vector product `H·d`. Each peer differences on its part of the batch and the
+    /// results are averaged (the difference is linear in the per-example losses). `None` when
+    /// `d = 0` (the term is then zero); `d` is the same on every peer, so they all agree.
+    fn central_difference(
+        &self,
+        part: Part<'_, P::Batch>,
+        d: &ParamVec<B::InnerBackend>,
+        alpha: f64,
+        wrt: &[burn::module::ParamId],
+        reseed: &mut dyn FnMut(u64),
+    ) -> Result<Option<ParamVec<B::InnerBackend>>, TrainError> {
+        let norm = d.norm();
+        if norm == 0.0 || !norm.is_finite() {
+            return Ok(None);
+        }
+        let eps = alpha / norm;
+        let local = match part.batch {
+            Some(batch) => {
+                let mut grad_at = |sign: f64| {
+                    let m = perturbed::<B, _>(self.module, d, sign * eps);
+                    reseed(2);
+                    let (_, grads) = lower_objective_grads(self.problem, &m, batch, self.gamma);
+                    gradients::<B, _>(&grads, &m, wrt)
+                };
+                let plus = grad_at(1.0);
+                let minus = grad_at(-1.0);
+                plus.add_scaled(&minus, -1.0).scale(1.0 / (2.0 * eps))
+            }
+            None => values::<B, _>(self.module, wrt).zeros_like(),
+        };
+        let (mean, _) = self.peers.weighted_mean(local, &[], part.weight)?;
+        Ok(Some(mean))
+    }
 }

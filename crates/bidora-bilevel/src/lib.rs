@@ -20,6 +20,14 @@
 //! Checkpoints ([`Checkpoint`]) hold the module, both optimisers, the stream positions and the
 //! step; the random state is re-derived from `(seed, phase, step)` at every step, so a resumed
 //! run is bit-identical to an uninterrupted one on a deterministic backend.
+//!
+//! Data parallelism ([`distributed`]): [`Trainer::with_peers`] trains as one of several peers
+//! of a [`distributed::Collective`] (with feature `collective`,
+//! [`collective::LocalPeers`] gives one peer per device over Burn's `burn-collective`). Every
+//! peer takes its [`BilevelProblem::shard`] of each batch and every gradient, the validation
+//! gradients and each finite difference of the hypergradient are averaged over the peers, so
+//! every method trains as one peer on the whole batch would (tested to 2e-6 after 5 steps of
+//! single-level training and of BiDoRA with DARTS and retraining).
 
 //!
 //! # Example: a bi-level problem in a few lines
@@ -82,6 +90,8 @@
 //! ```
 
 pub mod checkpoint;
+#[cfg(feature = "collective")]
+pub mod collective;
 mod config;
 pub mod distributed;
 mod error;
@@ -102,7 +112,7 @@ pub use hypergrad::{
     DEFAULT_NEUMANN_ITERATIONS, DEFAULT_XI,
 };
 pub use params::ParamVec;
-pub use problem::{BilevelProblem, ParamGroups};
+pub use problem::{shard_rows, BilevelProblem, ParamGroups, Shard};
 pub use schedule::{LevelConfig, Schedule, DEFAULT_WARMUP};
 pub use stream::{BatchStream, ShuffledBatches};
 pub use trainer::{

@@ -30,6 +30,22 @@ impl<B: Backend> ParamVec<B> {
         self.entries.iter().find(|(i, _)| *i == id).map(|(_, t)| t)
     }
 
+    /// This vector followed by `other` (which holds other parameters).
+    pub fn concat(mut self, other: Self) -> Self {
+        self.entries.extend(other.entries);
+        self
+    }
+
+    /// The entries of `ids` and the others, each in this vector's order.
+    pub fn partition(self, ids: &[ParamId]) -> (Self, Self) {
+        let wanted: HashSet<ParamId> = ids.iter().copied().collect();
+        let (a, b) = self
+            .entries
+            .into_iter()
+            .partition(|(id, _)| wanted.contains(id));
+        (ParamVec { entries: a }, ParamVec { entries: b })
+    }
+
     /// Position of each parameter in the vector.
     fn index(&self) -> HashMap<ParamId, usize> {
         self.entries
@@ -106,6 +122,17 @@ impl<B: Backend> ParamVec<B> {
             })
             .collect();
         ParamVec { entries }
+    }
+
+    /// Zeros of the same parameters and shapes.
+    pub fn zeros_like(&self) -> Self {
+        ParamVec {
+            entries: self
+                .entries
+                .iter()
+                .map(|(id, t)| (*id, t.zeros_like()))
+                .collect(),
+        }
     }
 
     /// `alpha · self`.

@@ -33,11 +33,54 @@ pub trait BilevelProblem<B: AutodiffBackend> {
         None
     }
 
+    /// Peer `rank`'s part of a batch when `world` peers train on it together
+    /// ([`crate::distributed`]): the rows `[rank·n/world, (rank+1)·n/world)` of a batch of `n`,
+    /// and their weight, the number of loss units the shard's mean loss averages over (its
+    /// examples, or its non-ignored tags or target tokens for token-level losses), so that the
+    /// weighted mean over peers is the whole batch's loss. `None` (the default) when the
+    /// problem cannot split its batches; the engine then refuses more than one peer.
+    fn shard(&self, batch: &Self::Batch, rank: usize, world: usize) -> Option<Shard<Self::Batch>> {
+        let _ = (batch, rank, world);
+        None
+    }
+
     /// A regulariser `R(θ)` added to the lower objective with weight `γ`; none by default.
     fn regularizer(&self, module: &Self::Module) -> Option<Tensor<B, 1>> {
         let _ = module;
         None
     }
+}
+
+/// One peer's part of a batch: its examples (`None` when it has none: more peers than rows)
+/// and the loss units its mean loss averages over (0 when it has none).
+#[derive(Clone, Debug)]
+pub struct Shard<T> {
+    /// The peer's examples.
+    pub batch: Option<T>,
+    /// The loss units of `batch` (rows, or non-ignored tokens).
+    pub weight: f64,
+}
+
+impl<T> Shard<T> {
+    /// A whole batch with weight 1 (one peer: the weight does not matter).
+    pub fn whole(batch: T) -> Self {
+        Shard {
+            batch: Some(batch),
+            weight: 1.0,
+        }
+    }
+
+    /// The batch, when it holds loss units.
+    pub fn part(&self) -> Option<&T> {
+        self.batch.as_ref().filter(|_| self.weight > 0.0)
+    }
+}
+
+/// The rows `[rank·n/world, (rank+1)·n/world)` of `n`: peer `rank`'s share of a batch, as
+/// equal as the rows allow (the first peers get one row fewer when `world` does not divide `n`).
+pub fn shard_rows(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let world = world.max(1);
+    (rank * n / world)..((rank + 1) * n / world)
 }
 
 /// The parameter groups the engine optimises.

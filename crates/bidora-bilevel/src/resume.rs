@@ -48,6 +48,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
         config: &TrainConfig,
         base_identity: Option<String>,
         resume: Option<(Checkpoint, PathBuf)>,
+        world: usize,
         device: &B::Device,
     ) -> Result<(Self, M), TrainError> {
         let config_json = serde_json::to_value(config).unwrap_or_default();
@@ -60,6 +61,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
                 last_eval: None,
                 config: config_json,
                 base: base_identity,
+                world,
             };
             let initial_direction = values::<B, _>(&module, &groups.lower);
             let run = Self::assemble(groups.clone(), state, initial_direction, config);
@@ -69,6 +71,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
             path: path.clone(),
             message,
         };
+        if ck.state.world != world {
+            return Err(err(format!(
+                "the checkpoint was written by a run on {} peer(s), this run has {world}: resume with the same number of devices (the shards of every batch depend on it)",
+                ck.state.world
+            )));
+        }
         if ck.state.config != config_json {
             return Err(err(
                 "the checkpoint was written with a different training configuration".into(),

@@ -11,10 +11,11 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::checkpoint::Checkpoint;
 pub use crate::config::{Mode, RetrainConfig, TrainConfig};
+use crate::distributed::{Collective, Peers};
 pub use crate::events::{Control, Data, EvalFn, Evaluation, Event, Hooks, Outcome, Phase};
-use crate::hypergrad::{hypergradient, lower_objective_grads, Hypergradient};
-use crate::params::{gradients, to_gradients_params, ParamVec};
-use crate::problem::{BilevelProblem, ParamGroups};
+use crate::hypergrad::{Hypergradient, Level, Part};
+use crate::params::{to_gradients_params, values, with_values, ParamVec};
+use crate::problem::{BilevelProblem, ParamGroups, Shard};
 use crate::resume::RunState;
 use crate::stream::{BatchStream, SplitMix64};
 use crate::TrainError;
@@ -25,6 +26,7 @@ pub struct Trainer<'p, B: AutodiffBackend, P: BilevelProblem<B>> {
     groups: ParamGroups,
     config: TrainConfig,
     device: B::Device,
+    collective: Option<&'p dyn Collective<B::InnerBackend>>,
 }
 
 impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
@@ -49,7 +51,50 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             groups,
             config,
             device,
+            collective: None,
         })
+    }
+
+    /// Trains data-parallel with the peers of `collective` ([`crate::distributed`]): every
+    /// peer runs this engine on the same streams and takes its shard of each batch
+    /// ([`BilevelProblem::shard`]); the gradients are averaged over the peers, so every peer
+    /// holds the same parameters after every step. Only rank 0 writes checkpoints; give the
+    /// hooks (evaluation, events) to rank 0 alone, a stop on any peer stops them all.
+    pub fn with_peers(mut self, collective: &'p dyn Collective<B::InnerBackend>) -> Self {
+        self.collective = Some(collective);
+        self
+    }
+
+    fn peers(&self) -> Peers<'p, B::InnerBackend> {
+        Peers::new(self.collective, self.device.clone())
+    }
+
+    /// Peer `rank`'s shard of `batch` (all of it when alone).
+    fn shard(&self, batch: P::Batch) -> Result<Shard<P::Batch>, TrainError> {
+        let peers = self.peers();
+        if !peers.is_distributed() {
+            return Ok(Shard::whole(batch));
+        }
+        self.problem
+            .shard(&batch, peers.rank(), peers.world())
+            .ok_or_else(|| {
+                TrainError::Config(
+                    "training on several peers needs a problem that shards its batches (`BilevelProblem::shard`)".into(),
+                )
+            })
+    }
+
+    fn level<'a>(
+        &'a self,
+        module: &'a P::Module,
+        peers: &'a Peers<'a, B::InnerBackend>,
+    ) -> Level<'a, B, P> {
+        Level {
+            problem: self.problem,
+            module,
+            gamma: self.config.gamma,
+            peers,
+        }
     }
 
     /// The configuration.
@@ -64,8 +109,16 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             Phase::Search => 1u64,
             Phase::Retrain => 2u64,
         };
+        // Peers draw their own dropout masks; alone, the rank term is zero.
+        let peers = self.peers();
+        let rank_tag = if peers.is_distributed() {
+            peers.rank() as u64 + 1
+        } else {
+            0
+        };
         let mut rng = SplitMix64(
             self.config.seed
+                ^ rank_tag.wrapping_mul(0xBF58_476D_1CE4_E5B9)
                 ^ phase_tag.wrapping_mul(0xA24B_AED4_963E_E407)
                 ^ (step as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)
                 ^ sub.wrapping_mul(0xD6E8_FEB8_6659_FD93),
@@ -105,14 +158,23 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             base_identity,
         } = hooks;
         let resume = resume.map(|ck| (ck, checkpoint.clone().unwrap_or_default()));
+        let peers = self.peers();
+        // Every peer starts from rank 0's trained values (a resume replaces them with the
+        // checkpoint's, which every peer reads).
+        let start = peers.from_rank0(values::<B, _>(&module, &self.groups.all()))?;
+        let module = with_values::<B, _>(module, &start);
         let (mut run, mut module) = RunState::start(
             module,
             &self.groups,
             &self.config,
             base_identity,
             resume,
+            peers.world(),
             &self.device,
         )?;
+        let phase_tag = usize::from(run.state.phase == Phase::Retrain);
+        peers.agree_on("the phase to resume in", phase_tag)?;
+        peers.agree_on("the step to resume from", run.state.step)?;
         let mut ctx = Ctx {
             data,
             on_event,
@@ -155,7 +217,8 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             total,
             from: run.state.step,
         };
-        if ctx.emit(start) == Control::Stop {
+        let peers = self.peers();
+        if peers.agree_control(ctx.emit(start))? == Control::Stop {
             return Ok((module, false));
         }
         while run.state.step < total {
@@ -169,7 +232,8 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             run.state.step += 1;
             run.state.positions = ctx.positions();
             let control = ctx.emit(event);
-            if self.end_of_step(control, phase, step, total, &module, run, ctx)? == Control::Stop {
+            let control = self.end_of_step(control, phase, step, total, &module, run, ctx)?;
+            if peers.agree_control(control)? == Control::Stop {
                 return Ok((module, false));
             }
         }
@@ -189,6 +253,15 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         let (lr_lo, lr_up) = (self.config.lower.lr * factor, self.config.upper.lr * factor);
         self.reseed(Phase::Search, step, 0);
         let batch = ctx.data.train.next_batch();
+        let upper_due =
+            self.config.mode == Mode::Bilevel && (step + 1).is_multiple_of(self.config.unroll);
+        // The finite differences' part of the batch, cut before sharding, so that it is the
+        // same examples whatever the number of peers.
+        let fd = match upper_due {
+            true => self.fd_batch(&batch)?.map(|b| self.shard(b)).transpose()?,
+            false => None,
+        };
+        let batch = self.shard(batch)?;
         let ids = match self.config.mode {
             Mode::SingleLevel => run.groups.all(),
             Mode::Bilevel => run.groups.lower.clone(),
@@ -197,24 +270,23 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             self.lower_step(module, run, &batch, &ids, lr_lo, "lower", step)?;
         let mut upper_loss = None;
         let mut hypergradient_norms = None;
-        if self.config.mode == Mode::Bilevel && (step + 1).is_multiple_of(self.config.unroll) {
+        if upper_due {
             let val = ctx.data.val.as_deref_mut().ok_or_else(|| {
                 TrainError::Config("bi-level training needs a validation stream".into())
             })?;
-            let val_batch = val.next_batch();
-            let fd_batch = self.fd_batch(&batch)?;
+            let val_batch = self.shard(val.next_batch())?;
             let mut reseed = |sub: u64| self.reseed(Phase::Search, step, sub);
-            let h = hypergradient(
-                self.problem,
-                &module,
-                &run.groups,
-                fd_batch.as_ref().unwrap_or(&batch),
-                &val_batch,
-                self.config.hypergradient,
-                self.config.gamma,
-                &mut reseed,
-            )
-            .map_err(|e| with_step(e, step))?;
+            let peers = self.peers();
+            let h = self
+                .level(&module, &peers)
+                .hypergradient(
+                    &run.groups,
+                    Part::of(fd.as_ref().unwrap_or(&batch)),
+                    Part::of(&val_batch),
+                    self.config.hypergradient,
+                    &mut reseed,
+                )
+                .map_err(|e| with_step(e, step))?;
             check_finite("upper loss", h.upper_loss, step)?;
             hypergradient_norms = Some((h.direct_norm, h.mixed_norm));
             let mut hg = h.grad;
@@ -266,7 +338,7 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         let stream = ctx.data.retrain.as_deref_mut().ok_or_else(|| {
             TrainError::Config("the retraining phase needs a retraining stream".into())
         })?;
-        let batch = stream.next_batch();
+        let batch = self.shard(stream.next_batch())?;
         let ids = run.groups.lower.clone();
         let (loss, module) = self.lower_step(module, run, &batch, &ids, lr, "retraining", step)?;
         let event = Event::Step {
@@ -281,22 +353,24 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         Ok((module, event))
     }
 
-    /// An AdamW step of the lower optimiser on `ids` with `L + γR` on `batch`; returns the
-    /// objective's value and the updated module.
+    /// An AdamW step of the lower optimiser on `ids` with `L + γR` on `batch` (averaged over
+    /// the peers); returns the objective's value and the updated module.
     #[allow(clippy::too_many_arguments)]
     fn lower_step(
         &self,
         module: P::Module,
         run: &mut RunState<B, P::Module>,
-        batch: &P::Batch,
+        batch: &Shard<P::Batch>,
         ids: &[ParamId],
         lr: f64,
         what: &str,
         step: usize,
     ) -> Result<(f64, P::Module), TrainError> {
-        let (loss, grads) = lower_objective_grads(self.problem, &module, batch, self.config.gamma);
+        let peers = self.peers();
+        let (loss, mut g) = self
+            .level(&module, &peers)
+            .lower_grads(Part::of(batch), ids)?;
         check_finite(&format!("{what} loss"), loss, step)?;
-        let mut g = gradients::<B, _>(&grads, &module, ids);
         self.clip(&mut g, &format!("{what} gradient"), step)?;
         let gp = to_gradients_params::<B, _>(&module, &g);
         Ok((loss, run.lower_opt.step(lr, module, gp)))
@@ -322,8 +396,9 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
             }
         }
         let checkpoints = self.config.checkpoint_every.is_some();
+        let writes = self.peers().rank() == 0;
         if self.due(self.config.checkpoint_every, run.state.step) || (last && checkpoints) {
-            if let Some(path) = ctx.checkpoint.clone() {
+            if let Some(path) = ctx.checkpoint.clone().filter(|_| writes) {
                 run.save(module, &path)?;
                 let c = ctx.emit(Event::Checkpoint {
                     phase: run.state.phase,

@@ -7,11 +7,12 @@ use bidora_adapters::regularizer::{orthogonality, OrthoOptions};
 use bidora_adapters::{
     join_path, AdaptedLinear, AdapterConfig, AdapterHost, AdapterMethod, ParamPartition,
 };
+use bidora_bilevel::distributed::Collective;
 use bidora_bilevel::params::values;
 use bidora_bilevel::{
-    hypergradient, BatchStream, BilevelProblem, Checkpoint, Control, Data, Evaluation, Event,
-    Hooks, Hypergradient, LevelConfig, Mode, ParamGroups, Phase, RetrainConfig, Schedule,
-    ShuffledBatches, TrainConfig, TrainError, Trainer,
+    hypergradient, shard_rows, BatchStream, BilevelProblem, Checkpoint, Control, Data, Evaluation,
+    Event, Hooks, Hypergradient, LevelConfig, Mode, ParamGroups, Phase, RetrainConfig, Schedule,
+    Shard, ShuffledBatches, TrainConfig, TrainError, Trainer,
 };
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
@@ -502,6 +503,13 @@ impl BilevelProblem<AB> for Regression {
         let n = ((x.dims()[0] as f64 * fraction).ceil() as usize).max(1);
         Some((x.clone().slice(0..n), y.clone().slice(0..n)))
     }
+    fn shard(&self, (x, y): &Batch, rank: usize, world: usize) -> Option<Shard<Batch>> {
+        let rows = shard_rows(x.dims()[0], rank, world);
+        let weight = rows.len() as f64;
+        let batch =
+            (!rows.is_empty()).then(|| (x.clone().slice(rows.clone()), y.clone().slice(rows)));
+        Some(Shard { batch, weight })
+    }
     fn regularizer(&self, net: &Net<AB>) -> Option<Tensor<AB, 1>> {
         if self.gamma_reg {
             orthogonality(net, OrthoOptions::default())
@@ -609,15 +617,37 @@ fn run(
     hooks: Hooks<'_, Net<AB>>,
     resume: Option<Checkpoint>,
 ) -> Result<bidora_bilevel::Outcome<Net<AB>>, TrainError> {
+    run_on(cfg, module, hooks, resume, None)
+}
+
+/// The training and validation examples of [`run`], made once: their teacher draws from the
+/// process-wide generator, which peers running as threads would otherwise race for.
+fn run_data() -> &'static (Vec<Example>, Vec<Example>) {
+    static DATA: std::sync::OnceLock<(Vec<Example>, Vec<Example>)> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| (examples(48, 1, false), examples(16, 2, true)))
+}
+
+/// [`run`] as one of the peers of `collective`, or alone.
+fn run_on(
+    cfg: &TrainConfig,
+    module: Net<AB>,
+    hooks: Hooks<'_, Net<AB>>,
+    resume: Option<Checkpoint>,
+    collective: Option<&dyn Collective<NdArray<f32>>>,
+) -> Result<bidora_bilevel::Outcome<Net<AB>>, TrainError> {
     let problem = Regression { gamma_reg: true };
     let groups = {
         let p = ParamPartition::of(&module);
         ParamGroups::new(p.lower(), p.upper())
     };
-    let trainer = Trainer::new(&problem, groups, cfg.clone(), dev())?;
-    let mut train = stream(examples(48, 1, false), 11);
-    let mut val = stream(examples(16, 2, true), 12);
-    let mut both = stream([examples(48, 1, false), examples(16, 2, true)].concat(), 13);
+    let mut trainer = Trainer::new(&problem, groups, cfg.clone(), dev())?;
+    if let Some(c) = collective {
+        trainer = trainer.with_peers(c);
+    }
+    let (train_set, val_set) = run_data();
+    let mut train = stream(train_set.clone(), 11);
+    let mut val = stream(val_set.clone(), 12);
+    let mut both = stream([train_set.clone(), val_set.clone()].concat(), 13);
     trainer.run(
         module,
         Data {
@@ -1177,4 +1207,256 @@ fn bad_configurations_are_refused() {
         .unwrap();
     assert!(err.to_string().contains("single-level"), "{err}");
     let _ = values::<AB, _>(&module, &part.lower());
+}
+
+// ---------------------------------------------------------------- data parallelism
+
+/// A sum over threads of this process, for the engine's tests without `burn-collective`: the
+/// peers meet at a generation barrier and every peer takes the same sum.
+#[derive(Clone)]
+struct ThreadSum {
+    rank: usize,
+    world: usize,
+    shared: std::sync::Arc<(std::sync::Mutex<Round>, std::sync::Condvar)>,
+}
+
+#[derive(Default)]
+struct Round {
+    generation: u64,
+    arrived: usize,
+    acc: Vec<f32>,
+    result: Vec<f32>,
+}
+
+fn thread_sums(world: usize) -> Vec<ThreadSum> {
+    let shared = std::sync::Arc::new(Default::default());
+    (0..world)
+        .map(|rank| ThreadSum {
+            rank,
+            world,
+            shared: std::sync::Arc::clone(&shared),
+        })
+        .collect()
+}
+
+impl Collective<NdArray<f32>> for ThreadSum {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn all_reduce_sum(
+        &self,
+        t: Tensor<NdArray<f32>, 1>,
+    ) -> Result<Tensor<NdArray<f32>, 1>, TrainError> {
+        let device = t.device();
+        let mine = host(t);
+        let (lock, cv) = &*self.shared;
+        let mut round = lock.lock().unwrap();
+        let generation = round.generation;
+        if round.arrived == 0 {
+            round.acc = vec![0.0; mine.len()];
+        }
+        for (a, x) in round.acc.iter_mut().zip(&mine) {
+            *a += x;
+        }
+        round.arrived += 1;
+        if round.arrived == self.world {
+            round.result = std::mem::take(&mut round.acc);
+            round.arrived = 0;
+            round.generation += 1;
+            cv.notify_all();
+        } else {
+            while round.generation == generation {
+                round = cv.wait(round).unwrap();
+            }
+        }
+        let n = round.result.len();
+        Ok(Tensor::from_data(
+            TensorData::new(round.result.clone(), [n]),
+            &device,
+        ))
+    }
+}
+
+/// The configurations of the data-parallel tests: 5 steps of single-level training (LoRA /
+/// DoRA style) and of BiDoRA with DARTS plus 2 retraining steps; no dropout, so that the
+/// peers' results can equal one peer's.
+fn parallel_configs() -> Vec<(&'static str, TrainConfig)> {
+    let darts = Hypergradient::Darts {
+        alpha: 0.01,
+        xi: 1.0,
+    };
+    let bilevel = TrainConfig {
+        retrain: Some(RetrainConfig {
+            iterations: 2,
+            level: LevelConfig {
+                weight_decay: 0.0,
+                ..LevelConfig::with_lr(3e-2)
+            },
+        }),
+        ..config(Mode::Bilevel, 5, darts)
+    };
+    vec![
+        ("single level", config(Mode::SingleLevel, 5, darts)),
+        ("bi-level DARTS + retraining", bilevel),
+    ]
+}
+
+/// Makes peer `rank`'s end of a run's collective, on the peer's own thread (Burn's peers
+/// register with each other there).
+type Join<'a> = dyn Fn(usize) -> Box<dyn Collective<NdArray<f32>>> + Sync + 'a;
+
+/// Each peer a thread running the whole engine from its own start, writing its checkpoints
+/// to its own path: every peer's trained values.
+fn train_on_peers(
+    cfg: &TrainConfig,
+    starts: Vec<Net<AB>>,
+    join: &Join<'_>,
+    checkpoints: &[std::path::PathBuf],
+) -> Vec<Result<Vec<Vec<f32>>, TrainError>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = checkpoints
+            .iter()
+            .zip(starts)
+            .enumerate()
+            .map(|(rank, (path, module))| {
+                scope.spawn(move || {
+                    let peer = join(rank);
+                    let hooks = Hooks {
+                        checkpoint: Some(path.clone()),
+                        ..Hooks::default()
+                    };
+                    run_on(cfg, module, hooks, None, Some(peer.as_ref()))
+                        .map(|o| snapshot(&o.module))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], tol: f32, what: &str) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= tol, "{what}: tensor {i} differs by {worst}");
+    }
+}
+
+/// Checks that `world` peers made by `make` train like one peer on the whole batch, that only
+/// rank 0 writes checkpoints, and that their checkpoint does not resume alone.
+fn check_peers_match_one(new_run: &dyn Fn(usize) -> Box<Join<'static>>) {
+    let dir = tempfile::tempdir().unwrap();
+    // Peers initialised differently on purpose: they must start from rank 0's values.
+    let m0 = net(0.0, 5);
+    let other = net_init(0.0, 5, 77);
+    for (what, cfg) in parallel_configs() {
+        let cfg = TrainConfig {
+            checkpoint_every: Some(2),
+            ..cfg
+        };
+        let alone = snapshot(
+            &run(&cfg, m0.clone(), Hooks::default(), None)
+                .unwrap()
+                .module,
+        );
+        // Two peers share the batches of 8 evenly, three unevenly (2, 3, 3 rows).
+        for world in [2usize, 3] {
+            let paths: Vec<_> = (0..world)
+                .map(|r| dir.path().join(format!("{what}-{world}-{r}.ckpt")))
+                .collect();
+            let starts = (0..world)
+                .map(|r| if r == 0 { m0.clone() } else { other.clone() })
+                .collect();
+            let outs = train_on_peers(&cfg, starts, new_run(world).as_ref(), &paths);
+            for (rank, out) in outs.into_iter().enumerate() {
+                let out = out.unwrap();
+                let what = format!("{what}, {world} peers, rank {rank}");
+                // Sums in another order; the central difference divides by 2ε: 6e-7 seen.
+                assert_close(&out, &alone, 2e-6, &what);
+            }
+            assert!(paths[0].exists(), "rank 0 writes the checkpoint");
+            for path in &paths[1..] {
+                assert!(!path.exists(), "only rank 0 writes checkpoints");
+            }
+            // A run of `world` peers does not resume alone.
+            let ck = Checkpoint::load(&paths[0]).unwrap();
+            assert_eq!(ck.state.world, world);
+            let err = run(&cfg, m0.clone(), Hooks::default(), Some(ck))
+                .err()
+                .unwrap();
+            let want = format!("{world} peer(s), this run has 1");
+            assert!(err.to_string().contains(&want), "{err}");
+        }
+    }
+}
+
+#[test]
+fn peers_train_like_one_peer_on_the_whole_batch() {
+    let _guard = serial();
+    check_peers_match_one(&|world| {
+        let sums = thread_sums(world);
+        Box::new(move |rank| Box::new(sums[rank].clone()))
+    });
+}
+
+/// The same with Burn's `burn-collective` as the transport.
+#[cfg(feature = "collective")]
+#[test]
+fn burn_collective_peers_train_like_one_peer_on_the_whole_batch() {
+    use bidora_bilevel::collective::LocalPeers;
+    let _guard = serial();
+    check_peers_match_one(&|world| {
+        let peers = LocalPeers::new(world, std::time::Duration::from_secs(60));
+        Box::new(move |rank| Box::new(peers.join::<NdArray<f32>>(rank, dev()).unwrap()))
+    });
+}
+
+/// A peer of two whose fellow sends what it sends: never blocks.
+struct Mirror;
+impl Collective<NdArray<f32>> for Mirror {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(
+        &self,
+        t: Tensor<NdArray<f32>, 1>,
+    ) -> Result<Tensor<NdArray<f32>, 1>, TrainError> {
+        Ok(t.mul_scalar(2.0))
+    }
+}
+
+#[test]
+fn a_problem_that_cannot_shard_refuses_several_peers() {
+    let _guard = serial();
+    let problem = Recording {
+        inner: Regression { gamma_reg: false },
+        splits: true,
+        seen: Default::default(),
+    };
+    let module = net(0.0, 5);
+    let p = ParamPartition::of(&module);
+    let cfg = config(Mode::SingleLevel, 1, Hypergradient::FirstOrder);
+    let trainer = Trainer::new(&problem, ParamGroups::single(p.trainable()), cfg, dev())
+        .unwrap()
+        .with_peers(&Mirror);
+    let mut train = stream(examples(8, 1, false), 11);
+    let data = Data {
+        train: &mut train,
+        val: None,
+        retrain: None,
+    };
+    let err = trainer
+        .run(module, data, Hooks::default(), None)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("shards its batches"), "{err}");
 }

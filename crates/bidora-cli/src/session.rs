@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use bidora_adapters::peft::PeftAdapter;
 use bidora_adapters::regularizer::{orthogonality, OrthoOptions};
 use bidora_adapters::tensor_io::HostTensor;
 use bidora_adapters::{AdaptedLinear, AdapterConfig, AdapterHost};
-use bidora_bilevel::BilevelProblem;
+use bidora_bilevel::{shard_rows, BilevelProblem, Shard};
 use bidora_data::batch::{
     collate, collate_causal, BatchLabels, CausalRow, Encoding, HostBatch, IGNORE_INDEX,
 };
@@ -142,25 +143,45 @@ pub struct Batch<B: Backend> {
 }
 
 impl<B: Backend> Batch<B> {
-    /// Its first `n` examples (all of them when `n` is larger), cut to their longest input:
-    /// padding is on the right, so the dropped columns hold only padding.
+    /// Its first `n` examples (all of them when `n` is larger, at least one), cut to their
+    /// longest input.
     pub fn first(&self, n: usize) -> Self {
+        let rows = self.ids.dims()[0];
+        self.rows(0..n.clamp(1, rows.max(1)))
+    }
+
+    /// The examples `range` (clamped to the batch; non-empty), cut to their longest input:
+    /// padding is on the right, so the dropped columns hold only padding.
+    pub fn rows(&self, range: Range<usize>) -> Self {
         let [rows, cols] = self.ids.dims();
-        let n = n.clamp(1, rows.max(1));
-        let lens = self.mask.clone().slice(0..n).sum_dim(1).max();
+        let end = range.end.clamp(1, rows.max(1));
+        let range = range.start.min(end - 1)..end;
+        let lens = self.mask.clone().slice(range.clone()).sum_dim(1).max();
         let len = (lens.into_scalar().elem::<i64>().max(1) as usize).min(cols);
-        let cut = |t: &Tensor<B, 2, Int>| t.clone().slice([0..n, 0..len]);
+        let cut = |t: &Tensor<B, 2, Int>| t.clone().slice([range.clone(), 0..len]);
         Batch {
             ids: cut(&self.ids),
             mask: cut(&self.mask),
             types: cut(&self.types),
             labels: match &self.labels {
                 Labels::None => Labels::None,
-                Labels::Classes(c) => Labels::Classes(c.clone().slice(0..n)),
-                Labels::Scores(v) => Labels::Scores(v.clone().slice(0..n)),
+                Labels::Classes(c) => Labels::Classes(c.clone().slice(range.clone())),
+                Labels::Scores(v) => Labels::Scores(v.clone().slice(range.clone())),
                 Labels::Tags(t) => Labels::Tags(cut(t)),
-                Labels::Completion(c) => Labels::Completion(c.first(n, len)),
+                Labels::Completion(c) => Labels::Completion(c.rows(range.clone(), len)),
             },
+        }
+    }
+
+    /// The loss units its mean loss averages over: examples, tagged words or target tokens.
+    pub fn loss_units(&self) -> f64 {
+        match &self.labels {
+            Labels::Tags(t) => {
+                let tagged = t.clone().not_equal_elem(IGNORE_INDEX).int().sum();
+                tagged.into_scalar().elem::<i64>() as f64
+            }
+            Labels::Completion(c) => c.len() as f64,
+            _ => self.ids.dims()[0] as f64,
         }
     }
 }
@@ -191,12 +212,13 @@ impl<B: Backend> Completion<B> {
         }
     }
 
-    /// The labels of the first `rows` rows cut to `cols` columns.
-    fn first(&self, rows: usize, cols: usize) -> Self {
+    /// The labels of the rows `range` cut to `cols` columns.
+    fn rows(&self, range: Range<usize>, cols: usize) -> Self {
         let host: Vec<i64> = self
             .host
             .chunks(self.seq_len.max(1))
-            .take(rows)
+            .skip(range.start)
+            .take(range.len())
             .flat_map(|r| r[..cols.min(r.len())].iter().copied())
             .collect();
         Completion::new(host, cols, &self.positions.device())
@@ -545,6 +567,22 @@ impl<B: AutodiffBackend> BilevelProblem<B> for TaskProblem {
     fn sub_batch(&self, batch: &Batch<B>, fraction: f64) -> Option<Batch<B>> {
         let rows = batch.ids.dims()[0];
         Some(batch.first((rows as f64 * fraction).ceil() as usize))
+    }
+
+    fn shard(&self, batch: &Batch<B>, rank: usize, world: usize) -> Option<Shard<Batch<B>>> {
+        let range = shard_rows(batch.ids.dims()[0], rank, world);
+        if range.is_empty() {
+            return Some(Shard {
+                batch: None,
+                weight: 0.0,
+            });
+        }
+        let part = batch.rows(range);
+        let weight = part.loss_units();
+        Some(Shard {
+            batch: Some(part),
+            weight,
+        })
     }
 
     fn regularizer(&self, module: &TaskModel<B>) -> Option<Tensor<B, 1>> {
@@ -918,6 +956,26 @@ mod tests {
                 }
             })),
         }
+    }
+
+    #[test]
+    fn shards_cut_rows_and_weigh_them_by_their_tagged_words() {
+        let b = batch::<B>();
+        let problem = TaskProblem { ortho: None };
+        // Three rows of lengths 2, 4, 1 over two peers: row 0 and rows 1-2.
+        let shard = |rank| BilevelProblem::<AB>::shard(&problem, &batch::<AB>(), rank, 2).unwrap();
+        let (first, second) = (shard(0), shard(1));
+        assert_eq!(first.weight, 2.0);
+        assert_eq!(second.weight, 5.0);
+        assert_eq!(
+            host(second.batch.unwrap().ids),
+            vec![110, 111, 112, 113, 120, 0, 0, 0]
+        );
+        assert_eq!(host(first.batch.unwrap().ids), vec![100, 101]);
+        // More peers than rows: the first of four has nothing (rows 0..0), with weight 0.
+        let none = BilevelProblem::<AB>::shard(&problem, &batch::<AB>(), 0, 4).unwrap();
+        assert!(none.batch.is_none() && none.weight == 0.0);
+        assert_eq!(b.loss_units(), 7.0);
     }
 
     #[test]

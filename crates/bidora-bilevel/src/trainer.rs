@@ -160,9 +160,14 @@ impl<'p, B: AutodiffBackend, P: BilevelProblem<B>> Trainer<'p, B, P> {
         let resume = resume.map(|ck| (ck, checkpoint.clone().unwrap_or_default()));
         let peers = self.peers();
         // Every peer starts from rank 0's trained values (a resume replaces them with the
-        // checkpoint's, which every peer reads).
-        let start = peers.from_rank0(values::<B, _>(&module, &self.groups.all()))?;
-        let module = with_values::<B, _>(module, &start);
+        // checkpoint's, which every peer reads); alone, the module is left as it is.
+        let module = match peers.is_distributed() {
+            true => {
+                let start = peers.from_rank0(values::<B, _>(&module, &self.groups.all()))?;
+                with_values::<B, _>(module, &start)
+            }
+            false => module,
+        };
         let (mut run, mut module) = RunState::start(
             module,
             &self.groups,

@@ -183,6 +183,9 @@ pub enum BackendError {
         /// The backends that are available, comma separated.
         compiled: String,
     },
+    /// [`run_peers`] was given no device, or devices of different backends.
+    #[error("data-parallel peers need one or more devices of one backend, got `{0}`")]
+    Peers(String),
 }
 
 /// One generic computation, monomorphised for the backend chosen at run time by [`run`].
@@ -194,6 +197,26 @@ pub trait BackendTask {
     type Output;
     /// Runs the task on `device` of backend `B`.
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+}
+
+/// A [`BackendTask`] over several devices of one backend (data-parallel peers), run by
+/// [`run_peers`].
+pub trait PeersTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on `devices` (one or more, in rank order) of backend `B`.
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+/// A single-device task as a [`PeersTask`] of one device.
+struct One<T>(T);
+
+impl<T: BackendTask> PeersTask for One<T> {
+    type Output = T::Output;
+    fn run<B: AutodiffBackend>(self, mut devices: Vec<B::Device>) -> T::Output {
+        // `run_peers` passes at least one device.
+        self.0.run::<B>(devices.swap_remove(0))
+    }
 }
 
 /// The concrete backend types, one per compiled feature.
@@ -273,25 +296,63 @@ pub fn run<T: BackendTask>(
     seed: Option<u64>,
     task: T,
 ) -> Result<T::Output, BackendError> {
-    match device.kind {
+    run_peers(std::slice::from_ref(device), seed, One(task))
+}
+
+/// Runs `task` on `devices` (e.g. `cuda:0,cuda:1`, or `cpu,cpu` for CPU peers), after seeding
+/// the first with `seed` on the calling thread when one is given; a task that starts a thread
+/// per device seeds the others itself ([`seed`]).
+///
+/// Fails with [`BackendError::Peers`] for an empty list or one that mixes backends, and with
+/// [`BackendError::NotCompiled`] when the backend was not built in.
+pub fn run_peers<T: PeersTask>(
+    devices: &[Device],
+    seed: Option<u64>,
+    task: T,
+) -> Result<T::Output, BackendError> {
+    let names = || {
+        devices
+            .iter()
+            .map(Device::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let Some(first) = devices.first() else {
+        return Err(BackendError::Peers(names()));
+    };
+    if devices.iter().any(|d| d.kind != first.kind) {
+        return Err(BackendError::Peers(names()));
+    }
+    match first.kind {
         #[cfg(feature = "ndarray")]
         BackendKind::Ndarray => {
-            let dev = burn::backend::ndarray::NdArrayDevice::Cpu;
-            Ok(run_with::<types::NdArrayAutodiff, T>(dev, seed, task))
+            let dev = |_: &Device| burn::backend::ndarray::NdArrayDevice::Cpu;
+            Ok(run_with::<types::NdArrayAutodiff, T>(
+                devices.iter().map(dev).collect(),
+                seed,
+                task,
+            ))
         }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
-            let dev = if device.index == 0 {
-                burn::backend::wgpu::WgpuDevice::default()
-            } else {
-                burn::backend::wgpu::WgpuDevice::DiscreteGpu(device.index)
+            let dev = |d: &Device| match d.index {
+                0 => burn::backend::wgpu::WgpuDevice::default(),
+                i => burn::backend::wgpu::WgpuDevice::DiscreteGpu(i),
             };
-            Ok(run_with::<types::WgpuAutodiff, T>(dev, seed, task))
+            Ok(run_with::<types::WgpuAutodiff, T>(
+                devices.iter().map(dev).collect(),
+                seed,
+                task,
+            ))
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
-            let dev = burn::backend::cuda::CudaDevice::new(device.index);
-            Ok(run_with::<types::CudaAutodiff, T>(dev, seed, task))
+            let dev = |d: &Device| burn::backend::cuda::CudaDevice::new(d.index);
+            Ok(run_with::<types::CudaAutodiff, T>(
+                devices.iter().map(dev).collect(),
+                seed,
+                task,
+            ))
         }
         #[allow(unreachable_patterns)]
         kind => {
@@ -314,15 +375,15 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     not(any(feature = "ndarray", feature = "wgpu", feature = "cuda")),
     allow(dead_code)
 )]
-fn run_with<B: AutodiffBackend, T: BackendTask>(
-    device: B::Device,
+fn run_with<B: AutodiffBackend, T: PeersTask>(
+    devices: Vec<B::Device>,
     seed: Option<u64>,
     task: T,
 ) -> T::Output {
     if let Some(s) = seed {
-        self::seed::<B>(&device, s);
+        self::seed::<B>(&devices[0], s);
     }
-    task.run::<B>(device)
+    task.run::<B>(devices)
 }
 
 /// Writes one test module per compiled backend, so that the same generic test code runs on
@@ -484,6 +545,30 @@ mod tests {
             let out = run(&Device::new(kind), Some(1), Mean(vec![1.0, 2.0, 6.0])).unwrap();
             assert_eq!(out, 3.0, "backend {kind}");
         }
+    }
+
+    /// Counts the devices it was given.
+    struct Count;
+    impl PeersTask for Count {
+        type Output = usize;
+        fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> usize {
+            devices.len()
+        }
+    }
+
+    #[test]
+    fn peers_get_every_device_and_refuse_none_or_mixed_backends() {
+        let cpu = Device::new(BackendKind::Ndarray);
+        assert_eq!(run_peers(&[cpu, cpu, cpu], None, Count), Ok(3));
+        assert_eq!(
+            run_peers(&[], None, Count),
+            Err(BackendError::Peers(String::new()))
+        );
+        let mixed = [cpu, "cuda:1".parse().unwrap()];
+        assert_eq!(
+            run_peers(&mixed, None, Count),
+            Err(BackendError::Peers("cpu,cuda:1".into()))
+        );
     }
 
     /// What `run` seeded, `random` draws: the host stream's values, uploaded.

@@ -80,6 +80,22 @@ pub struct Knobs {
     #[arg(long, help_heading = "Run")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Data parallelism: one peer per device, comma separated, of one backend (`cuda:0,cuda:1`;
+    /// `cpu,cpu` to try it on a CPU). Each peer trains on its share of every batch; the
+    /// gradients are averaged, so the run follows the one-device run. Replaces --backend.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "DEVICES",
+        help_heading = "Run"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    /// Data parallelism: seconds a peer waits for the others at an exchange before the run
+    /// fails (rank 0 evaluates and checkpoints while the others wait).
+    #[arg(long, value_name = "SECONDS", help_heading = "Run", help = defaults::help("Data parallelism: seconds a peer waits for the others at an exchange before the run fails (rank 0 evaluates and checkpoints while the others wait)", defaults::PEER_TIMEOUT_S))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timeout: Option<f64>,
 
     /// Adapter rank r.
     #[arg(long, help_heading = "Adapter", help = defaults::help("Adapter rank r", defaults::RANK))]
@@ -329,8 +345,10 @@ pub struct Settings {
     pub data: PathBuf,
     /// Method.
     pub method: Method,
-    /// Backend device.
-    pub device: bidora_backend::Device,
+    /// Backend devices, one per data-parallel peer (one device: no peers).
+    pub devices: Vec<bidora_backend::Device>,
+    /// How long a peer waits for the others at an exchange.
+    pub peer_timeout: std::time::Duration,
     /// Run folder.
     pub out: PathBuf,
     /// Seed.
@@ -382,6 +400,47 @@ fn positive(name: &str, v: f64) -> Result<f64, Fail> {
             "`{name}` must be a positive number, got {v}"
         )))
     }
+}
+
+/// The backend knob as saved (none when `devices` is set) and the run's devices: `devices`
+/// (one backend, no repeats except `cpu`), or the one `backend` device.
+fn devices(k: &Knobs) -> Result<(Option<String>, Vec<bidora_backend::Device>), Fail> {
+    let Some(list) = &k.devices else {
+        let backend = k
+            .backend
+            .clone()
+            .unwrap_or_else(|| defaults::BACKEND.into());
+        let device = backend.parse().usage()?;
+        return Ok((Some(backend), vec![device]));
+    };
+    if k.backend.is_some() {
+        return Err(usage(
+            "pass --backend (one device) or --devices (data-parallel peers), not both",
+        ));
+    }
+    let devices = list
+        .iter()
+        .map(|d| d.parse::<bidora_backend::Device>())
+        .collect::<Result<Vec<_>, _>>()
+        .usage()?;
+    let Some(first) = devices.first() else {
+        return Err(usage("`devices` lists no device"));
+    };
+    if devices.iter().any(|d| d.kind != first.kind) {
+        return Err(usage(format!(
+            "`devices` mixes backends ({}): every peer runs on the same backend",
+            list.join(",")
+        )));
+    }
+    let gpu = first.kind != bidora_backend::BackendKind::Ndarray;
+    let mut seen = std::collections::BTreeSet::new();
+    if gpu && !devices.iter().all(|d| seen.insert(d.index)) {
+        return Err(usage(format!(
+            "`devices` names a GPU twice ({}): one peer per device",
+            list.join(",")
+        )));
+    }
+    Ok((None, devices))
 }
 
 /// The adapter of `method` (none for full fine-tuning); the targets are filled in once the
@@ -510,11 +569,16 @@ impl Settings {
             .clone()
             .ok_or_else(|| usage("no data: pass --data DIR (the task's data folder)"))?;
         let method = k.method.unwrap_or(defaults::METHOD);
-        let backend = k
-            .backend
-            .clone()
-            .unwrap_or_else(|| defaults::BACKEND.into());
-        let device: bidora_backend::Device = backend.parse().usage()?;
+        let (backend, devices) = devices(&k)?;
+        let peer_timeout = pick(&k.peer_timeout, defaults::PEER_TIMEOUT_S);
+        let peer_timeout = std::time::Duration::try_from_secs_f64(peer_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                usage(format!(
+                    "`peer_timeout` must be a positive number of seconds, got {peer_timeout}"
+                ))
+            })?;
         let out = k
             .out
             .clone()
@@ -554,7 +618,7 @@ impl Settings {
         let mut filled = k.clone();
         filled.task = Some(task.clone());
         filled.method = Some(method);
-        filled.backend = Some(backend);
+        filled.backend = backend;
         filled.out = Some(out.clone());
         filled.seed = Some(seed);
         filled.batch_size = Some(batch_size);
@@ -565,7 +629,8 @@ impl Settings {
             model,
             data,
             method,
-            device,
+            devices,
+            peer_timeout,
             out,
             seed,
             adapter,

@@ -21,6 +21,8 @@ pub const METHOD: Method = Method::Bidora;
 pub const BACKEND: &str = "cpu";
 /// Seed of the split, the initialisation, the batch order and dropout.
 pub const SEED: u64 = 0;
+/// Data parallelism: seconds a peer waits for the others at an exchange.
+pub const PEER_TIMEOUT_S: f64 = bidora_bilevel::collective::DEFAULT_PEER_TIMEOUT.as_secs_f64();
 /// Adapter rank `r`.
 pub const RANK: usize = 8;
 /// `alpha = ALPHA_PER_RANK × r`, so the update is scaled by 2.

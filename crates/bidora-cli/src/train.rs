@@ -19,7 +19,9 @@ use anyhow::Context;
 use bidora_adapters::peft::{self, SaveOptions};
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterHost, ParamPartition};
-use bidora_backend::BackendTask;
+use bidora_backend::PeersTask;
+use bidora_bilevel::collective::LocalPeers;
+use bidora_bilevel::distributed::Collective;
 use bidora_bilevel::stream::DEFAULT_LENGTH_WINDOW;
 use bidora_bilevel::trainer::{Control, Data, Evaluation, Event, Hooks, Outcome, Phase};
 use bidora_bilevel::{Checkpoint, ParamGroups, ShuffledBatches, TrainConfig, TrainError, Trainer};
@@ -60,9 +62,9 @@ pub fn train(resume: Option<PathBuf>, config: Option<PathBuf>, knobs: Knobs) -> 
     std::fs::create_dir_all(&settings.out)
         .with_context(|| format!("cannot create the run folder `{}`", settings.out.display()))
         .runtime()?;
-    let device = settings.device;
-    bidora_backend::run(
-        &device,
+    let devices = settings.devices.clone();
+    bidora_backend::run_peers(
+        &devices,
         Some(settings.seed),
         Job {
             settings,
@@ -122,27 +124,169 @@ struct Job {
     checkpoint: Option<PathBuf>,
 }
 
-impl BackendTask for Job {
+impl PeersTask for Job {
     type Output = Result<(), Fail>;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Self::Output {
         let started = Instant::now();
-        let s = self.settings;
-        let (prep, model) = Prepared::new::<B>(&s, &device)?;
-        let resume = match &self.checkpoint {
-            Some(path) => Some(load_checkpoint(path, &s.model, &prep.identity)?),
-            None => None,
+        match devices.as_slice() {
+            [device] => self.lead::<B>(device, None, started),
+            _ => self.on_peers::<B>(&devices, started),
+        }
+    }
+}
+
+impl Job {
+    /// Data parallelism: a thread per device, rank 0 on this one. Every peer's error is
+    /// printed; the result is rank 0's, or else the first other peer's.
+    fn on_peers<B: AutodiffBackend>(
+        &self,
+        devices: &[B::Device],
+        started: Instant,
+    ) -> Result<(), Fail> {
+        let peers = LocalPeers::new(devices.len(), self.settings.peer_timeout);
+        let names = self.settings.devices.iter().map(|d| d.to_string());
+        println!(
+            "data parallel: {} peers ({}), each on its share of every batch of {}",
+            devices.len(),
+            names.collect::<Vec<_>>().join(", "),
+            self.settings.batch_size
+        );
+        std::thread::scope(|scope| {
+            let others: Vec<_> = (1..devices.len())
+                .map(|rank| {
+                    let (job, peers, device) = (self, &peers, &devices[rank]);
+                    scope.spawn(move || job.as_peer::<B>(rank, device, peers, started))
+                })
+                .collect();
+            let mut result = self.as_peer::<B>(0, &devices[0], &peers, started);
+            for (i, other) in others.into_iter().enumerate() {
+                let rank = i + 1;
+                let r = other
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("peer {rank} panicked").into()));
+                if let Err(e) = r {
+                    eprintln!(
+                        "error on peer {rank} ({}): {:#}",
+                        self.settings.devices[rank], e.error
+                    );
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+            result
+        })
+    }
+
+    /// Peer `rank` of a data-parallel run; marks the run failed when it fails (or panics),
+    /// so that the others stop at their next exchange instead of waiting out the timeout.
+    fn as_peer<B: AutodiffBackend>(
+        &self,
+        rank: usize,
+        device: &B::Device,
+        peers: &LocalPeers,
+        started: Instant,
+    ) -> Result<(), Fail> {
+        let _guard = FailOnPanic(peers);
+        bidora_backend::seed::<B>(device, self.settings.seed);
+        let r = match rank {
+            0 => self.lead::<B>(device, Some(peers), started),
+            _ => self.follow::<B>(rank, device, peers),
         };
+        if r.is_err() {
+            peers.fail();
+        }
+        r
+    }
+
+    /// The run alone, or rank 0 of several peers: trains with every hook (progress, log,
+    /// evaluation, checkpoints) and writes the run's files.
+    fn lead<B: AutodiffBackend>(
+        &self,
+        device: &B::Device,
+        peers: Option<&LocalPeers>,
+        started: Instant,
+    ) -> Result<(), Fail> {
+        let s = &self.settings;
+        let (prep, model) = Prepared::new::<B>(s, device)?;
+        let resume = self.resume(s, &prep)?;
         if resume.is_none() {
             // Written once the inputs are known to be good, so a failed start leaves no run.
             let text = toml::to_string(&s.knobs).map_err(anyhow::Error::from)?;
             atomic_write(&s.out.join(CONFIG_FILE), text.as_bytes()).runtime()?;
         }
+        let collective = match peers {
+            Some(p) => Some(
+                p.join::<B::InnerBackend>(0, device.clone())
+                    .map_err(train_error)?,
+            ),
+            None => None,
+        };
+        let collective = collective
+            .as_ref()
+            .map(|c| c as &dyn Collective<B::InnerBackend>);
         let resumed = resume.is_some();
-        let (outcome, untrained) = train_model(&s, &prep, model, resume, &device)?;
-        let saved = save_model(&s, &prep, &outcome.module)?;
-        let report = write_report(&s, &prep, &outcome, untrained, resumed, &saved, started)?;
+        let (outcome, untrained) = train_model(s, &prep, model, resume, device, collective)?;
+        let saved = save_model(s, &prep, &outcome.module)?;
+        let report = write_report(s, &prep, &outcome, untrained, resumed, &saved, started)?;
         print_summary(&report, &saved);
         Ok(())
+    }
+
+    /// Peer `rank` > 0: the same model, streams and engine as rank 0, without hooks; its
+    /// trained module is rank 0's, so nothing is kept.
+    fn follow<B: AutodiffBackend>(
+        &self,
+        rank: usize,
+        device: &B::Device,
+        peers: &LocalPeers,
+    ) -> Result<(), Fail> {
+        let s = &self.settings;
+        let (prep, model) = Prepared::new::<B>(s, device)?;
+        let resume = self.resume(s, &prep)?;
+        let collective = peers
+            .join::<B::InnerBackend>(rank, device.clone())
+            .map_err(train_error)?;
+        let make = prep.batch_maker(s, device);
+        let mut streams = prep.streams(s, &make)?;
+        let problem = prep.problem(s);
+        let hooks = Hooks {
+            base_identity: Some(prep.identity.encode()),
+            ..Hooks::default()
+        };
+        prep.trainer::<B>(&problem, device)?
+            .with_peers(&collective)
+            .run(model, streams.data(), hooks, resume)
+            .map_err(train_error)?;
+        Ok(())
+    }
+
+    /// The checkpoint to resume from, checked against the base model.
+    fn resume(&self, s: &Settings, prep: &Prepared) -> Result<Option<Checkpoint>, Fail> {
+        match &self.checkpoint {
+            Some(path) => Ok(Some(load_checkpoint(path, &s.model, &prep.identity)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Marks a data-parallel run failed when its peer's thread unwinds.
+struct FailOnPanic<'a>(&'a LocalPeers);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail();
+        }
+    }
+}
+
+/// An engine error in the CLI's classes.
+fn train_error(e: TrainError) -> Fail {
+    match e {
+        e @ TrainError::Config(_) => usage(e),
+        e @ TrainError::BaseChanged { .. } => input(e),
+        e => anyhow::Error::from(e).into(),
     }
 }
 
@@ -368,12 +512,64 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// Makes the device batch of some examples. Every batch was checked in
+    /// [`Prepared::new`]; one that fails now trains on nothing.
+    fn batch_maker<'a, B: AutodiffBackend>(
+        &'a self,
+        s: &'a Settings,
+        device: &'a B::Device,
+    ) -> impl Fn(&[&Example]) -> Batch<B> + 'a {
+        move |items: &[&Example]| {
+            let host = self
+                .host_batch(s, items)
+                .unwrap_or_else(|_| collate(items, &self.tok, s.max_length));
+            to_device::<B>(&host, device)
+        }
+    }
+
+    /// The run's training problem.
+    fn problem(&self, s: &Settings) -> TaskProblem {
+        TaskProblem {
+            ortho: (s.method == Method::Bidora).then_some(OrthoOptions {
+                squared: s.squared_ortho,
+            }),
+        }
+    }
+
+    /// The engine over `problem`, with this run's parameter groups and configuration.
+    fn trainer<'p, B: AutodiffBackend>(
+        &self,
+        problem: &'p TaskProblem,
+        device: &B::Device,
+    ) -> Result<Trainer<'p, B, TaskProblem>, Fail> {
+        Trainer::new(
+            problem,
+            self.groups.clone(),
+            self.config.clone(),
+            device.clone(),
+        )
+        .usage()
+    }
+}
+
 type Stream<'a, B> = ShuffledBatches<Example, &'a dyn Fn(&[&Example]) -> Batch<B>>;
 
 struct Streams<'a, B: AutodiffBackend> {
     train: Stream<'a, B>,
     val: Option<Stream<'a, B>>,
     retrain: Option<Stream<'a, B>>,
+}
+
+impl<'a, B: AutodiffBackend> Streams<'a, B> {
+    /// The streams as the engine reads them.
+    fn data(&mut self) -> Data<'_, Batch<B>> {
+        Data {
+            train: &mut self.train,
+            val: self.val.as_mut().map(|v| v as _),
+            retrain: self.retrain.as_mut().map(|v| v as _),
+        }
+    }
 }
 
 /// Reads the checkpoint and refuses it when the base model's files changed since it was
@@ -399,6 +595,7 @@ fn train_model<B: AutodiffBackend>(
     model: TaskModel<B>,
     resume: Option<Checkpoint>,
     device: &B::Device,
+    peers: Option<&dyn Collective<B::InnerBackend>>,
 ) -> Result<(Outcome<TaskModel<B>>, Option<Evaluation>), Fail> {
     let baseline = match &resume {
         None => {
@@ -417,13 +614,7 @@ fn train_model<B: AutodiffBackend>(
     )?;
     let untrained = baseline.or(recovered);
 
-    // Every batch was checked in `Prepared::new`; one that fails now trains on nothing.
-    let make = |items: &[&Example]| {
-        let host = prep
-            .host_batch(s, items)
-            .unwrap_or_else(|_| collate(items, &prep.tok, s.max_length));
-        to_device::<B>(&host, device)
-    };
+    let make = prep.batch_maker(s, device);
     let mut streams = prep.streams(s, &make)?;
     let eval_error: RefCell<Option<Fail>> = RefCell::new(None);
     let mut run_eval = |m: &TaskModel<B>| -> Evaluation {
@@ -441,25 +632,14 @@ fn train_model<B: AutodiffBackend>(
             None => Control::Continue,
         }
     };
-    let problem = TaskProblem {
-        ortho: (s.method == Method::Bidora).then_some(OrthoOptions {
-            squared: s.squared_ortho,
-        }),
-    };
-    let trainer = Trainer::<B, TaskProblem>::new(
-        &problem,
-        prep.groups.clone(),
-        prep.config.clone(),
-        device.clone(),
-    )
-    .usage()?;
+    let problem = prep.problem(s);
+    let mut trainer = prep.trainer::<B>(&problem, device)?;
+    if let Some(p) = peers {
+        trainer = trainer.with_peers(p);
+    }
     let outcome = trainer.run(
         model,
-        Data {
-            train: &mut streams.train,
-            val: streams.val.as_mut().map(|v| v as _),
-            retrain: streams.retrain.as_mut().map(|v| v as _),
-        },
+        streams.data(),
         Hooks {
             on_event: Some(&mut on_event),
             evaluate: Some(&mut run_eval),
@@ -473,12 +653,7 @@ fn train_model<B: AutodiffBackend>(
     if let Some(e) = eval_error.borrow_mut().take() {
         return Err(e);
     }
-    match outcome {
-        Ok(o) => Ok((o, untrained)),
-        Err(e @ TrainError::Config(_)) => Err(usage(e)),
-        Err(e @ TrainError::BaseChanged { .. }) => Err(input(e)),
-        Err(e) => Err(anyhow::Error::from(e).into()),
-    }
+    outcome.map(|o| (o, untrained)).map_err(train_error)
 }
 
 fn print_baseline(s: &Settings, prep: &Prepared, b: &Evaluation) {

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use bidora_adapters::regularizer::OrthoOptions;
 use bidora_adapters::{AdapterConfig, AdapterMethod, NormMode};
-use bidora_benches::{bench_iteration, selected, Iteration, AD, BIDORA};
-use bidora_bilevel::BilevelProblem;
+use bidora_benches::{bench_iteration, bench_iteration_on_peers, selected, Iteration, AD, BIDORA};
+use bidora_bilevel::{shard_rows, BilevelProblem, Shard};
 use bidora_models::heads::{cross_entropy, BertForSequenceClassification};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -88,6 +88,21 @@ impl BilevelProblem<AD> for Classification {
             inputs.clone().map(|t| t.slice(0..n)),
             labels.clone().slice(0..n),
         ))
+    }
+    /// Rows by rank (no padding, so each example weighs the same).
+    fn shard(&self, (inputs, labels): &Batch, rank: usize, world: usize) -> Option<Shard<Batch>> {
+        let rows = shard_rows(labels.dims()[0], rank, world);
+        let weight = rows.len() as f64;
+        let part = (!rows.is_empty()).then(|| {
+            (
+                inputs.clone().map(|t| t.slice(rows.clone())),
+                labels.clone().slice(rows.clone()),
+            )
+        });
+        Some(Shard {
+            batch: part,
+            weight,
+        })
     }
     fn regularizer(&self, m: &Model<AD>) -> Option<Tensor<AD, 1>> {
         self.ortho
@@ -172,6 +187,38 @@ fn training(c: &mut Criterion) {
     group.finish();
 }
 
+/// Data parallelism simulated on this CPU: LoRA steps and BiDoRA iterations (batch 16 × 128)
+/// on 1, 2 and 4 peers (threads sharing the cores, each on its share of the batch, over
+/// `burn-collective`). docs/DISTRIBUTED.md reads these against its scaling model.
+fn peers(c: &mut Criterion) {
+    let device = Default::default();
+    let (ids, labels) = inputs::<AD>(&device);
+    let batch: Batch = (ids, labels);
+    let mut group = c.benchmark_group("minilm_peers");
+    group.sample_size(10);
+    for (name, method) in [
+        ("lora", AdapterMethod::Lora),
+        ("bidora_darts", AdapterMethod::Bidora),
+    ] {
+        for world in [1, 2, 4] {
+            let id = format!("{name}_{world}");
+            if !selected(&format!("minilm_peers/{id}")) {
+                continue;
+            }
+            let model = load::<AD>(&device)
+                .with_adapters(&adapter(method))
+                .expect("adapters");
+            let bilevel = method == AdapterMethod::Bidora;
+            let problem = Classification { ortho: bilevel };
+            let iteration = if bilevel { BIDORA } else { Iteration::Single };
+            bench_iteration_on_peers(
+                &mut group, &id, &problem, &model, &batch, iteration, &device, world,
+            );
+        }
+    }
+    group.finish();
+}
+
 /// The GEMM rate: `bidora_backend::kernels::gemm` on 2048 × 384 × 1536 (MiniLM's feed-forward
 /// product at 16 × 128 tokens) on all of rayon's threads.
 fn gemm_rate(c: &mut Criterion) {
@@ -228,7 +275,7 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, training, inference, gemm_rate);
+criterion_group!(benches, training, inference, gemm_rate, peers);
 
 fn main() {
     // The model's weights file: the folder alone does not make a runnable model.

@@ -8,6 +8,10 @@ use bidora_bilevel::{
     BatchStream, BilevelProblem, Data, Hooks, Hypergradient, Mode, ParamGroups, TrainConfig,
     Trainer,
 };
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use bidora_bilevel::collective::LocalPeers;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::measurement::WallTime;
@@ -179,19 +183,108 @@ pub fn bench_iteration<P>(
     P::Module: AdapterHost<AD>,
     P::Batch: Clone,
 {
-    let (bilevel, fd_fraction) = match iteration {
-        Iteration::Single => (false, bidora_bilevel::DEFAULT_FD_FRACTION),
-        Iteration::Bilevel { fd_fraction } => (true, fd_fraction),
+    let (groups, config) = engine_settings(module, iteration, 1);
+    #[allow(clippy::clone_on_copy)] // not Copy on every backend
+    let trainer = Trainer::new(problem, groups, config, device.clone()).expect("trainer");
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let out = trainer
+                .run(
+                    module.clone(),
+                    fixed_data(batch, iteration).data(),
+                    Hooks::default(),
+                    None,
+                )
+                .expect("one iteration");
+            <AD as Backend>::sync(device).expect("sync");
+            out
+        })
+    });
+}
+
+/// Benchmarks training iterations of `module` on `world` data-parallel peers (threads of this
+/// process sharing its cores, over `burn-collective`), each on its [`BilevelProblem::shard`]
+/// of `batch`, as `name` in `group`. A sample is one run of as many iterations as criterion
+/// asks for, timed from the moment every peer has joined to the moment the last one is done;
+/// `world = 1` is the same run without peers. On one CPU this simulates data parallelism:
+/// what it measures is the cost of sharding and exchanging, not more compute.
+#[allow(clippy::too_many_arguments)]
+pub fn bench_iteration_on_peers<P>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    problem: &P,
+    module: &P::Module,
+    batch: &P::Batch,
+    iteration: Iteration,
+    device: &burn::tensor::Device<AD>,
+    world: usize,
+) where
+    P: BilevelProblem<AD> + Sync,
+    P::Module: AdapterHost<AD> + Send + Sync,
+    P::Batch: Clone + Send + Sync,
+{
+    let sample = |iters: u64| {
+        let (groups, config) = engine_settings(module, iteration, iters as usize);
+        let peers = LocalPeers::new(world, std::time::Duration::from_secs(600));
+        let start = Barrier::new(world);
+        let peer = |rank: usize| {
+            let trainer = Trainer::new(problem, groups.clone(), config.clone(), device.clone())
+                .expect("trainer");
+            let joined =
+                (world > 1).then(|| peers.join::<Inner>(rank, device.clone()).expect("join"));
+            let trainer = match &joined {
+                Some(c) => trainer.with_peers(c),
+                None => trainer,
+            };
+            start.wait();
+            let t = Instant::now();
+            trainer
+                .run(
+                    module.clone(),
+                    fixed_data(batch, iteration).data(),
+                    Hooks::default(),
+                    None,
+                )
+                .expect("iterations");
+            <AD as Backend>::sync(device).expect("sync");
+            t.elapsed()
+        };
+        std::thread::scope(|s| {
+            let others: Vec<_> = (1..world).map(|rank| s.spawn(move || peer(rank))).collect();
+            let mine = peer(0);
+            others
+                .into_iter()
+                .map(|h| h.join().expect("peer"))
+                .fold(mine, Duration::max)
+        })
     };
+    group.bench_function(name, |b| b.iter_custom(sample));
+}
+
+type Inner = <AD as burn::tensor::backend::AutodiffBackend>::InnerBackend;
+
+/// The groups and engine configuration of `iterations` benchmarked iterations.
+fn engine_settings<M: burn::module::Module<AD> + AdapterHost<AD>>(
+    module: &M,
+    iteration: Iteration,
+    iterations: usize,
+) -> (ParamGroups, TrainConfig) {
     let part = ParamPartition::of(module);
-    let (groups, mode) = if bilevel {
-        (ParamGroups::new(part.lower(), part.upper()), Mode::Bilevel)
-    } else {
-        (ParamGroups::single(part.trainable()), Mode::SingleLevel)
+    let (groups, mode, fd_fraction) = match iteration {
+        Iteration::Single => (
+            ParamGroups::single(part.trainable()),
+            Mode::SingleLevel,
+            bidora_bilevel::DEFAULT_FD_FRACTION,
+        ),
+        Iteration::Bilevel { fd_fraction } => (
+            ParamGroups::new(part.lower(), part.upper()),
+            Mode::Bilevel,
+            fd_fraction,
+        ),
     };
     let config = TrainConfig {
         mode,
-        iterations: 1,
+        iterations,
         hypergradient: Hypergradient::Darts {
             alpha: 0.01,
             xi: 1.0,
@@ -199,22 +292,31 @@ pub fn bench_iteration<P>(
         fd_fraction,
         ..TrainConfig::default()
     };
-    #[allow(clippy::clone_on_copy)] // not Copy on every backend
-    let trainer = Trainer::new(problem, groups, config, device.clone()).expect("trainer");
-    group.bench_function(name, |b| {
-        b.iter(|| {
-            let mut train = Fixed(batch.clone());
-            let mut val = Fixed(batch.clone());
-            let data = Data {
-                train: &mut train,
-                val: bilevel.then_some(&mut val as &mut dyn BatchStream<Batch = P::Batch>),
-                retrain: None,
-            };
-            let out = trainer
-                .run(module.clone(), data, Hooks::default(), None)
-                .expect("one iteration");
-            <AD as Backend>::sync(device).expect("sync");
-            out
-        })
-    });
+    (groups, config)
+}
+
+/// The same batch on both levels (the upper one only for BiDoRA).
+struct FixedData<T> {
+    train: Fixed<T>,
+    val: Option<Fixed<T>>,
+}
+
+fn fixed_data<T: Clone>(batch: &T, iteration: Iteration) -> FixedData<T> {
+    FixedData {
+        train: Fixed(batch.clone()),
+        val: (iteration != Iteration::Single).then(|| Fixed(batch.clone())),
+    }
+}
+
+impl<T: Clone> FixedData<T> {
+    fn data(&mut self) -> Data<'_, T> {
+        Data {
+            train: &mut self.train,
+            val: self
+                .val
+                .as_mut()
+                .map(|v| v as &mut dyn BatchStream<Batch = T>),
+            retrain: None,
+        }
+    }
 }

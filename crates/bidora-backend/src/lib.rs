@@ -567,7 +567,7 @@ mod tests {
         let mixed = [cpu, "cuda:1".parse().unwrap()];
         assert_eq!(
             run_peers(&mixed, None, Count),
-            Err(BackendError::Peers("cpu,cuda:1".into()))
+            Err(BackendError::Peers("ndarray,cuda:1".into()))
         );
     }
 

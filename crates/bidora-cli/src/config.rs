@@ -81,8 +81,9 @@ pub struct Knobs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Data parallelism: one peer per device, comma separated, of one backend (`cuda:0,cuda:1`;
-    /// `cpu,cpu` to try it on a CPU). Each peer trains on its share of every batch; the
-    /// gradients are averaged, so the run follows the one-device run. Replaces --backend.
+    /// `cpu,cpu` to try it on a CPU; a device named twice holds two peers). Each peer trains on
+    /// its share of every batch and the gradients are averaged, so the run follows the
+    /// one-device run. Replaces --backend.
     #[arg(
         long,
         value_delimiter = ',',
@@ -403,7 +404,8 @@ fn positive(name: &str, v: f64) -> Result<f64, Fail> {
 }
 
 /// The backend knob as saved (none when `devices` is set) and the run's devices: `devices`
-/// (one backend, no repeats except `cpu`), or the one `backend` device.
+/// (one backend; a device named twice holds two peers, for testing), or the one `backend`
+/// device.
 fn devices(k: &Knobs) -> Result<(Option<String>, Vec<bidora_backend::Device>), Fail> {
     let Some(list) = &k.devices else {
         let backend = k
@@ -429,14 +431,6 @@ fn devices(k: &Knobs) -> Result<(Option<String>, Vec<bidora_backend::Device>), F
     if devices.iter().any(|d| d.kind != first.kind) {
         return Err(usage(format!(
             "`devices` mixes backends ({}): every peer runs on the same backend",
-            list.join(",")
-        )));
-    }
-    let gpu = first.kind != bidora_backend::BackendKind::Ndarray;
-    let mut seen = std::collections::BTreeSet::new();
-    if gpu && !devices.iter().all(|d| seen.insert(d.index)) {
-        return Err(usage(format!(
-            "`devices` names a GPU twice ({}): one peer per device",
             list.join(",")
         )));
     }

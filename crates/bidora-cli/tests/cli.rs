@@ -932,8 +932,13 @@ fn generate_refuses_prompts_past_the_positions_and_foreign_tokenizers() {
 /// adapter as one device on the whole batch, to float tolerance, for LoRA, DoRA and BiDoRA
 /// (DARTS, with retraining); rank 0 alone writes the run's files. Seen: at most 1.5e-6 of
 /// each tensor's largest value; with every peer on the first half of the batch, 4e-4.
+///
+/// `BIDORA_PEER_DEVICE` (e.g. `cuda:0`) runs the same comparison there: two peers on that
+/// device against it alone (scripts/device/peers.sh, on a GPU machine).
 #[test]
 fn two_cpu_peers_train_the_adapter_one_device_trains() {
+    let device = std::env::var("BIDORA_PEER_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let pair = format!("{device},{device}");
     let tmp = tempfile::tempdir().unwrap();
     let data = sst2(tmp.path());
     // No dropout, in the adapters or the model: each peer draws its own masks (as each rank
@@ -958,7 +963,10 @@ fn two_cpu_peers_train_the_adapter_one_device_trains() {
     ];
     for method in ["lora", "dora", "bidora"] {
         let adapter = |devices: &str| {
-            let out = tmp.path().join(format!("{method}-{devices}"));
+            let peers = devices.contains(',');
+            let out = tmp
+                .path()
+                .join(format!("{method}-{}", devices.replace(':', "_")));
             let mut c = bidora();
             let mut args = train_args(&data, &out, method, 5);
             set(&mut args, "--model", model.to_str().unwrap());
@@ -966,15 +974,12 @@ fn two_cpu_peers_train_the_adapter_one_device_trains() {
             if method == "bidora" {
                 c.args(["--retrain", "--retrain-iterations", "3"]);
             }
-            if devices != "cpu" {
-                c.args(["--devices", devices]);
-            }
+            match peers {
+                true => c.args(["--devices", devices]),
+                false => c.args(["--backend", devices]),
+            };
             let said = stdout_of(&mut c);
-            assert_eq!(
-                said.contains("data parallel: 2 peers"),
-                devices != "cpu",
-                "{said}"
-            );
+            assert_eq!(said.contains("data parallel: 2 peers"), peers, "{said}");
             for f in [
                 "report.json",
                 "checkpoint.bin",
@@ -985,8 +990,8 @@ fn two_cpu_peers_train_the_adapter_one_device_trains() {
             }
             read_safetensors(&out.join("adapter/adapter_model.safetensors")).unwrap()
         };
-        let one = adapter("cpu");
-        let two = adapter("cpu,cpu");
+        let one = adapter(&device);
+        let two = adapter(&pair);
         assert_eq!(
             one.tensors.keys().collect::<Vec<_>>(),
             two.tensors.keys().collect::<Vec<_>>()
@@ -1014,15 +1019,15 @@ fn two_cpu_peers_train_the_adapter_one_device_trains() {
     }
 }
 
-/// Peers on several backends, a GPU named twice, or --devices beside --backend are usage
-/// errors (exit 2) that name the flag.
+/// Peers on several backends, an unknown device, or --devices beside --backend are usage
+/// errors (exit 2) that say what is wrong.
 #[test]
 fn bad_device_lists_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = sst2(tmp.path());
     let cases: [(&[&str], &str); 3] = [
         (&["--devices", "cpu,cuda:1"], "mixes backends"),
-        (&["--devices", "cuda:0,cuda:0"], "twice"),
+        (&["--devices", "cpu,tpu"], "unknown backend `tpu`"),
         (&["--devices", "cpu,cpu", "--backend", "cpu"], "not both"),
     ];
     for (i, (flags, said)) in cases.iter().enumerate() {

@@ -33,6 +33,11 @@ const BOTTOM: f64 = 45.0;
 
 /// The SVG document of `panels` stacked vertically, sharing the x axis label "step".
 pub fn svg(panels: &[Panel]) -> String {
+    svg_over(panels, "step")
+}
+
+/// [`svg`] with another x axis label.
+pub fn svg_over(panels: &[Panel], x_label: &str) -> String {
     let h = PANEL_H * panels.len() as f64;
     let mut s = String::new();
     let _ = write!(
@@ -40,7 +45,7 @@ pub fn svg(panels: &[Panel]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
     );
     for (p, panel) in panels.iter().enumerate() {
-        draw_panel(&mut s, panel, p as f64 * PANEL_H);
+        draw_panel(&mut s, panel, p as f64 * PANEL_H, x_label);
     }
     s.push_str("</svg>\n");
     s
@@ -102,7 +107,7 @@ fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
         .filter(|(x, y)| x.is_finite() && y.is_finite())
 }
 
-fn draw_panel(s: &mut String, panel: &Panel, y0: f64) {
+fn draw_panel(s: &mut String, panel: &Panel, y0: f64, x_label: &str) {
     let pts: Vec<(f64, f64)> = panel
         .series
         .iter()
@@ -125,13 +130,13 @@ fn draw_panel(s: &mut String, panel: &Panel, y0: f64) {
         return;
     }
     let f = Frame::new(y0, &pts);
-    draw_axes(s, &f, &panel.y_label);
+    draw_axes(s, &f, x_label, &panel.y_label);
     for (i, series) in panel.series.iter().enumerate() {
         draw_series(s, &f, i, series);
     }
 }
 
-fn draw_axes(s: &mut String, f: &Frame, y_label: &str) {
+fn draw_axes(s: &mut String, f: &Frame, x_label: &str, y_label: &str) {
     let (px0, px1, py0, py1) = (f.px0, f.px1, f.py0, f.py1);
     for t in nice_ticks(f.y.0, f.y.1, 5) {
         let y = f.sy(t);
@@ -155,11 +160,12 @@ fn draw_axes(s: &mut String, f: &Frame, y_label: &str) {
     }
     let _ = write!(
         s,
-        r##"<rect x="{px0}" y="{py0}" width="{}" height="{}" fill="none" stroke="#555"/><text x="{}" y="{}" text-anchor="middle">step</text><text transform="translate({},{}) rotate(-90)" text-anchor="middle">{}</text>"##,
+        r##"<rect x="{px0}" y="{py0}" width="{}" height="{}" fill="none" stroke="#555"/><text x="{}" y="{}" text-anchor="middle">{}</text><text transform="translate({},{}) rotate(-90)" text-anchor="middle">{}</text>"##,
         px1 - px0,
         py1 - py0,
         (px0 + px1) / 2.0,
         py1 + 36.0,
+        escape(x_label),
         18.0,
         (py0 + py1) / 2.0,
         escape(y_label)

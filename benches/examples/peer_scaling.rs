@@ -31,6 +31,9 @@ const CLASSES: usize = 2;
 
 /// Matrix-product work of one LoRA step at 16 × 128 tokens (docs/BENCHMARKS.md's floor).
 const LORA_STEP_FLOP: f64 = 92e9;
+/// A BiDoRA iteration's time over a LoRA step's, on a quiet machine (docs/BENCHMARKS.md of
+/// 2026-12-02: 2.195 s / 485 ms): the model's compute per BiDoRA iteration.
+const BIDORA_OVER_LORA: f64 = 4.5;
 /// The sustained rate assumed for one GPU in the model (an assumption, not a measurement: a
 /// quarter of an H100/H200's dense TF32 peak).
 const GPU_FLOPS: f64 = 100e12;
@@ -159,10 +162,7 @@ fn main() {
 
     // The model: weak scaling (each peer keeps a batch of 16 × 128), exchanges not overlapped
     // with compute (the engine all-reduces after each backward).
-    let bidora_flop = match (measured(&dir, "lora_1"), measured(&dir, "bidora_darts_1")) {
-        (Some(l), Some(b)) => LORA_STEP_FLOP * b / l,
-        _ => LORA_STEP_FLOP * 4.05,
-    };
+    let bidora_flop = LORA_STEP_FLOP * BIDORA_OVER_LORA;
     let mut model = Vec::new();
     println!("\n| link | case | compute per iteration | exchange at 8 peers | efficiency at 2 / 8 / 64 peers |");
     println!("|---|---|---|---|---|");

@@ -208,7 +208,7 @@ pub fn bench_iteration<P>(
 /// asks for, timed from the moment every peer has joined to the moment the last one is done;
 /// `world = 1` is the same run without peers. On one CPU this simulates data parallelism:
 /// what it measures is the cost of sharding and exchanging, not more compute.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::clone_on_copy)] // devices: not Copy on every backend
 pub fn bench_iteration_on_peers<P>(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,

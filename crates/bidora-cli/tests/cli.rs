@@ -13,7 +13,8 @@ use assert_cmd::Command;
 mod common;
 use bidora_adapters::tensor_io::read_safetensors;
 use common::{
-    bidora, json, records, set, sst2, stdout_of, stsb, tiny_bert, tiny_decoder, train_args,
+    bidora, json, records, set, sst2, stdout_of, stsb, tiny_bert, tiny_bert_copy, tiny_decoder,
+    train_args,
 };
 
 #[test]
@@ -435,12 +436,7 @@ fn every_method_is_bitwise_reproducible_across_processes() {
 fn checkpoints_hold_what_trains_and_resume_checks_the_base_model() {
     let tmp = tempfile::tempdir().unwrap();
     let data = sst2(tmp.path());
-    let model = tmp.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(tiny_bert()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    let model = tiny_bert_copy(tmp.path());
     let run = tmp.path().join("run");
     let mut args = train_args(&data, &run, "bidora", 4);
     set(&mut args, "--model", model.to_str().unwrap());
@@ -943,12 +939,7 @@ fn two_cpu_peers_train_the_adapter_one_device_trains() {
     let data = sst2(tmp.path());
     // No dropout, in the adapters or the model: each peer draws its own masks (as each rank
     // does in PyTorch's DDP), so with dropout the runs agree in distribution only.
-    let model = tmp.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for entry in std::fs::read_dir(tiny_bert()).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    let model = tiny_bert_copy(tmp.path());
     let mut config = json(&model.join("config.json"));
     config["hidden_dropout_prob"] = 0.0.into();
     config["attention_probs_dropout_prob"] = 0.0.into();

@@ -19,6 +19,17 @@ pub fn tiny_bert() -> PathBuf {
     crate_dir().join("tests/fixtures/tiny-bert")
 }
 
+/// A copy of the tiny random BERT in `dir/model`, for tests that change its files.
+pub fn tiny_bert_copy(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for entry in std::fs::read_dir(tiny_bert()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    model
+}
+
 pub fn bidora() -> Command {
     let mut c = Command::cargo_bin("bidora").unwrap();
     c.env_remove("RUST_LOG");

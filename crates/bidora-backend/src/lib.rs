@@ -183,8 +183,9 @@ pub enum BackendError {
         /// The backends that are available, comma separated.
         compiled: String,
     },
-    /// [`run_peers`] was given no device, or devices of different backends.
-    #[error("data-parallel peers need one or more devices of one backend, got `{0}`")]
+    /// [`run_peers`] (or [`check_peers`]) was given no device, or devices of different
+    /// backends.
+    #[error("data-parallel peers run on one backend: `{0}` mixes backends or names no device")]
     Peers(String),
 }
 
@@ -299,6 +300,22 @@ pub fn run<T: BackendTask>(
     run_peers(std::slice::from_ref(device), seed, One(task))
 }
 
+/// The backend of data-parallel peers on `devices`: fails with [`BackendError::Peers`] for an
+/// empty list or one that mixes backends (a device may repeat: two peers on it).
+pub fn check_peers(devices: &[Device]) -> Result<BackendKind, BackendError> {
+    let names = || {
+        devices
+            .iter()
+            .map(Device::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match devices.first() {
+        Some(first) if devices.iter().all(|d| d.kind == first.kind) => Ok(first.kind),
+        _ => Err(BackendError::Peers(names())),
+    }
+}
+
 /// Runs `task` on `devices` (e.g. `cuda:0,cuda:1`, or `cpu,cpu` for CPU peers), after seeding
 /// the first with `seed` on the calling thread when one is given; a task that starts a thread
 /// per device seeds the others itself ([`seed`]).
@@ -310,20 +327,7 @@ pub fn run_peers<T: PeersTask>(
     seed: Option<u64>,
     task: T,
 ) -> Result<T::Output, BackendError> {
-    let names = || {
-        devices
-            .iter()
-            .map(Device::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let Some(first) = devices.first() else {
-        return Err(BackendError::Peers(names()));
-    };
-    if devices.iter().any(|d| d.kind != first.kind) {
-        return Err(BackendError::Peers(names()));
-    }
-    match first.kind {
+    match check_peers(devices)? {
         #[cfg(feature = "ndarray")]
         BackendKind::Ndarray => {
             let dev = |_: &Device| burn::backend::ndarray::NdArrayDevice::Cpu;

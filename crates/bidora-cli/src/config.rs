@@ -425,15 +425,7 @@ fn devices(k: &Knobs) -> Result<(Option<String>, Vec<bidora_backend::Device>), F
         .map(|d| d.parse::<bidora_backend::Device>())
         .collect::<Result<Vec<_>, _>>()
         .usage()?;
-    let Some(first) = devices.first() else {
-        return Err(usage("`devices` lists no device"));
-    };
-    if devices.iter().any(|d| d.kind != first.kind) {
-        return Err(usage(format!(
-            "`devices` mixes backends ({}): every peer runs on the same backend",
-            list.join(",")
-        )));
-    }
+    bidora_backend::check_peers(&devices).usage()?;
     Ok((None, devices))
 }
 

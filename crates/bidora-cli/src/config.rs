@@ -83,7 +83,8 @@ pub struct Knobs {
     /// Data parallelism: one peer per device, comma separated, of one backend (`cuda:0,cuda:1`;
     /// `cpu,cpu` to try it on a CPU; a device named twice holds two peers). Each peer trains on
     /// its share of every batch and the gradients are averaged, so the run follows the
-    /// one-device run. Replaces --backend.
+    /// one-device run (to float rounding without dropout; each peer draws its own masks).
+    /// Replaces --backend.
     #[arg(
         long,
         value_delimiter = ',',

@@ -268,9 +268,15 @@ pub fn run(o: &Options) -> Result<()> {
         &root().join("docs/results-glue-paired.svg"),
         paired.as_bytes(),
     )?;
-    eprintln!(
-        "wrote docs/RESULTS-GLUE.md, docs/results-glue-curves.svg, docs/results-glue-paired.svg"
-    );
+    let mechanism: Vec<_> = tasks
+        .iter()
+        .flat_map(|t| mechanism_panels(t, &main, &runs))
+        .collect();
+    write_atomic(
+        &root().join("docs/results-glue-mechanism.svg"),
+        bidora_plot::lines::svg(&mechanism).as_bytes(),
+    )?;
+    eprintln!("wrote docs/RESULTS-GLUE.md and docs/results-glue-{{curves,paired,mechanism}}.svg");
     Ok(())
 }
 
@@ -435,11 +441,7 @@ struct Scores {
 
 /// The search phase's scores (the whole run for LoRA and DoRA) and the retraining phase's.
 fn phase_scores(dir: &Path, metric: &str) -> Option<(Scores, Option<Scores>)> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
-    let records: Vec<Record> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let records = records(dir);
     let of = |phase: Phase| -> Option<Scores> {
         let evals: Vec<(f64, Option<f64>)> = records
             .iter()
@@ -540,7 +542,11 @@ fn render(tasks: &[&'static GlueTask], search: &[Run], main: &[Run], runs: &Path
     );
     s.push_str(
         "![dev metric against step, mean over seeds](results-glue-curves.svg)\n\n\
-         ![paired differences against DoRA with 95% intervals](results-glue-paired.svg)\n\n",
+         ![paired differences against DoRA with 95% intervals](results-glue-paired.svg)\n\n\
+         BiDoRA's mechanism in the same runs: the hypergradient's direct term and the \
+         second-order (mixed) term subtracted from it, and the magnitudes' drift from ‖W0‖ \
+         beside DoRA's.\n\n\
+         ![hypergradient terms and magnitude drift, mean over seeds](results-glue-mechanism.svg)\n\n",
     );
     s.push_str(COST);
     render_search(&mut s, tasks, search, runs);
@@ -691,40 +697,174 @@ fn render_variants(
     }
 }
 
-/// A run's dev evaluations: (step from the start of the search, primary metric).
-fn eval_points(dir: &Path, metric: &str) -> Vec<(f64, f64)> {
+/// A run's log records (the lines that parse; an unreadable log has none).
+fn records(dir: &Path) -> Vec<Record> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
     text.lines()
-        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
-        .filter_map(|r| match &r {
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A run's dev evaluations: (step from the start of the search, primary metric).
+fn eval_points(dir: &Path, metric: &str) -> Vec<(f64, f64)> {
+    records(dir)
+        .iter()
+        .filter_map(|r| match r {
             Record::Eval { metrics, .. } => Some((r.plot_step(), *metrics.get(metric)?)),
             _ => None,
         })
         .collect()
 }
 
-/// The mean over seeds of each evaluation of `method`'s finished main runs on `task`, at the
-/// steps every seed evaluated at.
-fn mean_curve(task: &GlueTask, main: &[Run], runs: &Path, method: &str) -> Vec<(f64, f64)> {
-    let curves: Vec<Vec<(f64, f64)>> = main
-        .iter()
+/// The finished main runs of `method` on `task`, by their folders.
+fn finished_dirs(task: &GlueTask, main: &[Run], runs: &Path, method: &str) -> Vec<PathBuf> {
+    main.iter()
         .filter(|r| r.task.name == task.name && r.method == method)
-        .filter_map(|r| Some(eval_points(&finished(r, runs)?, task.metric)))
-        .collect();
+        .filter_map(|r| finished(r, runs))
+        .collect()
+}
+
+/// The pointwise mean of per-seed curves, at the x values every curve has, times `scale`.
+fn mean_over_seeds(curves: &[Vec<(f64, f64)>], scale: f64) -> Vec<(f64, f64)> {
     let Some(first) = curves.first() else {
         return Vec::new();
     };
     first
         .iter()
-        .filter_map(|&(step, _)| {
+        .filter_map(|&(x, _)| {
             let at: Vec<f64> = curves
                 .iter()
-                .filter_map(|c| c.iter().find(|p| p.0 == step).map(|p| p.1))
+                .filter_map(|c| c.iter().find(|p| p.0 == x).map(|p| p.1))
                 .collect();
             (at.len() == curves.len())
-                .then(|| (step, 100.0 * at.iter().sum::<f64>() / at.len() as f64))
+                .then(|| (x, scale * at.iter().sum::<f64>() / at.len() as f64))
         })
         .collect()
+}
+
+/// The mean over seeds of each evaluation of `method`'s finished main runs on `task` (× 100),
+/// at the steps every seed evaluated at.
+fn mean_curve(task: &GlueTask, main: &[Run], runs: &Path, method: &str) -> Vec<(f64, f64)> {
+    let curves: Vec<_> = finished_dirs(task, main, runs, method)
+        .iter()
+        .map(|d| eval_points(d, task.metric))
+        .collect();
+    mean_over_seeds(&curves, 100.0)
+}
+
+/// The hypergradient's direct and mixed norms of a BiDoRA log, each averaged over the steps
+/// of every evaluation window of `every` steps, at the window's last step (`every` − 1,
+/// 2·`every` − 1, ...); steps without an upper step (retraining) have none.
+fn hypergradient_windows(records: &[Record], every: usize) -> [Vec<(f64, f64)>; 2] {
+    let mut sums: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
+    for r in records {
+        if let Record::Step {
+            direct_norm: Some(d),
+            mixed_norm,
+            ..
+        } = r
+        {
+            let window = r.plot_step() as usize / every;
+            let e = sums.entry(window).or_default();
+            *e = (e.0 + d, e.1 + mixed_norm.unwrap_or(f64::NAN), e.2 + 1);
+        }
+    }
+    let at = |w: usize| ((w + 1) * every - 1) as f64;
+    let mean = |pick: fn(&(f64, f64, usize)) -> f64| {
+        sums.iter()
+            .map(|(&w, e)| (at(w), pick(e) / e.2 as f64))
+            .collect()
+    };
+    [mean(|e| e.0), mean(|e| e.1)]
+}
+
+/// A log's mean over adapted layers of the magnitudes' relative drift from ‖W0‖, at each
+/// evaluation that measured it.
+fn drift_points(records: &[Record]) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Eval { diagnostics, .. } => {
+                let drifts: Vec<f64> = diagnostics
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("magnitude_drift."))
+                    .map(|(_, v)| *v)
+                    .collect();
+                (!drifts.is_empty()).then(|| {
+                    (
+                        r.plot_step(),
+                        drifts.iter().sum::<f64>() / drifts.len() as f64,
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// BiDoRA's mechanism on `task`, mean over seeds: the hypergradient's two terms, and the
+/// magnitudes' drift beside DoRA's.
+fn mechanism_panels(task: &GlueTask, main: &[Run], runs: &Path) -> [bidora_plot::lines::Panel; 2] {
+    use bidora_plot::lines::{Panel, Series};
+    let logs = |method| -> Vec<Vec<Record>> {
+        finished_dirs(task, main, runs, method)
+            .iter()
+            .map(|d| records(d))
+            .collect()
+    };
+    let (bidora, dora) = (logs("bidora"), logs("dora"));
+    let windows: Vec<[Vec<(f64, f64)>; 2]> = bidora
+        .iter()
+        .map(|r| hypergradient_windows(r, task.eval_every))
+        .collect();
+    let term = |i: usize| -> Vec<(f64, f64)> {
+        let curves: Vec<_> = windows.iter().map(|w| w[i].clone()).collect();
+        mean_over_seeds(&curves, 1.0)
+    };
+    let drift = |logs: &[Vec<Record>]| -> Vec<(f64, f64)> {
+        let curves: Vec<_> = logs.iter().map(|r| drift_points(r)).collect();
+        mean_over_seeds(&curves, 100.0)
+    };
+    [
+        Panel {
+            title: format!(
+                "{}: BiDoRA hypergradient terms (mean per {}-step window and over seeds)",
+                task.dir, task.eval_every
+            ),
+            y_label: "norm".into(),
+            series: vec![
+                Series {
+                    name: "direct ‖∂L_val/∂m‖".into(),
+                    points: term(0),
+                    color: "#2ca02c",
+                },
+                Series {
+                    name: "mixed (second-order) term".into(),
+                    points: term(1),
+                    color: "#9467bd",
+                },
+            ],
+        },
+        Panel {
+            title: format!(
+                "{}: magnitude drift ‖m − ‖W0‖‖ / ‖‖W0‖‖, mean over layers and seeds",
+                task.dir
+            ),
+            y_label: "drift × 100".into(),
+            series: vec![
+                Series {
+                    name: "DoRA".into(),
+                    points: drift(&dora),
+                    color: "#ff7f0e",
+                },
+                Series {
+                    name: "BiDoRA (then retraining, magnitudes fixed)".into(),
+                    points: drift(&bidora),
+                    color: "#2ca02c",
+                },
+            ],
+        },
+    ]
 }
 
 /// Dev metric against step, mean over seeds, one line per method (BiDoRA's retraining phase
@@ -876,5 +1016,32 @@ mod tests {
                 train_at_final: None
             })
         );
+    }
+
+    #[test]
+    fn the_mechanism_averages_hypergradient_windows_and_layer_drifts() {
+        let lines = [
+            r#"{"event":"step","phase":"search","step":0,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":1.0,"mixed_norm":0.5}"#,
+            r#"{"event":"step","phase":"search","step":1,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":3.0,"mixed_norm":1.5}"#,
+            r#"{"event":"step","phase":"search","step":2,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":5.0,"mixed_norm":0.25}"#,
+            r#"{"event":"eval","phase":"search","step":1,"metrics":{"accuracy":0.5},"is_best":true,"diagnostics":{"magnitude_drift.a":0.01,"magnitude_drift.b":0.03,"train.accuracy":0.9}}"#,
+            r#"{"event":"step","phase":"retrain","step":0,"global_step":3,"lower_loss":1,"upper_loss":null,"lr_lower":0,"lr_upper":0}"#,
+            r#"{"event":"eval","phase":"retrain","step":0,"global_step":3,"metrics":{"accuracy":0.6},"is_best":true}"#,
+        ];
+        let records: Vec<Record> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // Windows of 2 steps: steps 0–1 (means 2 and 1, at step 1), step 2 (at step 3); the
+        // retraining step has no upper step.
+        assert_eq!(
+            hypergradient_windows(&records, 2),
+            [vec![(1.0, 2.0), (3.0, 5.0)], vec![(1.0, 1.0), (3.0, 0.25)]]
+        );
+        // The drift is the mean over layers; an evaluation without drifts has no point.
+        assert_eq!(drift_points(&records), vec![(1.0, 0.02)]);
+        // Two seeds' curves average where both have the step.
+        let curves = [vec![(1.0, 0.25), (3.0, 0.5)], vec![(1.0, 0.5)]];
+        assert_eq!(mean_over_seeds(&curves, 100.0), vec![(1.0, 37.5)]);
     }
 }

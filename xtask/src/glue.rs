@@ -431,12 +431,32 @@ fn keep(dir: &Path, to: &Path) -> Result<()> {
 }
 
 /// A phase's final and best evaluation of the primary metric, with the training probe's value
-/// at the final one.
+/// at the final one, and the training passes the run had made by the phase's end.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Scores {
     final_: f64,
     best: f64,
     train_at_final: Option<f64>,
+    passes: f64,
+}
+
+/// The forward + backward passes over one batch that a logged step cost: one for a
+/// single-level step; for a BiDoRA iteration, one more for the validation gradient and, with
+/// the DARTS hypergradient (the steps that log its mixed term), two for its finite
+/// differences, at the CLI's default `fd_fraction` of 1.
+fn step_passes(r: &Record) -> f64 {
+    match r {
+        Record::Step {
+            upper_loss,
+            mixed_norm,
+            ..
+        } => match (upper_loss, mixed_norm) {
+            (None, _) => 1.0,
+            (Some(_), None) => 2.0,
+            (Some(_), Some(_)) => 4.0,
+        },
+        _ => 0.0,
+    }
 }
 
 /// The search phase's scores (the whole run for LoRA and DoRA) and the retraining phase's.
@@ -460,10 +480,17 @@ fn phase_scores(dir: &Path, metric: &str) -> Option<(Scores, Option<Scores>)> {
             .collect();
         let &(final_, train_at_final) = evals.last()?;
         let best = evals.iter().map(|e| e.0).fold(f64::NEG_INFINITY, f64::max);
+        // Retraining follows the search, so its cost includes the search's.
+        let passes = records
+            .iter()
+            .filter(|r| phase == Phase::Retrain || r.phase() == Phase::Search)
+            .map(step_passes)
+            .sum();
         Some(Scores {
             final_,
             best,
             train_at_final,
+            passes,
         })
     };
     Some((of(Phase::Search)?, of(Phase::Retrain)))
@@ -608,7 +635,7 @@ fn render_search(s: &mut String, tasks: &[&'static GlueTask], search: &[Run], ru
 fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Path) {
     let _ = writeln!(
         s,
-        "## {} ({}, {} epochs, {} tokens, dev)\n\n| arm | final | best | train − dev at final | wall per run |\n|---|---|---|---|---|",
+        "## {} ({}, {} epochs, {} tokens, dev)\n\n| arm | final | best | train − dev at final | batch passes per run | wall per run |\n|---|---|---|---|---|---|",
         task.dir, task.metric, task.epochs, task.max_length
     );
     let arms: Vec<BTreeMap<u64, (Scores, f64)>> = ARMS
@@ -622,18 +649,21 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
         let finals = pick(&|sc| Some(sc.final_));
         let bests = pick(&|sc| Some(sc.best));
         let gaps = pick(&|sc| Some(sc.train_at_final? - sc.final_));
-        let wall = arm.values().map(|(_, w)| w).sum::<f64>() / arm.len().max(1) as f64;
+        let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len() as f64;
+        let (passes, wall) = if arm.is_empty() {
+            ("—".into(), "—".into())
+        } else {
+            (
+                format!("{:.0}", mean(pick(&|sc| Some(sc.passes)))),
+                format!("{:.0} s", mean(arm.values().map(|(_, w)| *w).collect())),
+            )
+        };
         let _ = writeln!(
             s,
-            "| {label} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {passes} | {wall} |",
             fmt_ci(&finals),
             fmt_ci(&bests),
             fmt_ci(&gaps),
-            if arm.is_empty() {
-                "—".into()
-            } else {
-                format!("{wall:.0} s")
-            }
         );
     }
     let paired = |a: usize, b: usize| -> Vec<f64> {
@@ -644,7 +674,11 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
     };
     let _ = writeln!(
         s,
-        "\nPaired by seed (final): BiDoRA − DoRA {}; BiDoRA + retrain − DoRA {}.\n",
+        "\nPaired by seed (final): BiDoRA − DoRA {}; BiDoRA + retrain − DoRA {}.\n\n\
+         A batch pass is one forward and backward pass over a batch of 16 (evaluations not \
+         counted): one per LoRA or DoRA step, four per BiDoRA iteration (lower step, \
+         validation gradient, two finite-difference gradients), one per retraining step. \
+         BiDoRA's wall time is the whole run, search and retraining.\n",
         fmt_ci(&paired(2, 1)),
         fmt_ci(&paired(3, 1))
     );
@@ -997,6 +1031,11 @@ mod tests {
             r#"{"event":"eval","phase":"search","step":9,"metrics":{"accuracy":0.7},"is_best":true,"diagnostics":{"train.accuracy":0.8}}"#,
             r#"{"event":"eval","phase":"search","step":19,"metrics":{"accuracy":0.6},"is_best":false,"diagnostics":{"train.accuracy":0.9}}"#,
             r#"{"event":"eval","phase":"retrain","step":9,"global_step":29,"metrics":{"accuracy":0.75},"is_best":true}"#,
+            // Passes: DARTS iterations 4 each, a first-order one 2, a retraining step 1.
+            r#"{"event":"step","phase":"search","step":0,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":1,"mixed_norm":1}"#,
+            r#"{"event":"step","phase":"search","step":1,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":1,"mixed_norm":1}"#,
+            r#"{"event":"step","phase":"search","step":2,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":1}"#,
+            r#"{"event":"step","phase":"retrain","step":0,"global_step":3,"lower_loss":1,"upper_loss":null,"lr_lower":0,"lr_upper":0}"#,
         ];
         std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
         let (search, retrain) = phase_scores(dir.path(), "accuracy").unwrap();
@@ -1005,7 +1044,8 @@ mod tests {
             Scores {
                 final_: 0.6,
                 best: 0.7,
-                train_at_final: Some(0.9)
+                train_at_final: Some(0.9),
+                passes: 10.0,
             }
         );
         assert_eq!(
@@ -1013,7 +1053,8 @@ mod tests {
             Some(Scores {
                 final_: 0.75,
                 best: 0.75,
-                train_at_final: None
+                train_at_final: None,
+                passes: 11.0,
             })
         );
     }

@@ -95,6 +95,16 @@ pub fn point(phase: Phase, step: usize) -> Point {
 }
 
 impl Record {
+    /// The phase the record belongs to.
+    pub fn phase(&self) -> Phase {
+        match self {
+            Record::Baseline { phase, .. }
+            | Record::Step { phase, .. }
+            | Record::Eval { phase, .. }
+            | Record::Checkpoint { phase, .. } => *phase,
+        }
+    }
+
     /// The point at which the record is written: after how many completed steps of its phase.
     pub fn point(&self) -> Point {
         match self {

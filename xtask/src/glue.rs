@@ -13,6 +13,9 @@
 //! same layout, and a run whose copy is there counts as done, so a fresh clone rebuilds the
 //! report (`--report-only`) and extends the grid without repeating finished cells. Interrupted
 //! runs resume from their checkpoint. `docs/RESULTS-GLUE.md` is the report.
+//!
+//! `--backend cuda` (or `wgpu`) runs the missing cells on a GPU; each run's `config.toml`
+//! names its backend, and the report's wall times then mix machines.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +51,10 @@ pub struct Options {
     /// Rebuild the report from the finished runs without training.
     #[arg(long)]
     pub report_only: bool,
+    /// Backend of every run (`cpu`, `wgpu` or `cuda[:INDEX]`); the CLI is built with its
+    /// feature. Wall times are comparable only between runs of one backend and machine.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
     /// CPU threads per run (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -232,7 +239,7 @@ pub fn run(o: &Options) -> Result<()> {
     let runs = crate::in_root(&o.runs);
     let search = plan_search(&tasks);
     if !o.report_only {
-        let (model, exe) = (minilm()?, crate::results::build_cli()?);
+        let (model, exe) = (minilm()?, crate::results::build_cli_for(&o.backend)?);
         let glue = crate::in_root(&o.glue);
         // One task at a time, its search then its main stage, so that finished tasks come
         // first.
@@ -408,7 +415,13 @@ fn execute(
     for (i, r) in todo.iter().enumerate() {
         eprintln!("[{}/{}] {}", i + 1, todo.len(), r.rel().display());
         let dir = runs.join(r.rel());
-        crate::results::train_run(exe, &dir, &r.args(model, glue), o.threads())?;
+        let mut args = r.args(model, glue);
+        // `cpu` is the CLI's default and stays unnamed, so that the folders of CPU sweeps
+        // keep matching their saved arguments when resumed.
+        if o.backend != "cpu" {
+            args.extend(["--backend".into(), o.backend.clone()]);
+        }
+        crate::results::train_run(exe, &dir, &args, o.threads())?;
         keep(&dir, &docs_dir().join(r.rel()))?;
     }
     Ok(())

@@ -491,12 +491,23 @@ fn render_anchor(s: &mut String, anchor: &[Run]) -> Result<()> {
 
 /// Builds the CLI in release and returns its path.
 pub(crate) fn build_cli() -> Result<PathBuf> {
-    crate::cargo_executables(
-        Command::new("cargo").args(["build", "--release", "-p", "bidora-cli"]),
-        "bidora-cli",
-    )?
-    .remove("bidora")
-    .context("cargo did not report the bidora executable")
+    build_cli_for("cpu")
+}
+
+/// [`build_cli`] with the CLI feature that `backend` (`cpu`, `wgpu`, `cuda[:INDEX]`) needs.
+pub(crate) fn build_cli_for(backend: &str) -> Result<PathBuf> {
+    let mut cargo = Command::new("cargo");
+    cargo.args(["build", "--release", "-p", "bidora-cli"]);
+    match backend.split(':').next() {
+        Some("cpu") => {}
+        Some(feature @ ("wgpu" | "cuda")) => {
+            cargo.args(["--features", feature]);
+        }
+        _ => bail!("unknown backend `{backend}` (cpu, wgpu or cuda[:INDEX])"),
+    }
+    crate::cargo_executables(&mut cargo, "bidora-cli")?
+        .remove("bidora")
+        .context("cargo did not report the bidora executable")
 }
 
 /// Runs one training of the sweep (or resumes it).

@@ -538,6 +538,21 @@ fn fmt_ci(xs: &[f64]) -> String {
     }
 }
 
+/// The mean wall time of the runs that have one (not resumed), with their count when some
+/// have none.
+fn wall_of(walls: Vec<f64>) -> String {
+    let timed: Vec<f64> = walls.iter().copied().filter(|w| w.is_finite()).collect();
+    if timed.is_empty() {
+        return "— (resumed)".into();
+    }
+    let mean = timed.iter().sum::<f64>() / timed.len() as f64;
+    if timed.len() == walls.len() {
+        format!("{mean:.0} s")
+    } else {
+        format!("{mean:.0} s (n = {}, not resumed)", timed.len())
+    }
+}
+
 /// The arms of the report: (label, method, phase the scores come from).
 const ARMS: [(&str, &str, Phase); 4] = [
     ("LoRA", "lora", Phase::Search),
@@ -564,7 +579,10 @@ fn arm_scores(
             } else {
                 search
             };
+            // A resumed run's report times its last process only: no wall time.
             let wall = bidora_records::read_json::<Report>(&dir.join("report.json"))
+                .ok()
+                .filter(|rep| !rep.resumed)
                 .map_or(f64::NAN, |rep| rep.wall_time_s);
             Some((r.seed, (s, wall)))
         })
@@ -668,7 +686,7 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
         } else {
             (
                 format!("{:.0}", mean(pick(&|sc| Some(sc.passes)))),
-                format!("{:.0} s", mean(arm.values().map(|(_, w)| *w).collect())),
+                wall_of(arm.values().map(|(_, w)| *w).collect()),
             )
         };
         let _ = writeln!(
@@ -691,7 +709,9 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
          A batch pass is one forward and backward pass over a batch of 16 (evaluations not \
          counted): one per LoRA or DoRA step, four per BiDoRA iteration (lower step, \
          validation gradient, two finite-difference gradients), one per retraining step. \
-         BiDoRA's wall time is the whole run, search and retraining.\n",
+         BiDoRA's wall time is the whole run, search and retraining; runs resumed from a \
+         checkpoint have none (their report times the last process only). Wall times were \
+         measured on the shared 2-core machine, some beside builds and tests.\n",
         fmt_ci(&paired(2, 1)),
         fmt_ci(&paired(3, 1))
     );
@@ -968,6 +988,16 @@ fn paired_panel(task: &GlueTask, main: &[Run], runs: &Path) -> bidora_plot::bars
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_times_leave_resumed_runs_out() {
+        assert_eq!(wall_of(vec![100.0, 300.0]), "200 s");
+        assert_eq!(
+            wall_of(vec![100.0, f64::NAN, 300.0]),
+            "200 s (n = 2, not resumed)"
+        );
+        assert_eq!(wall_of(vec![f64::NAN]), "— (resumed)");
+    }
 
     #[test]
     fn the_interval_is_students_t() {

@@ -526,15 +526,17 @@ fn mean_ci(xs: &[f64]) -> (f64, f64) {
     (mean, t * (var / n as f64).sqrt())
 }
 
+/// `mean ± half-width (n = N)` of `xs` × 100, with a typographic minus sign.
 fn fmt_ci(xs: &[f64]) -> String {
     if xs.is_empty() {
         return "—".into();
     }
     let (m, h) = mean_ci(&xs.iter().map(|x| 100.0 * x).collect::<Vec<_>>());
+    let m = format!("{m:.1}").replace('-', "−");
     if h.is_nan() {
-        format!("{m:.1} (n = 1)")
+        format!("{m} (n = 1)")
     } else {
-        format!("{m:.1} ± {h:.1} (n = {})", xs.len())
+        format!("{m} ± {h:.1} (n = {})", xs.len())
     }
 }
 
@@ -1006,6 +1008,8 @@ mod tests {
         assert_eq!(m, 3.0);
         assert!((h - 2.776 * 0.5f64.sqrt()).abs() < 1e-12, "{h}");
         assert!(mean_ci(&[2.0]).1.is_nan());
+        // Reported × 100: −1 and −3 points, half-width t(1)·√2/√2.
+        assert_eq!(fmt_ci(&[-0.01, -0.03]), "−2.0 ± 12.7 (n = 2)");
     }
 
     /// A finished run folder whose only evaluation per phase scores `search` (and `retrain`).

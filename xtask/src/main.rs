@@ -102,7 +102,12 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo xtask` (`cargo run`) sets the variable at run time to the checkout it runs in;
+    // the compile-time value names the checkout the binary was built from, which differs
+    // when two checkouts share a target dir and cargo reuses the binary.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()

@@ -959,7 +959,7 @@ fn mechanism_panels(task: &GlueTask, main: &[Run], runs: &Path) -> [bidora_plot:
                     color: "#ff7f0e",
                 },
                 Series {
-                    name: "BiDoRA (then retraining, magnitudes fixed)".into(),
+                    name: "BiDoRA (fixed in retraining)".into(),
                     points: drift(&bidora),
                     color: "#2ca02c",
                 },

@@ -540,18 +540,18 @@ fn fmt_ci(xs: &[f64]) -> String {
     }
 }
 
-/// The mean wall time of the runs that have one (not resumed), with their count when some
-/// have none.
+/// The mean wall time of the runs that have one (see [`arm_scores`]), with their count when
+/// some have none.
 fn wall_of(walls: Vec<f64>) -> String {
     let timed: Vec<f64> = walls.iter().copied().filter(|w| w.is_finite()).collect();
     if timed.is_empty() {
-        return "— (resumed)".into();
+        return "— (untimed)".into();
     }
     let mean = timed.iter().sum::<f64>() / timed.len() as f64;
     if timed.len() == walls.len() {
         format!("{mean:.0} s")
     } else {
-        format!("{mean:.0} s (n = {}, not resumed)", timed.len())
+        format!("{mean:.0} s (n = {} timed)", timed.len())
     }
 }
 
@@ -581,11 +581,15 @@ fn arm_scores(
             } else {
                 search
             };
-            // A resumed run's report times its last process only: no wall time.
+            // The whole run's time; a run resumed from a checkpoint that kept no time has
+            // its last process's only, which is no run's cost.
             let wall = bidora_records::read_json::<Report>(&dir.join("report.json"))
                 .ok()
-                .filter(|rep| !rep.resumed)
-                .map_or(f64::NAN, |rep| rep.wall_time_s);
+                .and_then(|rep| {
+                    rep.total_wall_time_s
+                        .or((!rep.resumed).then_some(rep.wall_time_s))
+                })
+                .unwrap_or(f64::NAN);
             Some((r.seed, (s, wall)))
         })
         .collect()
@@ -715,8 +719,9 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
          A batch pass is one forward and backward pass over a batch of 16 (evaluations not \
          counted): one per LoRA or DoRA step, four per BiDoRA iteration (lower step, \
          validation gradient, two finite-difference gradients), one per retraining step. \
-         BiDoRA's wall time is the whole run, search and retraining; runs resumed from a \
-         checkpoint have none (their report times the last process only). Wall times were \
+         BiDoRA's wall time is the whole run, search and retraining. A run resumed from a \
+         checkpoint of an older CLI, which kept no time, has none: its report times the \
+         last process only. Wall times were \
          measured on the shared 2-core machine, some beside builds and tests.\n",
         fmt_ci(&paired(2, 1)),
         fmt_ci(&paired(3, 1))
@@ -1039,7 +1044,7 @@ mod tests {
                 .collect()
         };
         // LoRA 100 and 300 (mean 200), DoRA 400, BiDoRA's search row not used, with
-        // retraining 3000 (the resumed run left out): 3600 s per seed, 5 h for five.
+        // retraining 3000 (the untimed run left out): 3600 s per seed, 5 h for five.
         let arms = [
             arm(&[100.0, 300.0]),
             arm(&[400.0]),
@@ -1069,11 +1074,8 @@ mod tests {
     #[test]
     fn wall_times_leave_resumed_runs_out() {
         assert_eq!(wall_of(vec![100.0, 300.0]), "200 s");
-        assert_eq!(
-            wall_of(vec![100.0, f64::NAN, 300.0]),
-            "200 s (n = 2, not resumed)"
-        );
-        assert_eq!(wall_of(vec![f64::NAN]), "— (resumed)");
+        assert_eq!(wall_of(vec![100.0, f64::NAN, 300.0]), "200 s (n = 2 timed)");
+        assert_eq!(wall_of(vec![f64::NAN]), "— (untimed)");
     }
 
     #[test]

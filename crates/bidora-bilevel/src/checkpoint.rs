@@ -58,6 +58,11 @@ pub struct CheckpointState {
     /// refused, since the batches' shards and dropout masks depend on it.
     #[serde(default = "one")]
     pub world: usize,
+    /// Seconds of training when the checkpoint was written, summed over the processes that
+    /// made it: each process counts from its start (or resume) to its checkpoint, so work
+    /// redone after a resume is counted once. `None` in checkpoints from before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_s: Option<f64>,
 }
 
 fn one() -> usize {

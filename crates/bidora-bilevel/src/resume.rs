@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -37,6 +38,8 @@ pub(crate) struct RunState<B: AutodiffBackend, M: AutodiffModule<B>> {
     pub state: CheckpointState,
     /// The direction from before the search, restored for the retraining phase.
     pub initial_direction: ParamVec<B::InnerBackend>,
+    /// When this process started (or resumed) the run.
+    pub started: Instant,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
@@ -62,6 +65,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
                 config: config_json,
                 base: base_identity,
                 world,
+                elapsed_s: Some(0.0),
             };
             let initial_direction = values::<B, _>(&module, &groups.lower);
             let run = Self::assemble(groups.clone(), state, initial_direction, config);
@@ -126,6 +130,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
             upper_opt: config.upper.adamw().init::<B, M>(),
             state,
             initial_direction,
+            started: Instant::now(),
         }
     }
 
@@ -147,8 +152,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> RunState<B, M> {
         let record =
             |bytes: Result<Vec<u8>, _>| bytes.map_err(|e| err(format!("optimiser record: {e}")));
         let recorder = Rec::default();
+        let mut state = self.state.clone();
+        let here = self.started.elapsed().as_secs_f64();
+        state.elapsed_s = state.elapsed_s.map(|before| before + here);
         let ck = Checkpoint {
-            state: self.state.clone(),
+            state,
             param_ids: param_ids(module).iter().map(|id| id.val()).collect(),
             trained: values::<B, _>(module, &self.groups.all()).to_host(),
             lower_optim: record(recorder.record(self.lower_opt.to_record(), ()))?,

@@ -971,6 +971,8 @@ fn kill_and_resume_is_bitwise_identical() {
 
     // Stop right after the checkpoint at search step 6, and again in the retraining phase.
     let mut resume = None;
+    // Each checkpoint's training time, and the wall time of the process that wrote it.
+    let mut timed: Vec<(f64, f64)> = Vec::new();
     for stop_at in [(Phase::Search, 6), (Phase::Retrain, 3)] {
         let mut phase = Phase::Search;
         let mut on_event = |e: &Event| match e {
@@ -995,10 +997,13 @@ fn kill_and_resume_is_bitwise_identical() {
         } else {
             m0.clone()
         };
+        let started = std::time::Instant::now();
         let out = run(&cfg, template, hooks, resume.take()).unwrap();
         assert!(!out.completed);
-        resume = Some(Checkpoint::load(&path).unwrap());
-        assert_eq!(resume.as_ref().unwrap().state.phase, stop_at.0);
+        let ck = Checkpoint::load(&path).unwrap();
+        assert_eq!(ck.state.phase, stop_at.0);
+        timed.push((ck.state.elapsed_s.unwrap(), started.elapsed().as_secs_f64()));
+        resume = Some(ck);
     }
     let mut eval = |n: &Net<AB>| Evaluation::single("val_loss", loss_on(n, &val), false);
     let hooks = Hooks {
@@ -1007,8 +1012,18 @@ fn kill_and_resume_is_bitwise_identical() {
         base_identity: Some("base-5".into()),
         ..Default::default()
     };
+    let started = std::time::Instant::now();
     let resumed = run(&cfg, net_init(0.1, 5, 77), hooks, resume).unwrap();
     assert!(resumed.completed);
+    let last = Checkpoint::load(&path).unwrap().state.elapsed_s.unwrap();
+    timed.push((last, started.elapsed().as_secs_f64()));
+    // The training time adds up over the three processes: each checkpoint's exceeds the one
+    // it resumed from by no more than its own process's wall time.
+    let mut before = 0.0;
+    for &(elapsed, wall) in &timed {
+        assert!(elapsed > before && elapsed - before <= wall, "{timed:?}");
+        before = elapsed;
+    }
     assert_eq!(snapshot(&resumed.module), snapshot(&uninterrupted.module));
     assert_eq!(resumed.final_eval, uninterrupted.final_eval);
     assert_eq!(resumed.best_eval, uninterrupted.best_eval);

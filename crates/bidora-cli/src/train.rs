@@ -225,7 +225,9 @@ impl Job {
         let collective = collective
             .as_ref()
             .map(|c| c as &dyn Collective<B::InnerBackend>);
-        let resumed = resume.is_some();
+        // `Some(time before this process)` on resume (`None` inside when the checkpoint
+        // kept no time), `None` for a new run.
+        let resumed = resume.as_ref().map(|ck| ck.state.elapsed_s);
         let (outcome, untrained) = train_model(s, &prep, model, resume, device, collective)?;
         let saved = save_model(s, &prep, &outcome.module)?;
         let report = write_report(s, &prep, &outcome, untrained, resumed, &saved, started)?;
@@ -931,7 +933,7 @@ fn write_report<B: AutodiffBackend>(
     prep: &Prepared,
     outcome: &Outcome<TaskModel<B>>,
     untrained: Option<Evaluation>,
-    resumed: bool,
+    resumed: Option<Option<f64>>,
     saved: &Path,
     started: Instant,
 ) -> Result<Report, Fail> {
@@ -956,8 +958,12 @@ fn write_report<B: AutodiffBackend>(
         train_examples: prep.train.len(),
         validation_examples: prep.val.as_ref().map(Vec::len),
         steps,
-        resumed,
+        resumed: resumed.is_some(),
         wall_time_s: wall,
+        total_wall_time_s: match resumed {
+            None => Some(wall),
+            Some(before) => before.map(|b| b + wall),
+        },
         steps_per_s: steps as f64 / wall.max(1e-9),
         saved: saved.display().to_string(),
     };

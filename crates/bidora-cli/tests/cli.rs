@@ -399,7 +399,17 @@ fn killed_and_resumed_run_writes_the_same_adapter_as_an_uninterrupted_one() {
     }
     let report = json(&cut.join("report.json"));
     assert_eq!(report["resumed"], true);
+    // The whole run's time adds the killed process's training time to this one's.
+    let (total, last) = (
+        report["total_wall_time_s"].as_f64().unwrap(),
+        report["wall_time_s"].as_f64().unwrap(),
+    );
+    assert!(total > last, "total {total} s, last process {last} s");
     let w = json(&whole.join("report.json"));
+    assert_eq!(
+        w["total_wall_time_s"], w["wall_time_s"],
+        "a run never resumed"
+    );
     for key in ["final", "best", "untrained"] {
         assert_eq!(report[key], w[key], "{key}");
     }

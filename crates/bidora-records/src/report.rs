@@ -43,6 +43,11 @@ pub struct Report {
     pub resumed: bool,
     /// Wall time of the (last) process, seconds.
     pub wall_time_s: f64,
+    /// Wall time of the whole run, seconds: this process's, plus the training time that
+    /// earlier processes had put in up to the checkpoint it resumed from. Absent for a run
+    /// resumed from a checkpoint that kept no time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_wall_time_s: Option<f64>,
     /// `steps / wall_time_s`.
     pub steps_per_s: f64,
     /// The adapter or model folder written.
@@ -113,6 +118,7 @@ mod tests {
             steps: 24,
             resumed: false,
             wall_time_s: 1.5,
+            total_wall_time_s: Some(2.5),
             steps_per_s: 16.0,
             saved: "run/adapter".into(),
         };

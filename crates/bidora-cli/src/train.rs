@@ -225,12 +225,18 @@ impl Job {
         let collective = collective
             .as_ref()
             .map(|c| c as &dyn Collective<B::InnerBackend>);
-        // `Some(time before this process)` on resume (`None` inside when the checkpoint
-        // kept no time), `None` for a new run.
-        let resumed = resume.as_ref().map(|ck| ck.state.elapsed_s);
+        let resumed = resume.is_some();
+        // The training time of earlier processes: none for a new run, unknown (`None`) when
+        // the checkpoint kept no time.
+        let earlier = resume.as_ref().map_or(Some(0.0), |ck| ck.state.elapsed_s);
         let (outcome, untrained) = train_model(s, &prep, model, resume, device, collective)?;
         let saved = save_model(s, &prep, &outcome.module)?;
-        let report = write_report(s, &prep, &outcome, untrained, resumed, &saved, started)?;
+        let run = RunTimes {
+            resumed,
+            earlier,
+            started,
+        };
+        let report = write_report(s, &prep, &outcome, untrained, run, &saved)?;
         print_summary(&report, &saved);
         Ok(())
     }
@@ -927,19 +933,17 @@ fn save_model<B: AutodiffBackend>(
 }
 
 /// Stage 4b: `report.json`.
-#[allow(clippy::too_many_arguments)]
 fn write_report<B: AutodiffBackend>(
     s: &Settings,
     prep: &Prepared,
     outcome: &Outcome<TaskModel<B>>,
     untrained: Option<Evaluation>,
-    resumed: Option<Option<f64>>,
+    times: RunTimes,
     saved: &Path,
-    started: Instant,
 ) -> Result<Report, Fail> {
     let partition = ParamPartition::of(&outcome.module);
     let steps = prep.config.iterations + prep.config.retrain.map_or(0, |r| r.iterations);
-    let wall = started.elapsed().as_secs_f64();
+    let wall = times.started.elapsed().as_secs_f64();
     let report = Report {
         task: s.task.clone(),
         eval_set: prep.eval_name.clone(),
@@ -958,17 +962,22 @@ fn write_report<B: AutodiffBackend>(
         train_examples: prep.train.len(),
         validation_examples: prep.val.as_ref().map(Vec::len),
         steps,
-        resumed: resumed.is_some(),
+        resumed: times.resumed,
         wall_time_s: wall,
-        total_wall_time_s: match resumed {
-            None => Some(wall),
-            Some(before) => before.map(|b| b + wall),
-        },
+        total_wall_time_s: times.earlier.map(|earlier| earlier + wall),
         steps_per_s: steps as f64 / wall.max(1e-9),
         saved: saved.display().to_string(),
     };
     write_json(&s.out.join("report.json"), &report)?;
     Ok(report)
+}
+
+/// When this process started, whether it resumed, and the training time of the processes
+/// before it (`None` when the checkpoint kept none).
+struct RunTimes {
+    resumed: bool,
+    earlier: Option<f64>,
+    started: Instant,
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Fail> {

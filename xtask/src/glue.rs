@@ -540,18 +540,18 @@ fn fmt_ci(xs: &[f64]) -> String {
     }
 }
 
-/// The mean wall time of the runs that have one (see [`arm_scores`]), with their count when
-/// some have none.
-fn wall_of(walls: Vec<f64>) -> String {
+/// The mean of the wall times that are known (see [`arm_scores`]) and how many there are.
+fn mean_timed(walls: &[f64]) -> Option<(f64, usize)> {
     let timed: Vec<f64> = walls.iter().copied().filter(|w| w.is_finite()).collect();
-    if timed.is_empty() {
-        return "— (untimed)".into();
-    }
-    let mean = timed.iter().sum::<f64>() / timed.len() as f64;
-    if timed.len() == walls.len() {
-        format!("{mean:.0} s")
-    } else {
-        format!("{mean:.0} s (n = {} timed)", timed.len())
+    (!timed.is_empty()).then(|| (timed.iter().sum::<f64>() / timed.len() as f64, timed.len()))
+}
+
+/// The mean wall time of the runs that have one, with their count when some have none.
+fn wall_of(walls: Vec<f64>) -> String {
+    match mean_timed(&walls) {
+        None => "— (untimed)".into(),
+        Some((mean, n)) if n == walls.len() => format!("{mean:.0} s"),
+        Some((mean, n)) => format!("{mean:.0} s (n = {n} timed)"),
     }
 }
 
@@ -721,8 +721,8 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
          validation gradient, two finite-difference gradients), one per retraining step. \
          BiDoRA's wall time is the whole run, search and retraining. A run resumed from a \
          checkpoint of an older CLI, which kept no time, has none: its report times the \
-         last process only. Wall times were \
-         measured on the shared 2-core machine, some beside builds and tests.\n",
+         last process only. Wall times were measured on the shared 2-core machine, some \
+         beside builds and tests.\n",
         fmt_ci(&paired(2, 1)),
         fmt_ci(&paired(3, 1))
     );
@@ -731,15 +731,11 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
 }
 
 /// The measured wall time of one seed's three runs (LoRA, DoRA, BiDoRA with retraining), from
-/// the runs not resumed, and of five seeds; nothing while an arm has no timed run.
+/// the timed runs, and of five seeds; nothing while an arm has no timed run.
 fn render_measured_cost(s: &mut String, arms: &[BTreeMap<u64, (Scores, f64)>]) {
     let mean_wall = |arm: &BTreeMap<u64, (Scores, f64)>| {
-        let timed: Vec<f64> = arm
-            .values()
-            .map(|(_, w)| *w)
-            .filter(|w| w.is_finite())
-            .collect();
-        (!timed.is_empty()).then(|| timed.iter().sum::<f64>() / timed.len() as f64)
+        let walls: Vec<f64> = arm.values().map(|(_, w)| *w).collect();
+        mean_timed(&walls).map(|(mean, _)| mean)
     };
     let walls: Option<Vec<f64>> = [0, 1, 3].iter().map(|&a| mean_wall(&arms[a])).collect();
     if let Some(w) = walls {
@@ -1072,7 +1068,7 @@ mod tests {
     }
 
     #[test]
-    fn wall_times_leave_resumed_runs_out() {
+    fn wall_times_leave_untimed_runs_out() {
         assert_eq!(wall_of(vec![100.0, 300.0]), "200 s");
         assert_eq!(wall_of(vec![100.0, f64::NAN, 300.0]), "200 s (n = 2 timed)");
         assert_eq!(wall_of(vec![f64::NAN]), "— (untimed)");

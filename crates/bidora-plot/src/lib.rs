@@ -27,15 +27,20 @@ pub(crate) fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     out
 }
 
-/// A tick label: short decimals, scientific notation for very large or small values.
+/// A tick label: whole steps below a million as they are (`1200`), short decimals, and
+/// scientific notation with a trimmed mantissa for very large or small values (`2.5e-3`).
 pub(crate) fn fmt_tick(v: f64) -> String {
+    let trim = |s: String| s.trim_end_matches('0').trim_end_matches('.').to_string();
     if v == 0.0 {
         "0".into()
+    } else if v.abs() >= 1000.0 && v.abs() < 1e6 && v.fract() == 0.0 {
+        format!("{v:.0}")
     } else if v.abs() >= 1000.0 || v.abs() < 0.01 {
-        format!("{v:.2e}")
+        let s = format!("{v:.2e}");
+        let (mantissa, exp) = s.split_once('e').expect("`e` format has an exponent");
+        format!("{}e{exp}", trim(mantissa.to_string()))
     } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+        trim(format!("{v:.3}"))
     }
 }
 
@@ -61,5 +66,17 @@ mod tests {
         );
         // A span of 94 in about 8 steps: steps of 20 (10 would give 9 ticks, too many).
         assert_eq!(nice_ticks(3.0, 97.0, 8), vec![20.0, 40.0, 60.0, 80.0]);
+    }
+
+    #[test]
+    fn tick_labels_are_short() {
+        let labels: Vec<String> = [0.0, 0.25, 47.5, 1200.0, -2000.0, 2.5e-3, 1e-3, 3e6, 1500.5]
+            .into_iter()
+            .map(fmt_tick)
+            .collect();
+        assert_eq!(
+            labels,
+            ["0", "0.25", "47.5", "1200", "-2000", "2.5e-3", "1e-3", "3e6", "1.5e3"]
+        );
     }
 }

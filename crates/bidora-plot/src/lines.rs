@@ -131,9 +131,10 @@ fn draw_panel(s: &mut String, panel: &Panel, y0: f64, x_label: &str) {
     }
     let f = Frame::new(y0, &pts);
     draw_axes(s, &f, x_label, &panel.y_label);
-    for (i, series) in panel.series.iter().enumerate() {
-        draw_series(s, &f, i, series);
+    for series in &panel.series {
+        draw_series(s, &f, series);
     }
+    draw_legend(s, &f, &panel.series);
 }
 
 fn draw_axes(s: &mut String, f: &Frame, x_label: &str, y_label: &str) {
@@ -172,8 +173,8 @@ fn draw_axes(s: &mut String, f: &Frame, x_label: &str, y_label: &str) {
     );
 }
 
-/// Series `i`: a line (a dot for one point) and its legend entry.
-fn draw_series(s: &mut String, f: &Frame, i: usize, series: &Series) {
+/// A series: a line (a dot for one point).
+fn draw_series(s: &mut String, f: &Frame, series: &Series) {
     let line: Vec<(f64, f64)> = finite(&series.points)
         .map(|(x, y)| (f.sx(x), f.sy(y)))
         .collect();
@@ -192,16 +193,137 @@ fn draw_series(s: &mut String, f: &Frame, i: usize, series: &Series) {
             points.join(" ")
         );
     }
-    let lx = f.px1 - 200.0;
-    let ly = f.py0 + 16.0 + 16.0 * i as f64;
+}
+
+/// Height of one legend entry and the legend's inner margin, in pixels.
+const ENTRY_H: f64 = 16.0;
+const LEGEND_PAD: f64 = 6.0;
+
+/// A legend box, in pixels: left, top, width, height.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LegendBox {
+    x: f64,
+    y: f64,
+    w: f64,
+    h: f64,
+}
+
+impl LegendBox {
+    fn contains(&self, (x, y): (f64, f64)) -> bool {
+        x >= self.x && x <= self.x + self.w && y >= self.y && y <= self.y + self.h
+    }
+}
+
+/// The legend in the corner of the plot area that hides the fewest drawn points: top right,
+/// top left, bottom right, bottom left, the first on a tie. A white backing keeps it readable
+/// where every corner holds data.
+fn draw_legend(s: &mut String, f: &Frame, series: &[Series]) {
+    let longest = series.iter().map(|s| s.name.chars().count()).max();
+    let Some(longest) = longest else { return };
+    let b = legend_corner(f, series, longest);
     let _ = write!(
         s,
-        r#"<line x1="{lx}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="3"/><text x="{}" y="{ly}">{}</text>"#,
-        ly - 4.0,
-        lx + 20.0,
-        ly - 4.0,
-        series.color,
-        lx + 26.0,
-        escape(&series.name)
+        r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#ccc"/>"##,
+        b.x, b.y, b.w, b.h
     );
+    for (i, series) in series.iter().enumerate() {
+        let lx = b.x + LEGEND_PAD;
+        let ly = b.y + LEGEND_PAD + ENTRY_H * (i as f64 + 1.0) - 4.0;
+        let _ = write!(
+            s,
+            r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{ly:.1}">{}</text>"#,
+            ly - 4.0,
+            lx + 20.0,
+            ly - 4.0,
+            series.color,
+            lx + 26.0,
+            escape(&series.name)
+        );
+    }
+}
+
+/// The corner box for `series`' legend (entries of at most `longest` characters).
+fn legend_corner(f: &Frame, series: &[Series], longest: usize) -> LegendBox {
+    // About 7 px per character at font size 12.
+    let w = 2.0 * LEGEND_PAD + 26.0 + 7.0 * longest as f64;
+    let h = 2.0 * LEGEND_PAD + ENTRY_H * series.len() as f64;
+    let m = 6.0;
+    let (left, right) = (f.px0 + m, f.px1 - m - w);
+    let (top, bottom) = (f.py0 + m, f.py1 - m - h);
+    let drawn = drawn_points(f, series);
+    [(right, top), (left, top), (right, bottom), (left, bottom)]
+        .into_iter()
+        .map(|(x, y)| LegendBox { x, y, w, h })
+        .min_by_key(|b| drawn.iter().filter(|&&p| b.contains(p)).count())
+        .expect("four corners")
+}
+
+/// The pixels the series' lines pass through, sampled about every 3 px along each segment.
+fn drawn_points(f: &Frame, series: &[Series]) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for series in series {
+        let line: Vec<(f64, f64)> = finite(&series.points)
+            .map(|(x, y)| (f.sx(x), f.sy(y)))
+            .collect();
+        out.extend(line.first());
+        for pair in line.windows(2) {
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            let n = ((x1 - x0).hypot(y1 - y0) / 3.0).ceil().max(1.0) as usize;
+            out.extend((1..=n).map(|k| {
+                let t = k as f64 / n as f64;
+                (x0 + t * (x1 - x0), y0 + t * (y1 - y0))
+            }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(name: &str, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            name: name.into(),
+            points,
+            color: "#000",
+        }
+    }
+
+    fn corner_of(points: Vec<(f64, f64)>) -> (bool, bool) {
+        let series = [series("a", points)];
+        let pts: Vec<_> = series[0].points.clone();
+        let f = Frame::new(0.0, &pts);
+        let b = legend_corner(&f, &series, 1);
+        let mid_x = (f.px0 + f.px1) / 2.0;
+        let mid_y = (f.py0 + f.py1) / 2.0;
+        (b.x > mid_x, b.y < mid_y)
+    }
+
+    #[test]
+    fn the_legend_avoids_the_lines() {
+        // (right?, top?) of the chosen corner.
+        // A rising line fills the top right and bottom left: top left is free.
+        assert_eq!(corner_of(vec![(0.0, 0.0), (1.0, 1.0)]), (false, true));
+        // A falling line (a loss) leaves the top right free, the first choice.
+        assert_eq!(corner_of(vec![(0.0, 1.0), (1.0, 0.0)]), (true, true));
+        // A line along the top: a bottom corner, right first.
+        assert_eq!(
+            corner_of(vec![(0.0, 0.0), (0.05, 1.0), (1.0, 1.0)]),
+            (true, false)
+        );
+    }
+
+    #[test]
+    fn the_legend_box_fits_its_entries() {
+        let series = [
+            series("LoRA", vec![(0.0, 1.0), (1.0, 0.0)]),
+            series("BiDoRA + retrain", vec![(0.0, 1.0), (1.0, 0.0)]),
+        ];
+        let f = Frame::new(0.0, &[(0.0, 0.0), (1.0, 1.0)]);
+        let b = legend_corner(&f, &series, 16);
+        assert_eq!((b.w, b.h), (2.0 * 6.0 + 26.0 + 7.0 * 16.0, 2.0 * 6.0 + 32.0));
+        assert_eq!(b.x + b.w, f.px1 - 6.0);
+        assert_eq!(b.y, f.py0 + 6.0);
+    }
 }

@@ -449,12 +449,14 @@ fn keep(dir: &Path, to: &Path) -> Result<()> {
 }
 
 /// A phase's final and best evaluation of the primary metric, with the training probe's value
-/// at the final one, and the training passes the run had made by the phase's end.
+/// and the magnitudes' mean drift from ‖W0‖ at the final one, and the training passes the run
+/// had made by the phase's end.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Scores {
     final_: f64,
     best: f64,
     train_at_final: Option<f64>,
+    drift_at_final: Option<f64>,
     passes: f64,
 }
 
@@ -498,6 +500,11 @@ fn phase_scores(dir: &Path, metric: &str) -> Option<(Scores, Option<Scores>)> {
             .collect();
         let &(final_, train_at_final) = evals.last()?;
         let best = evals.iter().map(|e| e.0).fold(f64::NEG_INFINITY, f64::max);
+        let drift_at_final = records
+            .iter()
+            .rev()
+            .filter(|r| r.phase() == phase)
+            .find_map(eval_drift);
         // Retraining follows the search, so its cost includes the search's.
         let passes = records
             .iter()
@@ -508,6 +515,7 @@ fn phase_scores(dir: &Path, metric: &str) -> Option<(Scores, Option<Scores>)> {
             final_,
             best,
             train_at_final,
+            drift_at_final,
             passes,
         })
     };
@@ -681,7 +689,7 @@ fn render_search(s: &mut String, tasks: &[&'static GlueTask], search: &[Run], ru
 fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Path) {
     let _ = writeln!(
         s,
-        "## {} ({}, {} epochs, {} tokens, dev)\n\n| arm | final | best | train − dev at final | batch passes per run | wall per run |\n|---|---|---|---|---|---|",
+        "## {} ({}, {} epochs, {} tokens, dev)\n\n| arm | final | best | train − dev at final | magnitude drift at final (%) | batch passes per run | wall per run |\n|---|---|---|---|---|---|---|",
         task.dir, task.metric, task.epochs, task.max_length
     );
     let arms: Vec<BTreeMap<u64, (Scores, f64)>> = ARMS
@@ -689,27 +697,11 @@ fn render_task(s: &mut String, task: &'static GlueTask, main: &[Run], runs: &Pat
         .map(|(_, m, p)| arm_scores(main, runs, task, m, *p))
         .collect();
     for ((label, ..), arm) in ARMS.iter().zip(&arms) {
-        let pick = |f: &dyn Fn(&Scores) -> Option<f64>| -> Vec<f64> {
-            arm.values().filter_map(|(sc, _)| f(sc)).collect()
-        };
-        let finals = pick(&|sc| Some(sc.final_));
-        let bests = pick(&|sc| Some(sc.best));
-        let gaps = pick(&|sc| Some(sc.train_at_final? - sc.final_));
-        let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len() as f64;
-        let (passes, wall) = if arm.is_empty() {
-            ("—".into(), "—".into())
-        } else {
-            (
-                format!("{:.0}", mean(pick(&|sc| Some(sc.passes)))),
-                wall_of(arm.values().map(|(_, w)| *w).collect()),
-            )
-        };
+        let c = ArmCells::of(arm);
         let _ = writeln!(
             s,
-            "| {label} | {} | {} | {} | {passes} | {wall} |",
-            fmt_ci(&finals),
-            fmt_ci(&bests),
-            fmt_ci(&gaps),
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            c.final_, c.best, c.gap, c.drift, c.passes, c.wall
         );
     }
     let paired = |a: usize, b: usize| -> Vec<f64> {
@@ -758,6 +750,41 @@ fn render_measured_cost(s: &mut String, arms: &[BTreeMap<u64, (Scores, f64)>]) {
     }
 }
 
+/// One arm's cells in the report's tables, over its seeds.
+struct ArmCells {
+    final_: String,
+    best: String,
+    gap: String,
+    drift: String,
+    passes: String,
+    wall: String,
+}
+
+impl ArmCells {
+    fn of(arm: &BTreeMap<u64, (Scores, f64)>) -> Self {
+        let pick = |f: &dyn Fn(&Scores) -> Option<f64>| -> Vec<f64> {
+            arm.values().filter_map(|(sc, _)| f(sc)).collect()
+        };
+        let (passes, wall) = if arm.is_empty() {
+            ("—".into(), "—".into())
+        } else {
+            let passes = pick(&|sc| Some(sc.passes));
+            (
+                format!("{:.0}", passes.iter().sum::<f64>() / passes.len() as f64),
+                wall_of(arm.values().map(|(_, w)| *w).collect()),
+            )
+        };
+        ArmCells {
+            final_: fmt_ci(&pick(&|sc| Some(sc.final_))),
+            best: fmt_ci(&pick(&|sc| Some(sc.best))),
+            gap: fmt_ci(&pick(&|sc| Some(sc.train_at_final? - sc.final_))),
+            drift: fmt_ci(&pick(&|sc| sc.drift_at_final)),
+            passes,
+            wall,
+        }
+    }
+}
+
 /// The BiDoRA variants that have finished runs on `task`, paired with BiDoRA (end of search).
 fn render_variants(
     s: &mut String,
@@ -784,22 +811,29 @@ fn render_variants(
         if arm.is_empty() {
             continue;
         }
-        let finals: Vec<f64> = arm.values().map(|(sc, _)| sc.final_).collect();
         let paired: Vec<f64> = arm
             .iter()
             .filter_map(|(seed, (sc, _))| Some(sc.final_ - bidora.get(seed)?.0.final_))
             .collect();
+        let c = ArmCells::of(&arm);
         let _ = writeln!(
             rows,
-            "| {label} | {} | {} |",
-            fmt_ci(&finals),
-            fmt_ci(&paired)
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            c.final_,
+            fmt_ci(&paired),
+            c.gap,
+            c.drift,
+            c.passes,
+            c.wall
         );
     }
     if !rows.is_empty() {
         let _ = writeln!(
             s,
-            "| variant (no retraining) | final | paired − BiDoRA |\n|---|---|---|\n{rows}"
+            "BiDoRA's ablations, each against BiDoRA at the end of its search (same seed):\n\n\
+             | variant (no retraining) | final | paired − BiDoRA | train − dev at final | \
+             magnitude drift at final (%) | batch passes per run | wall per run |\n\
+             |---|---|---|---|---|---|---|\n{rows}"
         );
     }
 }
@@ -890,23 +924,22 @@ fn hypergradient_windows(records: &[Record], every: usize) -> [Vec<(f64, f64)>; 
 fn drift_points(records: &[Record]) -> Vec<(f64, f64)> {
     records
         .iter()
-        .filter_map(|r| match r {
-            Record::Eval { diagnostics, .. } => {
-                let drifts: Vec<f64> = diagnostics
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("magnitude_drift."))
-                    .map(|(_, v)| *v)
-                    .collect();
-                (!drifts.is_empty()).then(|| {
-                    (
-                        r.plot_step(),
-                        drifts.iter().sum::<f64>() / drifts.len() as f64,
-                    )
-                })
-            }
-            _ => None,
-        })
+        .filter_map(|r| Some((r.plot_step(), eval_drift(r)?)))
         .collect()
+}
+
+/// An evaluation's mean over adapted layers of the magnitudes' relative drift, where it was
+/// measured (not for LoRA, nor for records other than evaluations).
+fn eval_drift(r: &Record) -> Option<f64> {
+    let Record::Eval { diagnostics, .. } = r else {
+        return None;
+    };
+    let drifts: Vec<f64> = diagnostics
+        .iter()
+        .filter(|(k, _)| k.starts_with("magnitude_drift."))
+        .map(|(_, v)| *v)
+        .collect();
+    (!drifts.is_empty()).then(|| drifts.iter().sum::<f64>() / drifts.len() as f64)
 }
 
 /// BiDoRA's mechanism on `task`, mean over seeds: the hypergradient's two terms, and the
@@ -1035,6 +1068,7 @@ mod tests {
             final_: 0.5,
             best: 0.5,
             train_at_final: None,
+            drift_at_final: None,
             passes: 1.0,
         };
         let arm = |walls: &[f64]| -> BTreeMap<u64, (Scores, f64)> {
@@ -1163,6 +1197,14 @@ mod tests {
         fake_run(tmp.path(), &main[1], 0.72, None);
         fake_run(tmp.path(), &main[2], 0.71, Some(0.69));
         fake_run(tmp.path(), &main[3], 0.75, Some(0.74));
+        let (_, dir, flags) = ABLATIONS[0];
+        for (seed, v) in [(0, 0.70), (1, 0.77)] {
+            let r = Run {
+                stage: Stage::Variant(dir, flags),
+                ..run("bidora", seed)
+            };
+            fake_run(tmp.path(), &r, v, None);
+        }
         let mut s = String::new();
         render_task(&mut s, mrpc, &main, tmp.path());
         // Differences 1 and 3 points: mean 2, sd √2, half-width t(1)·√2/√2 = 12.706.
@@ -1173,6 +1215,11 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("| DoRA | 71.0 ± 12.7 (n = 2) |"), "{s}");
+        // The ablation against BiDoRA's search: −1 and +2 points.
+        assert!(
+            s.contains("| BiDoRA first-order | 73.5 ± 44.5 (n = 2) | 0.5 ± 19.1 (n = 2) |"),
+            "{s}"
+        );
         // The curve is the mean over seeds at each evaluation step.
         assert_eq!(
             mean_curve(mrpc, &main, tmp.path(), "dora"),
@@ -1185,12 +1232,12 @@ mod tests {
     }
 
     #[test]
-    fn phase_scores_read_final_best_and_the_training_probe_per_phase() {
+    fn phase_scores_read_final_best_the_training_probe_and_drift_per_phase() {
         let dir = tempfile::tempdir().unwrap();
         let lines = [
             r#"{"event":"baseline","phase":"search","step":0,"metrics":{"accuracy":0.5}}"#,
-            r#"{"event":"eval","phase":"search","step":9,"metrics":{"accuracy":0.7},"is_best":true,"diagnostics":{"train.accuracy":0.8}}"#,
-            r#"{"event":"eval","phase":"search","step":19,"metrics":{"accuracy":0.6},"is_best":false,"diagnostics":{"train.accuracy":0.9}}"#,
+            r#"{"event":"eval","phase":"search","step":9,"metrics":{"accuracy":0.7},"is_best":true,"diagnostics":{"train.accuracy":0.8,"magnitude_drift.a":0.01,"magnitude_drift.b":0.03}}"#,
+            r#"{"event":"eval","phase":"search","step":19,"metrics":{"accuracy":0.6},"is_best":false,"diagnostics":{"train.accuracy":0.9,"magnitude_drift.a":0.02,"magnitude_drift.b":0.05}}"#,
             r#"{"event":"eval","phase":"retrain","step":9,"global_step":29,"metrics":{"accuracy":0.75},"is_best":true}"#,
             // Passes: DARTS iterations 4 each, a first-order one 2, a retraining step 1.
             r#"{"event":"step","phase":"search","step":0,"lower_loss":1,"upper_loss":1,"lr_lower":0,"lr_upper":0,"direct_norm":1,"mixed_norm":1}"#,
@@ -1206,6 +1253,8 @@ mod tests {
                 final_: 0.6,
                 best: 0.7,
                 train_at_final: Some(0.9),
+                // The last evaluation's mean over layers.
+                drift_at_final: Some(0.035),
                 passes: 10.0,
             }
         );
@@ -1215,6 +1264,7 @@ mod tests {
                 final_: 0.75,
                 best: 0.75,
                 train_at_final: None,
+                drift_at_final: None,
                 passes: 11.0,
             })
         );

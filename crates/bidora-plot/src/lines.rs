@@ -322,7 +322,10 @@ mod tests {
         ];
         let f = Frame::new(0.0, &[(0.0, 0.0), (1.0, 1.0)]);
         let b = legend_corner(&f, &series, 16);
-        assert_eq!((b.w, b.h), (2.0 * 6.0 + 26.0 + 7.0 * 16.0, 2.0 * 6.0 + 32.0));
+        assert_eq!(
+            (b.w, b.h),
+            (2.0 * 6.0 + 26.0 + 7.0 * 16.0, 2.0 * 6.0 + 32.0)
+        );
         assert_eq!(b.x + b.w, f.px1 - 6.0);
         assert_eq!(b.y, f.py0 + 6.0);
     }

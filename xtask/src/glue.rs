@@ -370,20 +370,24 @@ fn plan_variants(tasks: &[&'static GlueTask], o: &Options, main: &[Run]) -> Vec<
         }
         // Stage by stage, so that each variant's seeds finish together.
         for stage in stages {
-            plan.extend(
-                main.iter()
-                    .filter(|r| r.task.name == task.name && r.method == "bidora")
-                    .map(|r| Run {
-                        stage,
-                        task,
-                        method: "bidora",
-                        lr: r.lr,
-                        seed: r.seed,
-                    }),
-            );
+            plan.extend(variant_runs(task, main, stage));
         }
     }
     plan
+}
+
+/// A BiDoRA variant's runs on `task`: one per BiDoRA main run, at its rate and seed.
+fn variant_runs(task: &'static GlueTask, main: &[Run], stage: Stage) -> Vec<Run> {
+    main.iter()
+        .filter(|r| r.task.name == task.name && r.method == "bidora")
+        .map(|r| Run {
+            stage,
+            task,
+            method: "bidora",
+            lr: r.lr,
+            seed: r.seed,
+        })
+        .collect()
 }
 
 /// The learning rate with the best final holdout metric, once every rate has finished.
@@ -796,17 +800,7 @@ fn render_variants(
     let all = ABLATIONS.iter().chain(std::iter::once(&OFFICIAL));
     let mut rows = String::new();
     for &(label, dir, flags) in all {
-        let plan: Vec<Run> = main
-            .iter()
-            .filter(|r| r.task.name == task.name && r.method == "bidora")
-            .map(|r| Run {
-                stage: Stage::Variant(dir, flags),
-                task,
-                method: "bidora",
-                lr: r.lr,
-                seed: r.seed,
-            })
-            .collect();
+        let plan = variant_runs(task, main, Stage::Variant(dir, flags));
         let arm = arm_scores(&plan, runs, task, "bidora", Phase::Search);
         if arm.is_empty() {
             continue;
@@ -943,8 +937,12 @@ fn eval_drift(r: &Record) -> Option<f64> {
 }
 
 /// BiDoRA's mechanism on `task`, mean over seeds: the hypergradient's two terms, and the
-/// magnitudes' drift beside DoRA's.
-fn mechanism_panels(task: &GlueTask, main: &[Run], runs: &Path) -> [bidora_plot::lines::Panel; 2] {
+/// magnitudes' drift beside DoRA's and the ablations' that have finished runs.
+fn mechanism_panels(
+    task: &'static GlueTask,
+    main: &[Run],
+    runs: &Path,
+) -> [bidora_plot::lines::Panel; 2] {
     use bidora_plot::lines::{Panel, Series};
     let logs = |method| -> Vec<Vec<Record>> {
         finished_dirs(task, main, runs, method)
@@ -965,6 +963,33 @@ fn mechanism_panels(task: &GlueTask, main: &[Run], runs: &Path) -> [bidora_plot:
         let curves: Vec<_> = logs.iter().map(|r| drift_points(r)).collect();
         mean_over_seeds(&curves, 100.0)
     };
+    let mut drifts = vec![
+        Series {
+            name: "DoRA".into(),
+            points: drift(&dora),
+            color: "#ff7f0e",
+        },
+        Series {
+            name: "BiDoRA (fixed in retraining)".into(),
+            points: drift(&bidora),
+            color: "#2ca02c",
+        },
+    ];
+    const ABLATION_COLORS: [&str; 3] = ["#d62728", "#7f7f7f", "#8c564b"];
+    for (&(label, dir, flags), color) in ABLATIONS.iter().zip(ABLATION_COLORS) {
+        let runs_of = variant_runs(task, main, Stage::Variant(dir, flags));
+        let logs: Vec<Vec<Record>> = finished_dirs(task, &runs_of, runs, "bidora")
+            .iter()
+            .map(|d| records(d))
+            .collect();
+        if !logs.is_empty() {
+            drifts.push(Series {
+                name: format!("{label} (n = {})", logs.len()),
+                points: drift(&logs),
+                color,
+            });
+        }
+    }
     [
         Panel {
             title: format!(
@@ -991,18 +1016,7 @@ fn mechanism_panels(task: &GlueTask, main: &[Run], runs: &Path) -> [bidora_plot:
                 task.dir
             ),
             y_label: "drift × 100".into(),
-            series: vec![
-                Series {
-                    name: "DoRA".into(),
-                    points: drift(&dora),
-                    color: "#ff7f0e",
-                },
-                Series {
-                    name: "BiDoRA (fixed in retraining)".into(),
-                    points: drift(&bidora),
-                    color: "#2ca02c",
-                },
-            ],
+            series: drifts,
         },
     ]
 }
@@ -1219,6 +1233,20 @@ mod tests {
         assert!(
             s.contains("| BiDoRA first-order | 73.5 ± 44.5 (n = 2) | 0.5 ± 19.1 (n = 2) |"),
             "{s}"
+        );
+        // The drift panel gains the ablation's line once it has runs.
+        let names: Vec<String> = mechanism_panels(mrpc, &main, tmp.path())[1]
+            .series
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "DoRA",
+                "BiDoRA (fixed in retraining)",
+                "BiDoRA first-order (n = 2)"
+            ]
         );
         // The curve is the mean over seeds at each evaluation step.
         assert_eq!(

@@ -41,7 +41,8 @@ pub struct Options {
     pub search_only: bool,
     /// After the main stage, BiDoRA's ablations (γ = 0, first-order, magnitudes fixed) on this
     /// task, five seeds each, at BiDoRA's chosen rate, one variant after the other
-    /// (≈ 11 h on RTE: first-order and magnitudes fixed ≈ 0.6 h a seed, γ = 0 ≈ 1.1 h).
+    /// (on RTE a first-order run measured 933 s, so ≈ 1.3 h for its five seeds; magnitudes
+    /// fixed costs the same, γ = 0 about twice as much: four passes an iteration, not two).
     #[arg(long)]
     pub ablations: Option<String>,
     /// After the main stage, BiDoRA with the official code's hyperparameters on every task,

@@ -41,8 +41,8 @@ pub struct Options {
     pub search_only: bool,
     /// After the main stage, BiDoRA's ablations (γ = 0, first-order, magnitudes fixed) on this
     /// task, five seeds each, at BiDoRA's chosen rate, one variant after the other
-    /// (on RTE a first-order run measured 933 s, so ≈ 1.3 h for its five seeds; magnitudes
-    /// fixed costs the same, γ = 0 about twice as much: four passes an iteration, not two).
+    /// (measured on RTE: first-order 1,101 s a run, magnitudes fixed 851 s, so ≈ 1.5 h and
+    /// ≈ 1.2 h for five seeds; γ = 0 about twice first-order: four passes an iteration, not two).
     #[arg(long)]
     pub ablations: Option<String>,
     /// After the main stage, BiDoRA with the official code's hyperparameters on every task,
@@ -945,13 +945,13 @@ fn mechanism_panels(
     runs: &Path,
 ) -> [bidora_plot::lines::Panel; 2] {
     use bidora_plot::lines::{Panel, Series};
-    let logs = |method| -> Vec<Vec<Record>> {
-        finished_dirs(task, main, runs, method)
+    let logs = |plan: &[Run], method| -> Vec<Vec<Record>> {
+        finished_dirs(task, plan, runs, method)
             .iter()
             .map(|d| records(d))
             .collect()
     };
-    let (bidora, dora) = (logs("bidora"), logs("dora"));
+    let (bidora, dora) = (logs(main, "bidora"), logs(main, "dora"));
     let windows: Vec<[Vec<(f64, f64)>; 2]> = bidora
         .iter()
         .map(|r| hypergradient_windows(r, task.eval_every))
@@ -978,11 +978,10 @@ fn mechanism_panels(
     ];
     const ABLATION_COLORS: [&str; 3] = ["#d62728", "#7f7f7f", "#8c564b"];
     for (&(label, dir, flags), color) in ABLATIONS.iter().zip(ABLATION_COLORS) {
-        let runs_of = variant_runs(task, main, Stage::Variant(dir, flags));
-        let logs: Vec<Vec<Record>> = finished_dirs(task, &runs_of, runs, "bidora")
-            .iter()
-            .map(|d| records(d))
-            .collect();
+        let logs = logs(
+            &variant_runs(task, main, Stage::Variant(dir, flags)),
+            "bidora",
+        );
         if !logs.is_empty() {
             drifts.push(Series {
                 name: format!("{label} (n = {})", logs.len()),
